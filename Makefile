@@ -1,0 +1,27 @@
+# The two commands of the README: `make run` and `make test`. Both create the environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# extra snakemake arguments, e.g. make run SMK="--config preset=tiny"
+SMK ?=
+
+.PHONY: run test lint clean
+
+# torch first and pinned: an unpinned torch requirement pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/snakemake --profile profiles/local $(SMK)
+
+test: $(VENV)/.installed
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

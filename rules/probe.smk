@@ -1,0 +1,16 @@
+rule probe:
+    input:
+        report=rules.validate.output.report,
+    output:
+        npz=results("{preset}", "probe.npz"),
+    params:
+        settings=lambda w: cfg.probe_settings(config, w.preset),
+    threads: 2
+    log:
+        results("{preset}", "logs/probe.log"),
+    message:
+        "Probe every step of the action sampler for preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/probe.py"

@@ -1,0 +1,16 @@
+rule validate:
+    input:
+        manifest=rules.prefetch.output.manifest,
+    output:
+        report=results("{preset}", "validate.json"),
+    params:
+        settings=lambda w: cfg.validate_settings(config, w.preset),
+    threads: 2
+    log:
+        results("{preset}", "logs/validate.log"),
+    message:
+        "Validate preset {wildcards.preset}: model, tokenizer, shapes, device, probe fidelity"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/validate.py"

@@ -1,0 +1,112 @@
+"""Record every step of mimic-video's Euler action sampler.
+
+Conventions (mimic-video 0.5.8): flow time runs from t=0 (noise) to t=1 (data) on
+`linspace(0, 1, K+1)[:-1]`; the head predicts clean actions x1_hat, and the sampler steps
+x <- x + (x1_hat - x) / max(1 - t, eps) / K.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Inputs of a batch of samples; tensors on the model's device."""
+    seeds: list[int]
+    prompts: list[str]
+    video: torch.Tensor        # (b, frames, 3, h, w) in [0, 1]
+    joint_state: torch.Tensor  # (b, dim_joint_state)
+    noise: torch.Tensor        # (b, chunk_len, dim_action): the sampler's initial x_0
+
+
+def synthetic_batch(net, pairs: list[tuple[int, str]], inputs: dict, device) -> Batch:
+    """Per sample, video, joint state and initial noise drawn on the CPU from the sample's seed
+    alone, so a sample's values do not depend on the batch it lands in or on the device."""
+    videos, joints, noises = [], [], []
+    for seed, _ in pairs:
+        g = torch.Generator().manual_seed(seed)
+        videos.append(torch.rand(inputs["frames"], 3, inputs["height"], inputs["width"], generator=g))
+        joints.append(torch.randn(net.dim_joint_state, generator=g))
+        noises.append(torch.randn(*net.action_shape, generator=g))
+    stack = lambda ts: torch.stack(ts).to(device)
+    return Batch([s for s, _ in pairs], [p for _, p in pairs], stack(videos), stack(joints), stack(noises))
+
+
+@torch.no_grad()
+def video_hiddens(net, batch: Batch) -> list[torch.Tensor]:
+    """The video-backbone hiddens the action head cross-attends to, computed once per sample,
+    by MimicVideo's own inference path (eval mode, video time 0, one predicted future latent).
+
+    The Cosmos wrapper draws fresh future-frame noise from torch's global RNG; it is seeded
+    with the sample's seed so each sample's hiddens are reproducible. Returns one tensor per
+    extracted layer, (b, tokens, dim_video_hidden).
+    """
+    assert not net.training, "hiddens must be computed in eval mode (T5 dropout)"
+    per_sample = []
+    for i, seed in enumerate(batch.seeds):
+        torch.manual_seed(seed)
+        _, intermediates = net.forward(
+            actions=batch.noise[i:i + 1], time=0.0, video=batch.video[i:i + 1], prompts=batch.prompts[i:i + 1],
+            joint_state=batch.joint_state[i:i + 1], predict_num_future_latents=1, return_intermediates=True)
+        per_sample.append(intermediates.cache.video_hiddens)
+    return [torch.cat(layer) for layer in zip(*per_sample)]
+
+
+@torch.no_grad()
+def probe_trajectory(net, batch: Batch, hiddens: list[torch.Tensor], steps: int):
+    """Euler-integrate the action flow like `MimicVideo.sample`, keeping every step.
+
+    Returns (trajectory (K+1, b, N, D) with [0] = noise and [-1] = final actions,
+             clean_prediction (K, b, N, D), times (K+1,)).
+    """
+    if net.action_normalizer is not None:
+        raise NotImplementedError("the probe does not handle models with an action normalizer yet")
+    times = torch.linspace(0.0, 1.0, steps + 1, device=batch.noise.device)
+    delta = 1.0 / steps
+    x = batch.noise.clone()
+    trajectory, clean = [x], []
+    for t in times[:-1]:
+        embed = net.forward(actions=x, time=t, video_hiddens=hiddens, prompts=batch.prompts,
+                            joint_state=batch.joint_state, return_embed_only=True)
+        x1_hat = net.to_pred[0](embed)
+        flow = (x1_hat - x) / (1.0 - t).clamp_min(net.eps)  # as MimicVideo.forward with model_output_clean
+        x = x + delta * flow
+        trajectory.append(x)
+        clean.append(x1_hat)
+    return torch.stack(trajectory), torch.stack(clean), times
+
+
+def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int) -> torch.Tensor:
+    """`MimicVideo.sample` from the same initial noise and hiddens: the reference for fidelity."""
+    return net.sample(steps=steps, batch_size=len(batch.seeds), noise_latents=batch.noise.clone(),
+                      video_hiddens=hiddens, prompts=batch.prompts, joint_state=batch.joint_state,
+                      disable_progress_bar=True)
+
+
+def run_probe(net, pairs: list[tuple[int, str]], inputs: dict, steps: int, batch_size: int, device) -> dict:
+    """Probe every (seed, prompt) pair in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS)."""
+    trajectories, cleans = [], []
+    n_batches = -(-len(pairs) // batch_size)
+    for b in range(n_batches):
+        chunk = pairs[b * batch_size:(b + 1) * batch_size]
+        start = time.perf_counter()
+        batch = synthetic_batch(net, chunk, inputs, device)
+        hiddens = video_hiddens(net, batch)
+        trajectory, clean, times = probe_trajectory(net, batch, hiddens, steps)
+        trajectories.append(trajectory.float().cpu())
+        cleans.append(clean.float().cpu())
+        log.info("batch %d/%d: %d samples x %d steps in %.2f s", b + 1, n_batches, len(chunk), steps,
+                 time.perf_counter() - start)
+    return {
+        "trajectory": torch.cat(trajectories, dim=1).numpy(),
+        "clean_prediction": torch.cat(cleans, dim=1).numpy(),
+        "times": times.float().cpu().numpy(),
+        "seed": [s for s, _ in pairs],
+        "prompt": [p for _, p in pairs],
+    }

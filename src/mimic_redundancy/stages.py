@@ -1,0 +1,87 @@
+"""One entry point per pipeline stage: what scripts/<stage>.py calls with Snakemake's values.
+
+Heavy imports (torch, mimic-video) happen inside the stages that need them, so the cheap
+stages (prefetch, metrics, plot) start fast.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("mimic_redundancy")
+
+
+class ValidationFailed(RuntimeError):
+    pass
+
+
+def _model_and_device(model: dict, threads: int):
+    import torch
+
+    from .model import build_model, resolve_device
+
+    torch.set_num_threads(max(1, threads))
+    device = resolve_device(model["device"])
+    start = time.perf_counter()
+    net = build_model(model, device)
+    log.info("built preset '%s' on %s in %.1f s", model["preset"], device, time.perf_counter() - start)
+    return net, device
+
+
+def prefetch(preset: str, repos: list, manifest_path) -> None:
+    from .io import write_json
+
+    note = (f"preset '{preset}' needs nothing from the Hugging Face Hub: nothing to download"
+            if not repos else None)
+    log.info(note)
+    write_json(manifest_path, {"preset": preset, "repos": repos, "note": note})
+
+
+def validate(settings: dict, report_path, threads: int = 1) -> None:
+    """Write the validation report; raise ValidationFailed (after logging the report) if a check fails."""
+    import json
+
+    from .io import write_json
+    from .validation import validate_model
+
+    net, device = _model_and_device(settings["model"], threads)
+    report = validate_model(net, device, settings)
+    if not report["passed"]:
+        log.error("validation report:\n%s", json.dumps(report, indent=2))
+        failed = [f"{c['name']}: {c['detail']}" for c in report["checks"] if not c["passed"]]
+        raise ValidationFailed("validation failed: " + "; ".join(failed))
+    write_json(report_path, report)
+
+
+def probe(settings: dict, npz_path, threads: int = 1) -> None:
+    import json
+
+    import numpy as np
+
+    from .io import config_digest, save_probe
+    from .model import library_versions
+    from .probe import run_probe
+
+    net, device = _model_and_device(settings["model"], threads)
+    pairs = [tuple(s) for s in settings["samples"]]
+    log.info("probing %d samples x %d steps, batch size %d", len(pairs), settings["steps"], settings["batch_size"])
+    start = time.perf_counter()
+    arrays = run_probe(net, pairs, settings["inputs"], settings["steps"], settings["batch_size"], device)
+    log.info("probe took %.1f s", time.perf_counter() - start)
+    text, digest = config_digest(settings)
+    arrays.update(seed=np.asarray(arrays["seed"], dtype=np.int64), preset=settings["model"]["preset"],
+                  device=str(device), config_json=text, config_digest=digest,
+                  versions_json=json.dumps(library_versions(), sort_keys=True))
+    save_probe(npz_path, arrays)
+
+
+def metrics(npz_path, settings: dict, table_path, summary_path) -> None:
+    from .metrics import write_metrics
+
+    write_metrics(npz_path, settings, table_path, summary_path)
+
+
+def plot(table_path, summary_path, settings: dict, png_path, svg_path) -> None:
+    from .plots import convergence_figure
+
+    convergence_figure(table_path, summary_path, settings, png_path, svg_path)

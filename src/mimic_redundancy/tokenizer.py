@@ -1,0 +1,43 @@
+"""A T5-compatible tokenizer built locally, and the check that refuses degenerate tokenizers.
+
+mimic-video's random-weight Cosmos wrapper asks the Hub for google-t5/t5-small; offline,
+transformers silently returns a 104-token tokenizer that maps every word to <unk>, so distinct
+prompts collapse to identical ids. The `builtin` tokenizer needs no Hub: a Unigram vocabulary of
+printable ASCII characters (with and without the word-start marker), so every ASCII prompt
+tokenizes to distinct, known pieces. Ids follow T5: pad=0, eos=1, unk=2.
+"""
+from __future__ import annotations
+
+import string
+
+_CHARS = string.ascii_letters + string.digits + string.punctuation
+
+
+def builtin_tokenizer():
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -3.0) for c in _CHARS] + [("\u2581" + c, -2.5) for c in _CHARS]
+    return T5TokenizerFast(vocab=vocab)
+
+
+def load_tokenizer(name: str):
+    if name == "builtin":
+        return builtin_tokenizer()
+    raise ValueError(f"unknown tokenizer '{name}'; allowed: builtin")
+
+
+def tokenizer_problems(tokenizer, prompts: list[str], max_unknown_fraction: float = 0.5) -> list[str]:
+    """Why `tokenizer` cannot tell `prompts` apart (empty list: it can)."""
+    ids = [tuple(tokenizer(p).input_ids) for p in prompts]
+    problems = []
+    if len(set(ids)) < len(set(prompts)):
+        same = [p for p, i in zip(prompts, ids) if ids.count(i) > 1]
+        problems.append(f"distinct prompts map to identical token ids: {same}")
+    unk = tokenizer.unk_token_id
+    for prompt, seq in zip(prompts, ids):
+        content = [i for i in seq if i not in tokenizer.all_special_ids or i == unk]
+        fraction = sum(i == unk for i in content) / max(len(content), 1)
+        if fraction > max_unknown_fraction:
+            problems.append(f"prompt {prompt!r} is {fraction:.0%} unknown tokens (<unk>)")
+    return problems

@@ -1,0 +1,62 @@
+"""Checks that the model runs, and that the probe reproduces MimicVideo.sample, before any probing."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .model import library_versions, parameter_counts
+from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
+from .tokenizer import tokenizer_problems
+
+log = logging.getLogger(__name__)
+
+
+def validate_model(net, device: torch.device, settings: dict) -> dict:
+    """Run every check; the report's `passed` is True only if all of them pass."""
+    checks = []
+
+    def check(name: str, passed: bool, detail: str) -> None:
+        checks.append({"name": name, "passed": bool(passed), "detail": detail})
+        log.info("%s %s: %s", "PASS" if passed else "FAIL", name, detail)
+
+    counts = parameter_counts(net)
+    check("parameters", counts["total"] == counts["action_head"] + counts["video_wrapper"] > 0,
+          f"{counts['total']:,} = action head {counts['action_head']:,} + video wrapper {counts['video_wrapper']:,}")
+
+    problems = tokenizer_problems(net.video_predict_wrapper.tokenizer, settings["prompts"])
+    check("tokenizer", not problems, "; ".join(problems) or
+          f"{len(settings['prompts'])} prompts tokenize to distinct, known ids")
+
+    off_device = sorted({str(p.device) for p in net.parameters()} - {str(device)})
+    check("device", not off_device, f"all parameters on {device}" if not off_device else f"parameters on {off_device}")
+
+    batch = synthetic_batch(net, [tuple(s) for s in settings["samples"]], settings["inputs"], device)
+    hiddens = video_hiddens(net, batch)
+    trajectory, clean, _ = probe_trajectory(net, batch, hiddens, settings["steps"])
+    reference = library_sample(net, batch, hiddens, settings["steps"])
+    expected = (len(batch.seeds), *net.action_shape)
+    check("output shape", tuple(reference.shape) == expected == tuple(trajectory.shape[1:]),
+          f"sample {tuple(reference.shape)}, probe {tuple(trajectory.shape[1:])}, expected {expected}")
+    finite = all(bool(torch.isfinite(t).all()) for t in (*hiddens, trajectory, clean, reference))
+    check("finite", finite, "hiddens, trajectory, clean predictions and samples are finite" if finite
+          else "non-finite values in hiddens/trajectory/samples")
+    outputs_on = sorted({str(t.device) for t in (*hiddens, trajectory, clean, reference)})
+    check("output device", outputs_on == [str(device)], f"outputs on {outputs_on}")
+    diff = float((trajectory[-1] - reference).abs().max())
+    check("fidelity", diff <= settings["tolerance"],
+          f"max |probe final - MimicVideo.sample| = {diff:.3g} over {len(batch.seeds)} samples x "
+          f"{settings['steps']} steps (tolerance {settings['tolerance']:g})")
+
+    return {
+        "passed": all(c["passed"] for c in checks),
+        "checks": checks,
+        "preset": settings["model"]["preset"],
+        "device": str(device),
+        "cuda_device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "parameters": counts,
+        "output_shape": list(reference.shape),
+        "fidelity_max_abs_diff": diff,
+        "versions": library_versions(),
+        "settings": settings,
+    }
