@@ -1,4 +1,4 @@
-"""Send a stage's logging, warnings and progress to its Snakemake log file."""
+"""Send a stage's logging, warnings, progress and any fatal error to its Snakemake log file."""
 from __future__ import annotations
 
 import logging
@@ -12,4 +12,12 @@ def setup_log(path: str | None) -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
+    previous_hook = sys.excepthook
+
+    def log_then_raise(kind, error, traceback):
+        # the error lands in the rule's log too, not only in Snakemake's console output
+        root.critical("stage failed: %s: %s", kind.__name__, error, exc_info=(kind, error, traceback))
+        previous_hook(kind, error, traceback)
+
+    sys.excepthook = log_then_raise
     return logging.getLogger("mimic_redundancy")

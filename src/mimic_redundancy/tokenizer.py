@@ -28,16 +28,17 @@ def load_tokenizer(name: str):
 
 
 def tokenizer_problems(tokenizer, prompts: list[str], max_unknown_fraction: float = 0.5) -> list[str]:
-    """Why `tokenizer` cannot tell `prompts` apart (empty list: it can)."""
+    """Why `tokenizer` cannot tell `prompts` apart (empty list: it can): distinct prompts with
+    identical ids, or a prompt most of whose words contain the unknown token."""
     ids = [tuple(tokenizer(p).input_ids) for p in prompts]
     problems = []
     if len(set(ids)) < len(set(prompts)):
         same = [p for p, i in zip(prompts, ids) if ids.count(i) > 1]
         problems.append(f"distinct prompts map to identical token ids: {same}")
     unk = tokenizer.unk_token_id
-    for prompt, seq in zip(prompts, ids):
-        content = [i for i in seq if i not in tokenizer.all_special_ids or i == unk]
-        fraction = sum(i == unk for i in content) / max(len(content), 1)
-        if fraction > max_unknown_fraction:
-            problems.append(f"prompt {prompt!r} is {fraction:.0%} unknown tokens (<unk>)")
+    for prompt in prompts:
+        words = prompt.split()
+        unknown = [w for w in words if unk in tokenizer(w, add_special_tokens=False).input_ids]
+        if len(unknown) > max_unknown_fraction * len(words):
+            problems.append(f"prompt {prompt!r}: {len(unknown)} of {len(words)} words map to the unknown token")
     return problems

@@ -1,0 +1,113 @@
+"""The probe against mimic-video itself, on the real tiny model (random weights, CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimic_redundancy.model import build_model
+from mimic_redundancy.probe import library_sample, probe_trajectory, run_probe, synthetic_batch, video_hiddens
+from mimic_redundancy.tokenizer import builtin_tokenizer, tokenizer_problems
+from mimic_redundancy.validation import validate_model
+
+TINY = {"preset": "tiny", "dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "builtin", "model_seed": 0,
+        "device": "cpu"}
+INPUTS = {"frames": 5, "height": 32, "width": 32}
+PAIRS = [(0, "pick up the red block"), (1, "open the top drawer"), (2, "pick up the red block")]
+
+
+@pytest.fixture(scope="module")
+def net():
+    return build_model(TINY, torch.device("cpu"))
+
+
+def test_probe_final_actions_equal_mimic_video_sample(net):
+    batch = synthetic_batch(net, PAIRS, INPUTS, "cpu")
+    hiddens = video_hiddens(net, batch)
+    trajectory, clean, times = probe_trajectory(net, batch, hiddens, steps=50)
+    reference = library_sample(net, batch, hiddens, steps=50)
+    assert trajectory.shape == (51, 3, 32, 20) and clean.shape == (50, 3, 32, 20)
+    assert (trajectory[-1] - reference).abs().max().item() <= 1e-5
+    assert torch.equal(trajectory[0], batch.noise)
+    assert times[0] == 0 and times[-1] == 1
+    # the library's Euler step: x_{k+1} = x_k + (x1_hat_k - x_k) / (1 - t_k) / K
+    k = 17
+    step = trajectory[k] + (clean[k] - trajectory[k]) / (1 - times[k]) / 50
+    torch.testing.assert_close(trajectory[k + 1], step)
+
+
+def test_weights_are_seeded(net):
+    again = build_model(TINY, torch.device("cpu"))
+    other = build_model({**TINY, "model_seed": 1}, torch.device("cpu"))
+    first = next(net.parameters())
+    assert torch.equal(first, next(again.parameters()))
+    assert not torch.equal(first, next(other.parameters()))
+
+
+def test_hiddens_are_computed_in_eval_mode_and_reproducible_per_sample(net):
+    batch = synthetic_batch(net, PAIRS, INPUTS, "cpu")
+    single = synthetic_batch(net, PAIRS[1:2], INPUTS, "cpu")
+    together, alone = video_hiddens(net, batch), video_hiddens(net, single)
+    assert len(together) == 1 and together[0].shape == (3, 48, 16)
+    assert torch.equal(together[0][1:2], alone[0])  # a sample's hiddens do not depend on its batch
+    net.train()
+    try:
+        with pytest.raises(AssertionError, match="eval mode"):
+            video_hiddens(net, single)
+    finally:
+        net.eval()
+
+
+def test_results_do_not_depend_on_batch_size(net):
+    batched = run_probe(net, PAIRS, INPUTS, steps=8, batch_size=3, device="cpu")
+    one_by_one = run_probe(net, PAIRS, INPUTS, steps=8, batch_size=1, device="cpu")
+    assert batched["seed"] == one_by_one["seed"] and batched["prompt"] == one_by_one["prompt"]
+    # equal up to float rounding of batched matrix products
+    assert abs(batched["trajectory"] - one_by_one["trajectory"]).max() < 1e-4
+
+
+def test_builtin_tokenizer_tells_prompts_apart():
+    tokenizer = builtin_tokenizer()
+    prompts = ["peel the orange", "pick the apple", "open the drawer!"]
+    assert tokenizer_problems(tokenizer, prompts) == []
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+
+
+def test_validation_refuses_a_degenerate_tokenizer(net):
+    """A tokenizer that knows no word (like transformers' offline fallback) fails validation."""
+    from transformers import T5TokenizerFast
+
+    degenerate = T5TokenizerFast(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)])
+    prompts = ["peel the orange", "pick the apple"]  # same word count: identical ids when every word is <unk>
+    problems = tokenizer_problems(degenerate, prompts)
+    assert any("identical token ids" in p for p in problems)
+    assert any("3 of 3 words map to the unknown token" in p for p in problems)
+    original = net.video_predict_wrapper.tokenizer
+    net.video_predict_wrapper.tokenizer = degenerate
+    try:
+        settings = {"model": TINY, "inputs": INPUTS, "steps": 4, "prompts": prompts,
+                    "samples": [[0, prompts[0]]], "tolerance": 1e-5}
+        report = validate_model(net, torch.device("cpu"), settings)
+    finally:
+        net.video_predict_wrapper.tokenizer = original
+    assert not report["passed"]
+    failed = [c["name"] for c in report["checks"] if not c["passed"]]
+    assert failed == ["tokenizer"]
+
+
+def test_validation_refuses_transformers_silent_offline_tokenizer(tmp_path):
+    """Provoke the real trap: offline, with no cached copy, from_pretrained returns a degenerate tokenizer."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from transformers import T5TokenizerFast\n"
+            "from mimic_redundancy.tokenizer import tokenizer_problems\n"
+            "t = T5TokenizerFast.from_pretrained('google-t5/t5-small')\n"
+            "print(len(t)); print('\\n'.join(tokenizer_problems(t, ['peel the orange', 'pick the apple'])))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "104"  # the silent fallback, no error raised
+    assert any("identical token ids" in line for line in lines[1:])
+    assert any("words map to the unknown token" in line for line in lines[1:])

@@ -1,0 +1,182 @@
+"""Real Snakemake runs of the whole DAG on the tiny model: outputs, the NPZ contract, and
+that a change reruns exactly the stages that depend on it."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL, copy_workflow, executed_rules, run_ok, snakemake, write_config
+from mimic_redundancy.io import load_probe
+
+DOWNSTREAM_OF_VALIDATE = ["metrics", "plot", "probe", "validate"]
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    """One full run of the small config; tests copy it before changing anything."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("completed"))
+    config = write_config(workdir, SMALL)
+    result = run_ok(workdir, "--configfile", str(config))
+    return workdir, result
+
+
+@pytest.fixture
+def rerun(completed, tmp_path):
+    """A private copy of the completed run, and a function that reruns it with config overrides."""
+    workdir = tmp_path / "run"
+    shutil.copytree(completed[0], workdir, symlinks=True)
+
+    def run(overrides: dict):
+        config = write_config(workdir, {**SMALL, **overrides})
+        return executed_rules(run_ok(workdir, "--configfile", str(config)))
+
+    return workdir, run
+
+
+def test_full_run_writes_every_declared_output(completed):
+    workdir, result = completed
+    assert executed_rules(result) == ["metrics", "plot", "prefetch", "probe", "validate"]
+    out = workdir / "results/tiny"
+    for name in ["prefetch.json", "validate.json", "probe.npz", "metrics.csv", "convergence.json",
+                 "figures/convergence.png", "figures/convergence.svg"]:
+        assert (out / name).stat().st_size > 0, name
+    for stage in ["prefetch", "validate", "probe", "metrics", "plot"]:
+        assert (out / f"logs/{stage}.log").exists(), stage
+    assert "batch 1/1: 4 samples x 10 steps" in (out / "logs/probe.log").read_text()
+    assert "nothing to download" in json.loads((out / "prefetch.json").read_text())["note"]
+    assert (out / "figures/convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the closing summary points at the figure and table and names the convergence step
+    summary = json.loads((out / "convergence.json").read_text())
+    assert "figure: results/tiny/figures/convergence.png" in result.stdout
+    assert f"90% convergence: step {summary['convergence_step']} of 10" in result.stdout
+
+
+def test_validate_report(completed):
+    report = json.loads((completed[0] / "results/tiny/validate.json").read_text())
+    assert report["passed"] and all(c["passed"] for c in report["checks"])
+    assert {c["name"] for c in report["checks"]} >= {"parameters", "tokenizer", "device", "output shape",
+                                                     "finite", "output device", "fidelity"}
+    # the seed's tiny model, as measured in FACTS.md
+    assert report["parameters"] == {"total": 33_979_254, "action_head": 32_738_350, "video_wrapper": 1_240_904}
+    assert report["output_shape"] == [2, 32, 20]
+    assert report["fidelity_max_abs_diff"] <= 1e-5
+    assert report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert report["versions"]["mimic-video"] == "0.5.8"
+
+
+def test_npz_follows_the_contract(completed):
+    probe = load_probe(completed[0] / "results/tiny/probe.npz")
+    assert probe["trajectory"].shape == (11, 4, 32, 20) and probe["trajectory"].dtype == np.float32
+    assert probe["clean_prediction"].shape == (10, 4, 32, 20) and probe["clean_prediction"].dtype == np.float32
+    np.testing.assert_allclose(probe["times"], np.linspace(0, 1, 11), atol=1e-7)
+    assert probe["seed"].dtype == np.int64 and probe["seed"].tolist() == [0, 0, 1, 1]
+    assert probe["prompt"].tolist() == ["pick up the red block", "open the top drawer"] * 2
+    settings = json.loads(str(probe["config_json"]))
+    assert settings["steps"] == 10 and settings["model"]["preset"] == "tiny"
+    assert json.loads(str(probe["versions_json"]))["torch"].startswith("2.13.0")
+    # index 0 is the initial noise: drawn from the sample's seed after its video and joint state
+    g = torch.Generator().manual_seed(1)
+    torch.rand(5, 3, 32, 32, generator=g), torch.randn(32, generator=g)
+    np.testing.assert_array_equal(probe["trajectory"][0, 2], torch.randn(32, 20, generator=g).numpy())
+    # the last Euler step lands on the last clean prediction (1 - t = 1/K)
+    np.testing.assert_allclose(probe["trajectory"][-1], probe["clean_prediction"][-1], atol=1e-5)
+
+
+def test_metrics_recomputed_from_the_npz(completed):
+    out = completed[0] / "results/tiny"
+    probe = load_probe(out / "probe.npz")
+    traj, clean = probe["trajectory"].astype(np.float64), probe["clean_prediction"].astype(np.float64)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10]
+    for row in rows:
+        s = int(row["step"])
+        per_sample = [np.mean((traj[s, i] - traj[-1, i]) ** 2) for i in range(4)]
+        clean_per_sample = [np.mean((clean[s - 1, i] - traj[-1, i]) ** 2) for i in range(4)]
+        assert float(row["mse_vs_final"]) == pytest.approx(np.mean(per_sample), rel=1e-9)
+        assert float(row["mse_vs_final_std"]) == pytest.approx(np.std(per_sample, ddof=1), rel=1e-9)
+        assert float(row["mse_clean_vs_final"]) == pytest.approx(np.mean(clean_per_sample), rel=1e-9, abs=1e-12)
+        assert int(row["n_samples"]) == 4
+    summary = json.loads((out / "convergence.json").read_text())
+    mse = [float(r["mse_vs_final"]) for r in rows]
+    expected = next(int(r["step"]) for r, m in zip(rows, mse) if m <= 0.1 * mse[0])
+    assert summary["convergence_step"] == expected
+    assert summary["n_samples"] == 4 and summary["seeds"] == [0, 1] and summary["preset"] == "tiny"
+
+
+def test_second_run_does_nothing(rerun):
+    _, run = rerun
+    assert run({}) == []
+
+
+def test_plot_option_reruns_only_plot(rerun):
+    workdir, run = rerun
+    npz_mtime = (workdir / "results/tiny/probe.npz").stat().st_mtime_ns
+    assert run({"plot": {"dpi": 80, "log_y": True}}) == ["plot"]
+    assert (workdir / "results/tiny/probe.npz").stat().st_mtime_ns == npz_mtime
+
+
+def test_metrics_option_reruns_metrics_and_plot(rerun):
+    _, run = rerun
+    assert run({"metrics": {"probe_steps": [1, 5, 10], "convergence_threshold": 0.95}}) == ["metrics", "plot"]
+
+
+def test_more_seeds_rerun_probe_and_downstream_only(rerun):
+    workdir, run = rerun
+    # the fidelity samples (the first two seed x prompt pairs) are unchanged: validate stays
+    assert run({"seeds": [0, 1, 2]}) == ["metrics", "plot", "probe"]
+    assert load_probe(workdir / "results/tiny/probe.npz")["seed"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("change", [{"probe": {"steps": 12, "batch_size": 4}},
+                                    {"prompts": ["pick up the red block", "close the drawer"]}])
+def test_probe_values_rerun_validate_and_downstream_not_prefetch(rerun, change):
+    # validate certifies the probe at the configured steps and prompts, so it reruns too
+    _, run = rerun
+    assert run(change) == DOWNSTREAM_OF_VALIDATE
+
+
+def test_changing_the_preset_reruns_validate_and_everything_after(rerun):
+    workdir, run = rerun
+    tiny = {"dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "builtin"}
+    old_npz = (workdir / "results/tiny/probe.npz").read_bytes()
+    # a different preset: its own results folder, the tiny results untouched
+    ran = run({"presets": {"tiny": tiny, "tiny-shallow": {**tiny, "depth": 2}}, "preset": "tiny-shallow"})
+    assert ran == ["metrics", "plot", "prefetch", "probe", "validate"]
+    assert (workdir / "results/tiny-shallow/figures/convergence.png").exists()
+    assert (workdir / "results/tiny/probe.npz").read_bytes() == old_npz
+    # editing the selected preset itself reruns validate onward; prefetch needs nothing new
+    assert run({"presets": {"tiny": {**tiny, "depth": 2}}}) == DOWNSTREAM_OF_VALIDATE
+
+
+def test_a_different_model_seed_changes_the_actions(rerun):
+    workdir, run = rerun
+    before = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
+    assert run({"model_seed": 1}) == DOWNSTREAM_OF_VALIDATE
+    after = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
+    np.testing.assert_array_equal(before[0], after[0])  # same noise
+    assert np.abs(before[-1] - after[-1]).max() > 1e-3  # other weights
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_job_that_fails_leaves_no_output_that_looks_complete(workflow):
+    config = write_config(workflow, {**SMALL, "device": "cuda"})
+    result = snakemake(workflow, "--configfile", str(config))
+    assert result.returncode != 0
+    log = (workflow / "results/tiny/logs/validate.log").read_text()
+    assert "config device 'cuda' asks for CUDA, but torch sees no CUDA device" in log
+    assert "validate" in result.stderr + result.stdout
+    assert not (workflow / "results/tiny/validate.json").exists()
+    assert not (workflow / "results/tiny/probe.npz").exists()
+    assert not list((workflow / "results/tiny").glob(".*tmp*"))
+
+
+def test_lint_reports_nothing(workflow):
+    result = snakemake(workflow, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
