@@ -1,5 +1,6 @@
 # Helpers of the DAG: config validation, per-stage settings (rule params), target paths.
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -7,8 +8,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from mimic_redundancy import config as cfg
+from mimic_redundancy.hub import offline_env
 
 cfg.validate_config(config)
+
+# Every job is offline and shares one Hub cache (Slurm jobs inherit this environment and
+# re-read this file); only prefetch goes online, by itself.
+os.environ.update(offline_env(config["hub"]["cache_dir"]))
 
 
 wildcard_constraints:

@@ -6,11 +6,11 @@ rule prefetch:
     output:
         manifest=results("{preset}", "prefetch.json"),
     params:
-        repos=[],
+        settings=lambda w: cfg.prefetch_settings(config, w.preset),
     log:
         results("{preset}", "logs/prefetch.log"),
     message:
-        "Fetch the Hub files preset {wildcards.preset} needs"
+        "Fetch the Hub files preset {wildcards.preset} needs (head node, online)"
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -1,6 +1,7 @@
 rule probe:
     input:
         report=rules.validate.output.report,
+        manifest=rules.prefetch.output.manifest,
     output:
         npz=results("{preset}", "probe.npz"),
     params:

@@ -7,4 +7,5 @@ from mimic_redundancy import stages  # noqa: E402
 from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-stages.prefetch(snakemake.wildcards.preset, snakemake.params.repos, snakemake.output.manifest)
+stages.prefetch(snakemake.wildcards.preset, snakemake.params.settings, snakemake.config["hub"]["timeout_s"],
+                snakemake.output.manifest)

@@ -18,12 +18,20 @@ CASES = {
     "non-integer seed": ({"seeds": [0, 1.5]},
                          ["config key 'seeds.1'", "1.5 is not of type 'integer'", "non-negative integer seed"]),
     "unknown top-level key": ({"sampling_steps": 10},
-                              ["'sampling_steps' was unexpected", "allowed keys: device, inputs, metrics"]),
+                              ["'sampling_steps' was unexpected", "allowed keys: device, hub, inputs, metrics"]),
     "unknown nested key": ({"plot": {"colour": "red"}}, ["config key 'plot'", "'colour' was unexpected",
                                                           "allowed keys: dpi, height, log_y, width"]),
     "bad device": ({"device": "gpu"}, ["config key 'device'", "auto (CUDA when present), cpu, cuda or cuda:N"]),
-    "unknown tokenizer": ({"presets": {"tiny": {"dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "t5"}}},
-                          ["config key 'presets.tiny.tokenizer'", "one of builtin"]),
+    "unknown tokenizer": ({"presets": {"tiny": {"dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random",
+                                                "tokenizer": "t5"}}},
+                          ["config key 'presets.tiny.tokenizer'", "'builtin' (built by the pipeline, no Hub)"]),
+    "pipeline tokenizer without a pretrained backbone": (
+        {"presets": {"tiny": {"dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random",
+                              "tokenizer": "pipeline"}}},
+        ["config key 'presets.tiny.tokenizer'", "'pipeline' needs a pretrained backbone repo"]),
+    "malformed repo id": ({"presets": {"cosmos": {"dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "pipeline",
+                                                  "backbone": {"repo": "nvidia/Cosmos 7B"}}}},
+                          ["config key 'presets.cosmos.backbone'", "a Hub repo of a diffusers"]),
 }
 
 

@@ -9,7 +9,7 @@ from mimic_redundancy.probe import library_sample, probe_trajectory, run_probe, 
 from mimic_redundancy.tokenizer import builtin_tokenizer, tokenizer_problems
 from mimic_redundancy.validation import validate_model
 
-TINY = {"preset": "tiny", "dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "builtin", "model_seed": 0,
+TINY = {"preset": "tiny", "dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random", "tokenizer": "builtin", "model_seed": 0,
         "device": "cpu"}
 INPUTS = {"frames": 5, "height": 32, "width": 32}
 PAIRS = [(0, "pick up the red block"), (1, "open the top drawer"), (2, "pick up the red block")]

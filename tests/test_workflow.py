@@ -143,7 +143,7 @@ def test_probe_values_rerun_validate_and_downstream_not_prefetch(rerun, change):
 
 def test_changing_the_preset_reruns_validate_and_everything_after(rerun):
     workdir, run = rerun
-    tiny = {"dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "builtin"}
+    tiny = {"dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random", "tokenizer": "builtin"}
     old_npz = (workdir / "results/tiny/probe.npz").read_bytes()
     # a different preset: its own results folder, the tiny results untouched
     ran = run({"presets": {"tiny": tiny, "tiny-shallow": {**tiny, "depth": 2}}, "preset": "tiny-shallow"})

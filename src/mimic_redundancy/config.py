@@ -39,19 +39,23 @@ def _describe(error) -> str:
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (filling schema defaults) and return it; raise ConfigError on any problem."""
     from jsonschema import Draft202012Validator
-    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    try:
-        validate(config, str(SCHEMA))  # fills defaults
-    except WorkflowError:
-        schema = yaml.safe_load(SCHEMA.read_text())
-        errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e) for e in errors)) from None
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:  # listed one per line with key and allowed values, before Snakemake's own check
+        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e) for e in errors))
+    validate(config, str(SCHEMA))  # Snakemake's check, which also fills the schema's defaults
     problems = []
     if config["preset"] not in config["presets"]:
         problems.append(f"config key 'preset': unknown preset '{config['preset']}'; allowed: "
                         f"{', '.join(config['presets'])} (add others under 'presets')")
+    for name, preset in config["presets"].items():
+        pretrained = isinstance(preset["backbone"], dict)
+        if pretrained != (preset["tokenizer"] == "pipeline"):
+            problems.append(f"config key 'presets.{name}.tokenizer': "
+                            + ("a pretrained backbone brings its own tokenizer; allowed: pipeline" if pretrained
+                               else "'pipeline' needs a pretrained backbone repo; allowed: builtin or a Hub repo"))
     steps = config["probe"]["steps"]
     too_large = [s for s in config["metrics"]["probe_steps"] if s > steps]
     if too_large:
@@ -70,6 +74,13 @@ def samples(config: dict) -> list[tuple[int, str]]:
 def model_settings(config: dict, preset: str) -> dict:
     return {"preset": preset, **config["presets"][preset], "model_seed": config["model_seed"],
             "device": config["device"]}
+
+
+def prefetch_settings(config: dict, preset: str) -> dict:
+    """What decides the manifest's content; the timeout is left out on purpose (no rerun for it)."""
+    from .hub import required_repos
+
+    return {"repos": required_repos(config["presets"][preset]), "cache_dir": config["hub"]["cache_dir"]}
 
 
 def validate_settings(config: dict, preset: str) -> dict:

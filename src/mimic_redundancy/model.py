@@ -37,16 +37,25 @@ def _tokenizer_for_wrapper(tokenizer):
         cosmos_predict.T5TokenizerFast = original
 
 
-def build_model(model: dict, device: torch.device):
-    """MimicVideo(dim, CosmosPredictWrapper(extract_layer, random_weights=True, tiny=True), depth),
-    weights drawn on the CPU from `model_seed` (identical on every device), in eval mode."""
+def build_model(model: dict, device: torch.device, snapshots: dict | None = None):
+    """MimicVideo(dim, CosmosPredictWrapper(extract_layer, ...), depth) in eval mode.
+
+    backbone 'tiny-random': the tiny random-weight wrapper with the preset's tokenizer; otherwise the
+    pretrained pipeline from its local snapshot folder (`snapshots`: role -> folder, from hub.local_snapshots).
+    Random weights are drawn on the CPU from `model_seed`, so they are identical on every device.
+    """
     from mimic_video import MimicVideo
     from mimic_video.cosmos_predict import CosmosPredictWrapper
 
-    tokenizer = load_tokenizer(model["tokenizer"])
+    snapshots = snapshots or {}
     torch.manual_seed(model["model_seed"])
-    with _tokenizer_for_wrapper(tokenizer):
-        wrapper = CosmosPredictWrapper(extract_layer=model["extract_layer"], random_weights=True, tiny=True)
+    if model["backbone"] == "tiny-random":
+        tokenizer = load_tokenizer(model["tokenizer"], snapshots.get("tokenizer"))
+        with _tokenizer_for_wrapper(tokenizer):
+            wrapper = CosmosPredictWrapper(extract_layer=model["extract_layer"], random_weights=True, tiny=True)
+    else:
+        wrapper = CosmosPredictWrapper(model_name=str(snapshots["backbone"]), extract_layer=model["extract_layer"],
+                                       random_weights=False)
     net = MimicVideo(model["dim"], wrapper, depth=model["depth"])
     return net.to(device).eval()
 

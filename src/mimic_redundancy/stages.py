@@ -15,36 +15,49 @@ class ValidationFailed(RuntimeError):
     pass
 
 
-def _model_and_device(model: dict, threads: int):
+def _model_and_device(model: dict, manifest_path, threads: int):
     import torch
 
+    from .hub import local_snapshots
+    from .io import read_json
     from .model import build_model, resolve_device
 
     torch.set_num_threads(max(1, threads))
     device = resolve_device(model["device"])
+    snapshots = local_snapshots(read_json(manifest_path))  # offline; fails at once if not prefetched
     start = time.perf_counter()
-    net = build_model(model, device)
+    net = build_model(model, device, snapshots)
     log.info("built preset '%s' on %s in %.1f s", model["preset"], device, time.perf_counter() - start)
     return net, device
 
 
-def prefetch(preset: str, repos: list, manifest_path) -> None:
+def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> None:
+    """Fetch the preset's Hub repos (online: the only stage that is) and write the manifest last."""
+    import os
+
+    from . import hub
     from .io import write_json
 
-    note = (f"preset '{preset}' needs nothing from the Hugging Face Hub: nothing to download"
-            if not repos else None)
+    hub.go_online()
+    repos = settings["repos"]
+    if repos:
+        entries = hub.fetch(repos, timeout_s)
+        note = f"fetched {len(entries)} repo(s) into {os.environ.get('HF_HUB_CACHE')}"
+    else:
+        entries, note = [], f"preset '{preset}' needs nothing from the Hugging Face Hub: nothing to download"
     log.info(note)
-    write_json(manifest_path, {"preset": preset, "repos": repos, "note": note})
+    write_json(manifest_path, {"preset": preset, "repos": entries, "note": note,
+                               "endpoint": os.environ.get("HF_ENDPOINT", "https://huggingface.co") if repos else None})
 
 
-def validate(settings: dict, report_path, threads: int = 1) -> None:
+def validate(settings: dict, manifest_path, report_path, threads: int = 1) -> None:
     """Write the validation report; raise ValidationFailed (after logging the report) if a check fails."""
     import json
 
     from .io import write_json
     from .validation import validate_model
 
-    net, device = _model_and_device(settings["model"], threads)
+    net, device = _model_and_device(settings["model"], manifest_path, threads)
     report = validate_model(net, device, settings)
     if not report["passed"]:
         log.error("validation report:\n%s", json.dumps(report, indent=2))
@@ -53,7 +66,7 @@ def validate(settings: dict, report_path, threads: int = 1) -> None:
     write_json(report_path, report)
 
 
-def probe(settings: dict, npz_path, threads: int = 1) -> None:
+def probe(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
     import json
 
     import numpy as np
@@ -62,7 +75,7 @@ def probe(settings: dict, npz_path, threads: int = 1) -> None:
     from .model import library_versions
     from .probe import run_probe
 
-    net, device = _model_and_device(settings["model"], threads)
+    net, device = _model_and_device(settings["model"], manifest_path, threads)
     pairs = [tuple(s) for s in settings["samples"]]
     log.info("probing %d samples x %d steps, batch size %d", len(pairs), settings["steps"], settings["batch_size"])
     start = time.perf_counter()

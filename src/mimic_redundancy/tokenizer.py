@@ -21,10 +21,15 @@ def builtin_tokenizer():
     return T5TokenizerFast(vocab=vocab)
 
 
-def load_tokenizer(name: str):
-    if name == "builtin":
+def load_tokenizer(spec, snapshot=None):
+    """'builtin', or a Hub tokenizer repo loaded from its verified local snapshot folder (never by repo name)."""
+    if spec == "builtin":
         return builtin_tokenizer()
-    raise ValueError(f"unknown tokenizer '{name}'; allowed: builtin")
+    if isinstance(spec, dict) and snapshot is not None:
+        from transformers import T5TokenizerFast
+
+        return T5TokenizerFast.from_pretrained(str(snapshot))
+    raise ValueError(f"tokenizer {spec!r} needs a prefetched snapshot; allowed: builtin or a Hub repo")
 
 
 def tokenizer_problems(tokenizer, prompts: list[str], max_unknown_fraction: float = 0.5) -> list[str]:

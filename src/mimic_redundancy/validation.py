@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
+from .hub import OFFLINE_FLAGS
 from .model import library_versions, parameter_counts
 from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
 from .tokenizer import tokenizer_problems
@@ -24,9 +26,10 @@ def validate_model(net, device: torch.device, settings: dict) -> dict:
     check("parameters", counts["total"] == counts["action_head"] + counts["video_wrapper"] > 0,
           f"{counts['total']:,} = action head {counts['action_head']:,} + video wrapper {counts['video_wrapper']:,}")
 
-    problems = tokenizer_problems(net.video_predict_wrapper.tokenizer, settings["prompts"])
-    check("tokenizer", not problems, "; ".join(problems) or
-          f"{len(settings['prompts'])} prompts tokenize to distinct, known ids")
+    tokenizer = net.video_predict_wrapper.tokenizer
+    problems = tokenizer_problems(tokenizer, settings["prompts"])
+    check("tokenizer", not problems, f"{type(tokenizer).__name__} with {len(tokenizer)} tokens: " + (
+        "; ".join(problems) or f"{len(settings['prompts'])} prompts tokenize to distinct, known ids"))
 
     off_device = sorted({str(p.device) for p in net.parameters()} - {str(device)})
     check("device", not off_device, f"all parameters on {device}" if not off_device else f"parameters on {off_device}")
@@ -58,5 +61,6 @@ def validate_model(net, device: torch.device, settings: dict) -> dict:
         "output_shape": list(reference.shape),
         "fidelity_max_abs_diff": diff,
         "versions": library_versions(),
+        "hub_environment": {k: os.environ.get(k) for k in (*OFFLINE_FLAGS, "HF_HOME", "HF_HUB_CACHE")},
         "settings": settings,
     }
