@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # extra snakemake arguments, e.g. make run SMK="--config preset=tiny"
 SMK ?=
 
-.PHONY: run test lint clean
+.PHONY: run test lint report slurm-up slurm-down clean
 
 # torch first and pinned: an unpinned torch requirement pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,18 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+# the HTML report of the last run: every figure with its caption, and the tables
+report: $(VENV)/.installed
+	$(BIN)/snakemake --report results/report.html $(SMK)
+	@echo "report: results/report.html"
+
+# a real single-node Slurm cluster on this machine (root; see tools/slurm/README.md)
+slurm-up:
+	tools/slurm/start.sh
+
+slurm-down:
+	tools/slurm/stop.sh
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

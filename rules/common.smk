@@ -21,19 +21,24 @@ wildcard_constraints:
     preset="|".join(map(re.escape, config["presets"])),
 
 
+def code(*modules):
+    """Package modules a stage runs: inputs, so editing one reruns the stages that use it."""
+    return [f"src/mimic_redundancy/{m}.py" for m in modules]
+
+
+MODEL_CODE = code("stages", "hub", "model", "tokenizer", "probe", "io")
+
+
 def results(preset, name):
     return f"results/{preset}/{name}"
 
 
 def final_targets(preset):
-    return [
-        results(preset, "validate.json"),
-        results(preset, "probe.npz"),
-        results(preset, "metrics.csv"),
-        results(preset, "convergence.json"),
-        results(preset, "figures/convergence.png"),
-        results(preset, "figures/convergence.svg"),
-    ]
+    tables = ["metrics.csv", "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json",
+              "sweep.csv", "backbone.csv", "backbone.json"]
+    figures = [f"figures/{name}.{ext}" for name in ["convergence", "heatmaps", "sweep", "backbone"]
+               for ext in ["png", "svg"]]
+    return [results(preset, name) for name in ["validate.json", "probe.npz", *tables, *figures]]
 
 
 def print_summary(preset):

@@ -1,12 +1,19 @@
+# Tables from the NPZ files alone: cheap, on the head node.
 localrules:
     metrics,
+    sweep_metrics,
+    backbone_metrics,
 
 
 rule metrics:
     input:
         npz=rules.probe.output.npz,
+        code=code("metrics", "stats", "io"),
     output:
-        table=results("{preset}", "metrics.csv"),
+        table=report(results("{preset}", "metrics.csv"), caption="../report/metrics.rst", category="Tables"),
+        early_exit=report(results("{preset}", "early_exit.csv"), caption="../report/early_exit.rst", category="Tables"),
+        thresholds=report(results("{preset}", "convergence.csv"), caption="../report/thresholds.rst", category="Tables"),
+        parts=report(results("{preset}", "convergence_by_part.csv"), caption="../report/parts.rst", category="Tables"),
         summary=results("{preset}", "convergence.json"),
     params:
         settings=cfg.metrics_settings(config),
@@ -18,3 +25,37 @@ rule metrics:
         "../envs/pipeline.yaml"
     script:
         "../scripts/metrics.py"
+
+
+rule sweep_metrics:
+    input:
+        sweep=rules.sweep.output.npz,
+        probe=rules.probe.output.npz,
+        code=code("metrics", "stats", "io"),
+    output:
+        table=report(results("{preset}", "sweep.csv"), caption="../report/sweep_table.rst", category="Tables"),
+    log:
+        results("{preset}", "logs/sweep_metrics.log"),
+    message:
+        "K-step sweep table of preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/sweep_metrics.py"
+
+
+rule backbone_metrics:
+    input:
+        npz=rules.backbone.output.npz,
+        code=code("metrics", "stats", "io"),
+    output:
+        table=report(results("{preset}", "backbone.csv"), caption="../report/backbone_table.rst", category="Tables"),
+        summary=results("{preset}", "backbone.json"),
+    log:
+        results("{preset}", "logs/backbone_metrics.log"),
+    message:
+        "Video-backbone redundancy table of preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/backbone_metrics.py"

@@ -1,13 +1,18 @@
+# Figures from tables and NPZ files alone (never the model): cheap, on the head node.
 localrules:
     plot,
+    plot_heatmaps,
+    plot_sweep,
+    plot_backbone,
 
 
 rule plot:
     input:
         table=rules.metrics.output.table,
         summary=rules.metrics.output.summary,
+        code=code("plots", "metrics", "io"),
     output:
-        png=results("{preset}", "figures/convergence.png"),
+        png=report(results("{preset}", "figures/convergence.png"), caption="../report/convergence.rst", category="Figures"),
         svg=results("{preset}", "figures/convergence.svg"),
     params:
         style=cfg.plot_settings(config),
@@ -19,3 +24,64 @@ rule plot:
         "../envs/pipeline.yaml"
     script:
         "../scripts/plot.py"
+
+
+rule plot_heatmaps:
+    input:
+        npz=rules.probe.output.npz,
+        code=code("plots", "metrics", "io"),
+    output:
+        png=report(results("{preset}", "figures/heatmaps.png"), caption="../report/heatmaps.rst", category="Figures"),
+        svg=results("{preset}", "figures/heatmaps.svg"),
+    params:
+        style=cfg.plot_settings(config),
+        probe_steps=config["metrics"]["probe_steps"],
+    log:
+        results("{preset}", "logs/plot_heatmaps.log"),
+    message:
+        "Per-dimension and per-position heatmaps of preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_heatmaps.py"
+
+
+rule plot_sweep:
+    input:
+        table=rules.sweep_metrics.output.table,
+        probe=rules.probe.output.npz,
+        code=code("plots", "metrics", "io"),
+    output:
+        png=report(results("{preset}", "figures/sweep.png"), caption="../report/sweep.rst", category="Figures"),
+        svg=results("{preset}", "figures/sweep.svg"),
+    params:
+        style=cfg.plot_settings(config),
+    log:
+        results("{preset}", "logs/plot_sweep.log"),
+    message:
+        "Quality-vs-NFE figure of preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_sweep.py"
+
+
+rule plot_backbone:
+    input:
+        table=rules.backbone_metrics.output.table,
+        summary=rules.backbone_metrics.output.summary,
+        npz=rules.backbone.output.npz,
+        code=code("plots", "metrics", "io"),
+    output:
+        png=report(results("{preset}", "figures/backbone.png"), caption="../report/backbone.rst", category="Figures"),
+        svg=results("{preset}", "figures/backbone.svg"),
+    params:
+        style=cfg.plot_settings(config),
+    log:
+        results("{preset}", "logs/plot_backbone.log"),
+    message:
+        "Video-backbone redundancy figure of preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_backbone.py"

@@ -2,6 +2,7 @@ rule probe:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
+        code=MODEL_CODE,
     output:
         npz=results("{preset}", "probe.npz"),
     params:

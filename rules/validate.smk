@@ -1,6 +1,7 @@
 rule validate:
     input:
         manifest=rules.prefetch.output.manifest,
+        code=MODEL_CODE + code("validation"),
     output:
         report=results("{preset}", "validate.json"),
     params:

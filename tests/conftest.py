@@ -12,13 +12,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "scripts", "schemas", "src", "envs", "profiles"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "scripts", "schemas", "src", "envs", "profiles", "report"]
 
 # Small but complete: 2 seeds x 2 prompts, 10 Euler steps.
 SMALL = {
     "seeds": [0, 1],
     "probe": {"steps": 10, "batch_size": 4},
-    "metrics": {"probe_steps": [2, 4, 6, 8, 10], "convergence_threshold": 0.9},
+    "metrics": {"probe_steps": [2, 4, 6, 8, 10], "convergence_thresholds": [0.9, 0.99]},
+    "sweep": {"steps": [1, 2, 5, 10], "reference_steps": 20, "repeats": 1},
 }
 
 
@@ -38,9 +39,9 @@ def write_config(workdir: Path, overrides: dict, name: str = "test-config.yaml")
     return path
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(SNAKEMAKE), "--profile", "profiles/local", *args], cwd=workdir,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def run_ok(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -36,5 +36,49 @@ def test_metrics_rows_match_direct_computation():
     c2 = [((probe["clean_prediction"][1, i] - final[i]) ** 2).mean() for i in range(samples)]
     assert rows[0]["mse_vs_final"] == pytest.approx(sum(x2) / samples)
     assert rows[0]["mse_clean_vs_final"] == pytest.approx(sum(c2) / samples)
-    assert rows[0]["mse_vs_final_std"] == pytest.approx(np.std(x2, ddof=1))
+    half = 4.303 * np.std(x2, ddof=1) / np.sqrt(3)  # t(0.975, df=2) x standard error
+    assert rows[0]["mse_vs_final_ci_high"] == pytest.approx(np.mean(x2) + half)
+    x_vs_clean = [((probe["trajectory"][2, i].astype(np.float64) - probe["clean_prediction"][1, i]) ** 2).mean()
+                  for i in range(samples)]
+    assert rows[0]["mse_xt_vs_clean"] == pytest.approx(np.mean(x_vs_clean))
     assert rows[1]["mse_vs_final"] == 0.0 and rows[1]["n_samples"] == samples
+
+
+def test_t_quantiles():
+    from mimic_redundancy.stats import t975
+
+    assert t975(1) == 12.706 and t975(7) == 2.365 and t975(30) == 2.042
+    for df, table in [(40, 2.021), (60, 2.000), (120, 1.980)]:  # beyond the table: the expansion
+        assert t975(df) == pytest.approx(table, abs=1e-3)
+
+
+def test_mean_ci_against_direct_arithmetic():
+    from mimic_redundancy.stats import mean_ci
+
+    values = np.array([1.0, 2.0, 4.0, 7.0])
+    mean, low, high = mean_ci(values)
+    half = 3.182 * values.std(ddof=1) / 2
+    assert mean == 3.5 and low == pytest.approx(3.5 - half) and high == pytest.approx(3.5 + half)
+    assert np.isnan(mean_ci(np.array([5.0]))[1])
+
+
+def test_seed_spread_pairs_same_prompt_different_seed():
+    from mimic_redundancy.metrics import seed_spread
+
+    final = np.stack([np.full((2, 2), v) for v in [0.0, 10.0, 1.0, 30.0]])
+    spread = seed_spread(final, np.array([0, 0, 1, 1]), np.array(["a", "b", "a", "b"]))
+    assert sorted(spread.tolist()) == [1.0, 400.0]
+
+
+def test_part_convergence_finds_the_slow_dimension():
+    from mimic_redundancy.metrics import part_convergence
+
+    steps = 4
+    traj = np.zeros((steps + 1, 1, 2, 3), dtype=np.float32)
+    for s in range(steps + 1):
+        traj[s, 0, :, 0] = [4, 3, 2, 0.9, 0][s]  # dimension 0: MSE 9, 4, 0.81 <= 0.1 x 9 at step 3
+        traj[s, 0, :, 1] = 0.0 if s >= 1 else 1.0  # dimension 1: converged at step 1
+        traj[s, 0, :, 2] = 1.0 if s < steps else 0  # dimension 2: only at the end
+    rows = part_convergence({"trajectory": traj}, [1, 2, 3, 4], 0.9)
+    by_dim = {r["index"]: r["convergence_step"] for r in rows if r["axis"] == "dimension"}
+    assert by_dim == {0: 3, 1: 1, 2: 4}

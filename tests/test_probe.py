@@ -111,3 +111,26 @@ def test_validation_refuses_transformers_silent_offline_tokenizer(tmp_path):
     assert lines[0] == "104"  # the silent fallback, no error raised
     assert any("identical token ids" in line for line in lines[1:])
     assert any("words map to the unknown token" in line for line in lines[1:])
+
+
+def test_video_modes_agree_when_the_video_noise_is_fixed(net):
+    """Library-faithful per-step recompute with the same video noise each step == hiddens cached once."""
+    from mimic_redundancy.backbone import run_backbone
+
+    fixed = run_backbone(net, PAIRS[:2], INPUTS, steps=6, fixed_video_noise=True, device=torch.device("cpu"))
+    assert (fixed["final_recompute"] == fixed["final_cached"]).all()
+    assert (fixed["hidden_rel_diff"] == 0).all()
+    fresh = run_backbone(net, PAIRS[:1], INPUTS, steps=6, fixed_video_noise=False, device=torch.device("cpu"))
+    assert abs(fresh["final_recompute"] - fresh["final_cached"]).max() > 1e-3
+    assert fresh["hidden_rel_diff"][0, 0] == 0 and (fresh["hidden_rel_diff"][1:] > 0.1).all()
+
+
+def test_sweep_entry_with_the_main_steps_equals_the_probe(net):
+    from mimic_redundancy.sweep import run_sweep
+
+    probe = run_probe(net, PAIRS, INPUTS, steps=7, batch_size=3, device="cpu")
+    sweep = run_sweep(net, PAIRS, INPUTS, [1, 7], reference_steps=14, batch_size=3, repeats=1,
+                      device=torch.device("cpu"))
+    assert sweep["final"].shape == (2, 3, 32, 20) and sweep["reference"].shape == (3, 32, 20)
+    assert abs(sweep["final"][1] - probe["trajectory"][-1]).max() <= 1e-5
+    assert abs(sweep["final"][0] - probe["trajectory"][-1]).max() > 1e-3

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from conftest import SMALL, copy_workflow, executed_rules, run_ok, snakemake, write_config
-from mimic_redundancy.io import load_probe
+from mimic_redundancy.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 
-DOWNSTREAM_OF_VALIDATE = ["metrics", "plot", "probe", "validate"]
+FIGURES = ["plot", "plot_backbone", "plot_heatmaps", "plot_sweep"]
+MODEL_JOBS = ["backbone", "probe", "sweep"]
+TABLES = ["backbone_metrics", "metrics", "sweep_metrics"]
+ALL_BUT_PREFETCH = sorted(FIGURES + MODEL_JOBS + TABLES + ["validate"])
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +43,19 @@ def rerun(completed, tmp_path):
 
 def test_full_run_writes_every_declared_output(completed):
     workdir, result = completed
-    assert executed_rules(result) == ["metrics", "plot", "prefetch", "probe", "validate"]
+    assert executed_rules(result) == sorted(ALL_BUT_PREFETCH + ["prefetch"])
     out = workdir / "results/tiny"
-    for name in ["prefetch.json", "validate.json", "probe.npz", "metrics.csv", "convergence.json",
-                 "figures/convergence.png", "figures/convergence.svg"]:
+    for name in ["prefetch.json", "validate.json", "probe.npz", "sweep.npz", "backbone.npz", "metrics.csv",
+                 "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json", "sweep.csv",
+                 "backbone.csv", "backbone.json"]:
         assert (out / name).stat().st_size > 0, name
-    for stage in ["prefetch", "validate", "probe", "metrics", "plot"]:
+    for figure in ["convergence", "heatmaps", "sweep", "backbone"]:
+        assert (out / f"figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+        assert b"<svg" in (out / f"figures/{figure}.svg").read_bytes()[:1000], figure
+    for stage in ALL_BUT_PREFETCH + ["prefetch"]:
         assert (out / f"logs/{stage}.log").exists(), stage
     assert "batch 1/1: 4 samples x 10 steps" in (out / "logs/probe.log").read_text()
     assert "nothing to download" in json.loads((out / "prefetch.json").read_text())["note"]
-    assert (out / "figures/convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the closing summary points at the figure and table and names the convergence step
     summary = json.loads((out / "convergence.json").read_text())
     assert "figure: results/tiny/figures/convergence.png" in result.stdout
@@ -99,7 +105,9 @@ def test_metrics_recomputed_from_the_npz(completed):
         per_sample = [np.mean((traj[s, i] - traj[-1, i]) ** 2) for i in range(4)]
         clean_per_sample = [np.mean((clean[s - 1, i] - traj[-1, i]) ** 2) for i in range(4)]
         assert float(row["mse_vs_final"]) == pytest.approx(np.mean(per_sample), rel=1e-9)
-        assert float(row["mse_vs_final_std"]) == pytest.approx(np.std(per_sample, ddof=1), rel=1e-9)
+        half = 3.182 * np.std(per_sample, ddof=1) / 2  # t(0.975, df=3) x standard error, N=4
+        assert float(row["mse_vs_final_ci_low"]) == pytest.approx(np.mean(per_sample) - half, rel=1e-6)
+        assert float(row["mse_vs_final_ci_high"]) == pytest.approx(np.mean(per_sample) + half, rel=1e-6)
         assert float(row["mse_clean_vs_final"]) == pytest.approx(np.mean(clean_per_sample), rel=1e-9, abs=1e-12)
         assert int(row["n_samples"]) == 4
     summary = json.loads((out / "convergence.json").read_text())
@@ -107,6 +115,52 @@ def test_metrics_recomputed_from_the_npz(completed):
     expected = next(int(r["step"]) for r, m in zip(rows, mse) if m <= 0.1 * mse[0])
     assert summary["convergence_step"] == expected
     assert summary["n_samples"] == 4 and summary["seeds"] == [0, 1] and summary["preset"] == "tiny"
+
+
+def test_sweep_table_recomputed_from_the_npz_files(completed):
+    out = completed[0] / "results/tiny"
+    probe, sweep = load_probe(out / "probe.npz"), load_npz(out / "sweep.npz", SWEEP_ARRAYS)
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["steps"]) for r in rows] == [1, 2, 5, 10] == sweep["steps"].tolist()
+    main = probe["trajectory"][-1].astype(np.float64)
+    for row, final in zip(rows, sweep["final"].astype(np.float64)):
+        assert float(row["mse_vs_main"]) == pytest.approx(np.mean((final - main) ** 2), rel=1e-9, abs=1e-15)
+        assert float(row["mse_vs_reference"]) == pytest.approx(np.mean((final - sweep["reference"]) ** 2), rel=1e-9)
+        assert float(row["wall_seconds"]) > 0 and int(row["n_samples"]) == 4
+    # K = the probe's steps is the main run: MimicVideo.sample from the same noise and hiddens
+    np.testing.assert_allclose(sweep["final"][-1], probe["trajectory"][-1], atol=1e-5)
+    assert float(rows[-1]["mse_vs_main"]) < 1e-10
+    assert int(sweep["reference_steps"]) == 20
+
+
+def test_backbone_summary_recomputed_from_the_npz(completed):
+    out = completed[0] / "results/tiny"
+    run = load_npz(out / "backbone.npz", BACKBONE_ARRAYS)
+    summary = json.loads((out / "backbone.json").read_text())
+    assert run["hidden_rel_diff"].shape == (10, 4)
+    # the library's first recompute draws the same seeded video noise as the cached hiddens
+    np.testing.assert_allclose(run["hidden_rel_diff"][0], 0, atol=1e-6)
+    assert (run["hidden_rel_diff"][1:] > 0.1).all(), "fresh video noise changes the hiddens at every step"
+    modes = ((run["final_recompute"].astype(np.float64) - run["final_cached"]) ** 2).mean(axis=(1, 2))
+    assert summary["final_mse_between_modes"] == pytest.approx(modes.mean(), rel=1e-9)
+    # seed-to-seed spread: 2 seeds x 2 prompts -> one pair per prompt
+    final = run["final_cached"].astype(np.float64)
+    spread = [((final[0] - final[2]) ** 2).mean(), ((final[1] - final[3]) ** 2).mean()]
+    assert summary["final_mse_seed_to_seed"] == pytest.approx(np.mean(spread), rel=1e-9)
+    assert summary["final_mse_seed_to_seed_n"] == 2 and summary["n_samples"] == 4
+    assert summary["seconds_recompute"] == pytest.approx(run["seconds_recompute"].sum())
+
+
+def test_report_builds(completed, tmp_path):
+    report = tmp_path / "report.html"
+    result = snakemake(completed[0], "--configfile", str(completed[0] / "test-config.yaml"), "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text()
+    for caption in ["Quality vs number of function evaluations", "Redundancy of the video backbone",
+                    "Which parts converge last", "Convergence step at several thresholds"]:
+        assert caption in html
+    assert "N = 4 samples (2 seeds x 2 prompts), preset" in html
 
 
 def test_second_run_does_nothing(rerun):
@@ -117,19 +171,20 @@ def test_second_run_does_nothing(rerun):
 def test_plot_option_reruns_only_plot(rerun):
     workdir, run = rerun
     npz_mtime = (workdir / "results/tiny/probe.npz").stat().st_mtime_ns
-    assert run({"plot": {"dpi": 80, "log_y": True}}) == ["plot"]
+    assert run({"plot": {"dpi": 80, "log_y": True}}) == FIGURES
     assert (workdir / "results/tiny/probe.npz").stat().st_mtime_ns == npz_mtime
 
 
 def test_metrics_option_reruns_metrics_and_plot(rerun):
     _, run = rerun
-    assert run({"metrics": {"probe_steps": [1, 5, 10], "convergence_threshold": 0.95}}) == ["metrics", "plot"]
+    assert run({"metrics": {"probe_steps": [1, 5, 10], "convergence_thresholds": [0.95]}}) == [
+        "metrics", "plot", "plot_heatmaps"]
 
 
 def test_more_seeds_rerun_probe_and_downstream_only(rerun):
     workdir, run = rerun
     # the fidelity samples (the first two seed x prompt pairs) are unchanged: validate stays
-    assert run({"seeds": [0, 1, 2]}) == ["metrics", "plot", "probe"]
+    assert run({"seeds": [0, 1, 2]}) == sorted(set(ALL_BUT_PREFETCH) - {"validate"})
     assert load_probe(workdir / "results/tiny/probe.npz")["seed"].tolist() == [0, 0, 1, 1, 2, 2]
 
 
@@ -138,7 +193,7 @@ def test_more_seeds_rerun_probe_and_downstream_only(rerun):
 def test_probe_values_rerun_validate_and_downstream_not_prefetch(rerun, change):
     # validate certifies the probe at the configured steps and prompts, so it reruns too
     _, run = rerun
-    assert run(change) == DOWNSTREAM_OF_VALIDATE
+    assert run(change) == ALL_BUT_PREFETCH
 
 
 def test_changing_the_preset_reruns_validate_and_everything_after(rerun):
@@ -147,17 +202,17 @@ def test_changing_the_preset_reruns_validate_and_everything_after(rerun):
     old_npz = (workdir / "results/tiny/probe.npz").read_bytes()
     # a different preset: its own results folder, the tiny results untouched
     ran = run({"presets": {"tiny": tiny, "tiny-shallow": {**tiny, "depth": 2}}, "preset": "tiny-shallow"})
-    assert ran == ["metrics", "plot", "prefetch", "probe", "validate"]
+    assert ran == sorted(ALL_BUT_PREFETCH + ["prefetch"])
     assert (workdir / "results/tiny-shallow/figures/convergence.png").exists()
     assert (workdir / "results/tiny/probe.npz").read_bytes() == old_npz
     # editing the selected preset itself reruns validate onward; prefetch needs nothing new
-    assert run({"presets": {"tiny": {**tiny, "depth": 2}}}) == DOWNSTREAM_OF_VALIDATE
+    assert run({"presets": {"tiny": {**tiny, "depth": 2}}}) == ALL_BUT_PREFETCH
 
 
 def test_a_different_model_seed_changes_the_actions(rerun):
     workdir, run = rerun
     before = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
-    assert run({"model_seed": 1}) == DOWNSTREAM_OF_VALIDATE
+    assert run({"model_seed": 1}) == ALL_BUT_PREFETCH
     after = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
     np.testing.assert_array_equal(before[0], after[0])  # same noise
     assert np.abs(before[-1] - after[-1]).max() > 1e-3  # other weights
@@ -174,6 +229,13 @@ def test_a_job_that_fails_leaves_no_output_that_looks_complete(workflow):
     assert not (workflow / "results/tiny/validate.json").exists()
     assert not (workflow / "results/tiny/probe.npz").exists()
     assert not list((workflow / "results/tiny").glob(".*tmp*"))
+
+
+def test_editing_plot_code_reruns_only_figures(rerun):
+    workdir, run = rerun
+    plots = workdir / "src/mimic_redundancy/plots.py"
+    plots.write_text(plots.read_text() + "\n# edited\n")
+    assert run({}) == FIGURES
 
 
 def test_lint_reports_nothing(workflow):

@@ -94,6 +94,17 @@ def probe_settings(config: dict, preset: str) -> dict:
             "samples": samples(config), "batch_size": config["probe"]["batch_size"]}
 
 
+def sweep_settings(config: dict, preset: str) -> dict:
+    return {"model": model_settings(config, preset), "inputs": config["inputs"], "samples": samples(config),
+            "batch_size": config["probe"]["batch_size"], "sweep_steps": sorted(config["sweep"]["steps"]),
+            "reference_steps": config["sweep"]["reference_steps"], "repeats": config["sweep"]["repeats"]}
+
+
+def backbone_settings(config: dict, preset: str) -> dict:
+    return {"model": model_settings(config, preset), "inputs": config["inputs"], "samples": samples(config),
+            "steps": config["probe"]["steps"], "fixed_video_noise": config["backbone"]["fixed_video_noise"]}
+
+
 def metrics_settings(config: dict) -> dict:
     return dict(config["metrics"])
 

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 # Files each role needs (allow_patterns); a preset's repo spec may override them.
 ALLOW_PATTERNS = {
     "tokenizer": ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"],
-    "backbone": ["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*"],
+    # diffusers checks every component model_index.json names, safety_checker included, when loading offline
+    "backbone": ["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
+                 "safety_checker/*"],
 }
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
@@ -86,6 +88,8 @@ def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
         if not files:
             raise HubError(f"{name}: no file matches allow_patterns {repo['allow_patterns']}")
         total = sum(f["bytes"] for f in files)
+        for f in files:
+            log.info("  %s (%d bytes)", f["path"], f["bytes"])
         log.info("%s: %d files, %d bytes in %.1f s -> %s", name, len(files), total, time.perf_counter() - start, folder)
         entries.append({**repo, "resolved_revision": info.sha, "files": files, "bytes": total,
                         "snapshot": str(folder), "cache": constants.HF_HUB_CACHE})

@@ -12,19 +12,44 @@ from pathlib import Path
 
 import numpy as np
 
+# Every run NPZ (probe, sweep, backbone) carries these, so each can be traced to its settings.
+RUN_METADATA = {
+    "seed": "int64 [S]: the seed of each sample (synthetic video, joint state, noise, video noise)",
+    "prompt": "str [S]: the prompt of each sample",
+    "preset": "str []: the model preset",
+    "device": "str []: the device the run used",
+    "config_json": "str []: the resolved settings of the run, JSON",
+    "config_digest": "str []: sha256 of config_json",
+    "versions_json": "str []: library versions, JSON",
+}
 # The probe NPZ contract (README "NPZ contract"). Shapes use S = samples, K = steps,
 # N = action chunk length, D = action dimension.
 PROBE_ARRAYS = {
     "trajectory": "float32 [K+1, S, N, D]: x_t after each Euler step; [0] is the initial noise, [-1] the final actions",
     "clean_prediction": "float32 [K, S, N, D]: the model's clean-action prediction at each step",
     "times": "float32 [K+1]: flow time of each trajectory entry, 0 (noise) .. 1 (data)",
-    "seed": "int64 [S]: the seed of each sample (synthetic video, joint state, noise, video noise)",
-    "prompt": "str [S]: the prompt of each sample",
-    "preset": "str []: the model preset",
-    "device": "str []: the device the probe ran on",
-    "config_json": "str []: the resolved settings of the run, JSON",
-    "config_digest": "str []: sha256 of config_json",
-    "versions_json": "str []: library versions, JSON",
+    **RUN_METADATA,
+}
+SWEEP_ARRAYS = {
+    "steps": "int64 [J]: the K of each sweep entry",
+    "final": "float32 [J, S, N, D]: MimicVideo.sample's actions with K steps (same noise and hiddens as the probe)",
+    "reference": "float32 [S, N, D]: the actions with reference_steps steps",
+    "reference_steps": "int64 []",
+    "wall_seconds": "float64 [J]: median wall time of sampling all S samples with K steps (hiddens excluded)",
+    "repeats": "int64 []: timing repeats behind each median",
+    **RUN_METADATA,
+}
+BACKBONE_ARRAYS = {
+    "hidden_rel_diff": "float32 [K, S]: ||h_k - h_cached|| / ||h_cached|| of the hiddens recomputed at step k",
+    "hidden_cosine": "float32 [K, S]: cosine(h_k, h_cached)",
+    "hidden_step_rel_diff": "float32 [K-1, S]: ||h_k - h_{k-1}|| / ||h_{k-1}||",
+    "final_cached": "float32 [S, N, D]: final actions with hiddens computed once",
+    "final_recompute": "float32 [S, N, D]: final actions of MimicVideo.sample(video=...), hiddens recomputed per step",
+    "seconds_cached": "float64 [S]: wall time of the cached mode (hiddens + sampling), batch 1",
+    "seconds_recompute": "float64 [S]: wall time of the per-step recompute mode, batch 1",
+    "fixed_video_noise": "bool []: the recompute reused the same video noise at every step",
+    "steps": "int64 []",
+    **RUN_METADATA,
 }
 
 
@@ -41,9 +66,20 @@ def atomic_path(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+def _strict(obj):
+    """NaN/inf -> None, so the file is valid JSON (e.g. a CI that one sample cannot give)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path) -> dict:
@@ -58,22 +94,29 @@ def config_digest(settings: dict) -> tuple[str, str]:
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 
-def save_probe(path, arrays: dict) -> None:
-    missing = sorted(set(PROBE_ARRAYS) - set(arrays))
-    if missing:
-        raise ValueError(f"probe arrays lack {missing}: the NPZ contract needs {sorted(PROBE_ARRAYS)}")
+def save_npz(path, arrays: dict, contract: dict) -> None:
+    """Write `arrays` (exactly the contract's keys) as a pickle-free NPZ, atomically."""
+    missing, extra = sorted(set(contract) - set(arrays)), sorted(set(arrays) - set(contract))
+    if missing or extra:
+        raise ValueError(f"NPZ arrays do not match the contract: missing {missing}, unexpected {extra}")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a bare path
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
+def load_npz(path, contract: dict) -> dict[str, np.ndarray]:
+    """Read an NPZ without pickles; errors name the file and the missing arrays."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    missing = sorted(set(contract) - set(arrays))
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing} (is it the right kind of NPZ?)")
+    return arrays
+
+
 def load_probe(path) -> dict[str, np.ndarray]:
     """Read a probe NPZ (no pickles) and check it against the contract; errors name the file."""
-    with np.load(path, allow_pickle=False) as npz:
-        probe = {k: npz[k] for k in npz.files}
-    missing = sorted(set(PROBE_ARRAYS) - set(probe))
-    if missing:
-        raise ValueError(f"{path}: not a probe NPZ, missing arrays {missing}")
+    probe = load_npz(path, PROBE_ARRAYS)
     traj, clean = probe["trajectory"], probe["clean_prediction"]
     steps, samples = traj.shape[0] - 1, traj.shape[1]
     expected = {

@@ -1,29 +1,39 @@
-"""Redundancy metrics computed from a probe NPZ alone.
+"""Redundancy metrics computed from NPZ files alone.
 
 "Step s" means s Euler steps (s model evaluations) have been taken: the state is
 trajectory[s] and the freshest clean-action prediction is clean_prediction[s - 1].
+Every mean over samples comes with a 95% Student-t confidence interval (columns *_ci_low/high).
 """
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 
 from .io import atomic_path, load_probe, write_json
+from .stats import mean_ci
 
-COLUMNS = ["step", "mse_vs_final", "mse_vs_final_std", "mse_clean_vs_final", "mse_clean_vs_final_std", "n_samples"]
 
-
-def mse_vs(arrays: np.ndarray, final: np.ndarray) -> np.ndarray:
+def mse_vs(arrays: np.ndarray, final: np.ndarray, axis=(-2, -1)) -> np.ndarray:
     """Per-sample MSE over (chunk, action dim): [..., S, N, D] vs [S, N, D] -> [..., S]."""
-    return ((arrays.astype(np.float64) - final) ** 2).mean(axis=(-2, -1))
+    return ((arrays.astype(np.float64) - final) ** 2).mean(axis=axis)
 
 
-def step_errors(probe: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(x_t vs final [K+1, S], clean prediction vs final [K, S]); row s-1 of the second is step s."""
-    final = probe["trajectory"][-1]
-    return mse_vs(probe["trajectory"], final), mse_vs(probe["clean_prediction"], final)
+def step_errors(probe: dict) -> dict[str, np.ndarray]:
+    """Per-sample errors [K+1, S] indexed by step s (row 0 of the clean ones is undefined: NaN).
+
+    vs_final: x_t after s steps vs the final actions (the seed session's curve);
+    clean_vs_final: the clean prediction available after s steps vs the final actions (early exit);
+    xt_vs_clean: the two against each other.
+    """
+    traj, clean = probe["trajectory"], probe["clean_prediction"]
+    final = traj[-1]
+    nan_row = np.full((1, traj.shape[1]), np.nan)
+    return {
+        "vs_final": mse_vs(traj, final),
+        "clean_vs_final": np.concatenate([nan_row, mse_vs(clean, final)]),
+        "xt_vs_clean": np.concatenate([nan_row, ((traj[1:].astype(np.float64) - clean) ** 2).mean(axis=(-2, -1))]),
+    }
 
 
 def convergence_step(steps: list[int], mse: list[float], threshold: float) -> int | None:
@@ -32,50 +42,154 @@ def convergence_step(steps: list[int], mse: list[float], threshold: float) -> in
     return next((s for s, m in zip(steps, mse) if m <= target), None)
 
 
+def summary_rows(errors: dict[str, np.ndarray], steps: list[int]) -> list[dict]:
+    """One row per step: mean and 95% CI of every error in `errors`, and N."""
+    rows = []
+    for s in steps:
+        row = {"step": s}
+        for name, per_sample in errors.items():
+            mean, low, high = mean_ci(per_sample[s])
+            row.update({f"mse_{name}": float(mean), f"mse_{name}_ci_low": float(low),
+                        f"mse_{name}_ci_high": float(high)})
+        row["n_samples"] = int(next(iter(errors.values())).shape[1])
+        rows.append(row)
+    return rows
+
+
 def metrics_rows(probe: dict, probe_steps: list[int]) -> list[dict]:
-    x_err, clean_err = step_errors(probe)
-    return [{
-        "step": s,
-        "mse_vs_final": float(x_err[s].mean()),
-        "mse_vs_final_std": float(x_err[s].std(ddof=1)) if x_err.shape[1] > 1 else 0.0,
-        "mse_clean_vs_final": float(clean_err[s - 1].mean()),
-        "mse_clean_vs_final_std": float(clean_err[s - 1].std(ddof=1)) if x_err.shape[1] > 1 else 0.0,
-        "n_samples": int(x_err.shape[1]),
-    } for s in sorted(probe_steps)]
+    return summary_rows(step_errors(probe), sorted(probe_steps))
 
 
-def write_metrics(npz_path, settings: dict, table_path, summary_path) -> None:
+def part_convergence(probe: dict, probe_steps: list[int], threshold: float) -> list[dict]:
+    """Convergence step of each action dimension and each chunk position (which parts converge last)."""
+    traj = probe["trajectory"].astype(np.float64)
+    steps = sorted(probe_steps)
+    sq = (traj[steps] - traj[-1]) ** 2  # [P, S, N, D]
+    rows = []
+    for axis, name in [(3, "dimension"), (2, "position")]:
+        other = 2 if axis == 3 else 3
+        per_part = sq.mean(axis=(1, other))  # [P, parts]
+        for index in range(per_part.shape[1]):
+            curve = per_part[:, index].tolist()
+            rows.append({"axis": name, "index": index, "convergence_step": convergence_step(steps, curve, threshold),
+                         "mse_at_first_step": curve[0]})
+    return rows
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def read_csv(path) -> dict[str, np.ndarray]:
+    """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {c: np.array([float(r[c]) if r[c] not in ("", "None") else np.nan for r in rows]) for c in rows[0]}
+
+
+def write_metrics(npz_path, settings: dict, out: dict) -> None:
+    """metrics.csv (probe steps), early_exit.csv (every step), convergence.csv (per threshold),
+    convergence_by_part.csv, and convergence.json (the headline, at the first threshold)."""
     probe = load_probe(npz_path)
     steps = probe["trajectory"].shape[0] - 1
     too_large = [s for s in settings["probe_steps"] if s > steps]
     if too_large:
         raise ValueError(f"{npz_path} holds {steps} steps; metrics.probe_steps {too_large} exceed it")
-    rows = metrics_rows(probe, settings["probe_steps"])
-    with atomic_path(table_path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    threshold = settings["convergence_threshold"]
-    step = convergence_step([r["step"] for r in rows], [r["mse_vs_final"] for r in rows], threshold)
-    write_json(summary_path, {
-        "convergence_threshold": threshold,
-        "convergence_step": step,
+    errors = step_errors(probe)
+    rows = summary_rows(errors, sorted(settings["probe_steps"]))
+    write_csv(out["table"], rows)
+    write_csv(out["early_exit"], summary_rows(errors, list(range(1, steps + 1))))
+    thresholds = settings["convergence_thresholds"]
+    table = [{"threshold": t,
+              "step_xt": convergence_step([r["step"] for r in rows], [r["mse_vs_final"] for r in rows], t),
+              "step_clean": convergence_step([r["step"] for r in rows], [r["mse_clean_vs_final"] for r in rows], t)}
+             for t in thresholds]
+    write_csv(out["thresholds"], table)
+    write_csv(out["parts"], part_convergence(probe, settings["probe_steps"], thresholds[0]))
+    headline = thresholds[0]
+    write_json(out["summary"], {
+        "convergence_threshold": headline,
+        "convergence_step": table[0]["step_xt"],
         "reference_step": rows[0]["step"],
         "reference_mse": rows[0]["mse_vs_final"],
-        "target_mse": (1.0 - threshold) * rows[0]["mse_vs_final"],
+        "target_mse": (1.0 - headline) * rows[0]["mse_vs_final"],
         "steps": steps,
         "n_samples": int(probe["seed"].size),
         "seeds": sorted({int(s) for s in probe["seed"]}),
         "prompts": sorted({str(p) for p in probe["prompt"]}),
         "preset": str(probe["preset"]),
         "device": str(probe["device"]),
-        "source": str(Path(npz_path)),
+        "source": str(npz_path),
         "config_digest": str(probe["config_digest"]),
     })
 
 
-def read_table(table_path) -> dict[str, np.ndarray]:
-    with open(table_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {c: np.array([float(r[c]) for r in rows]) for c in COLUMNS}
+def _same_samples(a: dict, b: dict, a_path, b_path) -> None:
+    if a["seed"].tolist() != b["seed"].tolist() or a["prompt"].tolist() != b["prompt"].tolist():
+        raise ValueError(f"{a_path} and {b_path} hold different samples (seeds/prompts): rerun both with one config")
+
+
+def write_sweep_metrics(sweep_path, probe_path, table_path) -> None:
+    """sweep.csv: per K, the error vs the main run (the probe's final actions) and vs the fine
+    reference, with 95% CIs, and the wall time of sampling all samples with K steps."""
+    from .io import SWEEP_ARRAYS, load_npz
+
+    sweep, probe = load_npz(sweep_path, SWEEP_ARRAYS), load_probe(probe_path)
+    _same_samples(sweep, probe, sweep_path, probe_path)
+    main = probe["trajectory"][-1]
+    rows = []
+    for k, final, seconds in zip(sweep["steps"], sweep["final"], sweep["wall_seconds"]):
+        row = {"steps": int(k), "nfe": int(k)}
+        for name, target in [("vs_main", main), ("vs_reference", sweep["reference"])]:
+            mean, low, high = mean_ci(mse_vs(final, target))
+            row.update({f"mse_{name}": float(mean), f"mse_{name}_ci_low": float(low), f"mse_{name}_ci_high": float(high)})
+        row.update({"wall_seconds": float(seconds), "samples_per_second": probe["seed"].size / float(seconds),
+                    "main_steps": probe["trajectory"].shape[0] - 1, "reference_steps": int(sweep["reference_steps"]),
+                    "timing_repeats": int(sweep["repeats"]), "n_samples": int(probe["seed"].size)})
+        rows.append(row)
+    write_csv(table_path, rows)
+
+
+def seed_spread(final: np.ndarray, seeds: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    """MSE between the final actions of every two samples with the same prompt and different seeds."""
+    pairs = [(i, j) for i in range(len(seeds)) for j in range(i + 1, len(seeds))
+             if prompts[i] == prompts[j] and seeds[i] != seeds[j]]
+    return np.array([((final[i].astype(np.float64) - final[j]) ** 2).mean() for i, j in pairs])
+
+
+def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
+    """backbone.csv: per action step, how far the recomputed video hiddens are from the cached ones
+    (relative difference, cosine) and from the previous step's; backbone.json: final-action
+    difference between the modes vs the seed-to-seed spread, and the time of each mode."""
+    from .io import BACKBONE_ARRAYS, load_npz
+
+    run = load_npz(backbone_path, BACKBONE_ARRAYS)
+    steps = int(run["steps"])
+    rows = []
+    for k in range(steps):
+        row = {"step": k + 1}
+        for name, values in [("rel_diff_vs_cached", run["hidden_rel_diff"][k]),
+                             ("cosine_vs_cached", run["hidden_cosine"][k]),
+                             ("rel_diff_vs_previous", run["hidden_step_rel_diff"][k - 1] if k else None)]:
+            mean, low, high = mean_ci(values) if values is not None else (np.nan, np.nan, np.nan)
+            row.update({name: float(mean), f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)})
+        row["n_samples"] = int(run["seed"].size)
+        rows.append(row)
+    write_csv(table_path, rows)
+    modes = mse_vs(run["final_recompute"], run["final_cached"])
+    spread = seed_spread(run["final_cached"], run["seed"], run["prompt"])
+    summary = {"steps": steps, "n_samples": int(run["seed"].size), "preset": str(run["preset"]),
+               "device": str(run["device"]), "fixed_video_noise": bool(run["fixed_video_noise"]),
+               "seconds_cached": float(run["seconds_cached"].sum()),
+               "seconds_recompute": float(run["seconds_recompute"].sum()),
+               "recompute_over_cached_time": float(run["seconds_recompute"].sum() / run["seconds_cached"].sum())}
+    for name, values in [("final_mse_between_modes", modes), ("final_mse_seed_to_seed", spread)]:
+        mean, low, high = mean_ci(values) if values.size else (np.nan, np.nan, np.nan)
+        summary.update({name: float(mean), f"{name}_ci": [float(low), float(high)], f"{name}_n": int(values.size)})
+    summary["modes_over_seed_spread"] = summary["final_mse_between_modes"] / summary["final_mse_seed_to_seed"] \
+        if spread.size else None
+    write_json(summary_path, summary)

@@ -1,41 +1,130 @@
-"""Figures drawn from the metrics table and summary alone (never the model)."""
+"""Figures drawn from the metrics tables, summaries and NPZ files alone (never the model).
+
+Every figure states its preset, N (samples) and how many seeds and prompts they come from;
+curves are means over samples with 95% Student-t confidence bands.
+"""
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
 
-from .io import atomic_path, read_json  # noqa: E402
-from .metrics import read_table  # noqa: E402
+from .io import BACKBONE_ARRAYS, atomic_path, load_npz, load_probe, read_json  # noqa: E402
+from .metrics import read_csv  # noqa: E402
 
 
-def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
-    """MSE vs the final action of x_t and of the clean prediction per probe step, mean +- 1 std over samples."""
-    table, summary = read_table(table_path), read_json(summary_path)
-    steps = table["step"]
-    keep = table["mse_vs_final"] > 0 if style["log_y"] else steps == steps  # log axis cannot show the final 0
-    fig, ax = plt.subplots(figsize=(style["width"], style["height"]))
-    for key, label in [("mse_vs_final", "intermediate actions $x_t$"),
-                       ("mse_clean_vs_final", "clean prediction $\\hat{x}_1$")]:
-        mean, std = table[key][keep], table[f"{key}_std"][keep]
-        ax.plot(steps[keep], mean, marker="o", label=label)
-        ax.fill_between(steps[keep], mean - std, mean + std, alpha=0.2)
-    step, threshold = summary["convergence_step"], summary["convergence_threshold"]
-    ax.axhline(summary["target_mse"], color="grey", ls=":", lw=1,
-               label=f"{threshold:.0%} of the step-{summary['reference_step']} error gone")
-    if step is not None:
-        ax.axvline(step, color="grey", ls="--", lw=1, label=f"{threshold:.0%} convergence: step {step}")
-    if style["log_y"]:
-        ax.set_yscale("log")
-    ax.set_xlabel(f"Euler step (of {summary['steps']})")
-    ax.set_ylabel("MSE vs final action")
-    n, seeds, prompts = summary["n_samples"], len(summary["seeds"]), len(summary["prompts"])
-    ax.set_title(f"Action denoising convergence, preset {summary['preset']}\n"
-                 f"N={n} samples ({seeds} seeds x {prompts} prompts), mean ± 1 std", fontsize=10)
-    ax.legend(fontsize=8)
+def _provenance(preset: str, seeds, prompts) -> str:
+    seeds, prompts = sorted(set(np.asarray(seeds).tolist())), sorted(set(np.asarray(prompts).tolist()))
+    return f"preset {preset}, N={len(seeds) * len(prompts)} samples ({len(seeds)} seeds x {len(prompts)} prompts)"
+
+
+def _band(ax, x, table, key, label, **style):
+    line, = ax.plot(x, table[key], marker="o", ms=3, label=label, **style)
+    low, high = table[f"{key}_ci_low"], table[f"{key}_ci_high"]
+    if np.isfinite(low).any():
+        ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+
+
+def _save(fig, style: dict, png_path, svg_path) -> None:
     fig.tight_layout()
     for path, fmt in [(png_path, "png"), (svg_path, "svg")]:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=style["dpi"])
     plt.close(fig)
+
+
+def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
+    """MSE vs the final action of x_t and of the clean prediction, and between the two, per probe step."""
+    table, summary = read_csv(table_path), read_json(summary_path)
+    steps = table["step"]
+    fig, ax = plt.subplots(figsize=(style["width"], style["height"]))
+    _band(ax, steps, table, "mse_vs_final", "$x_t$ vs final action")
+    _band(ax, steps, table, "mse_clean_vs_final", "clean prediction $\\hat{x}_1$ vs final (early exit)")
+    _band(ax, steps, table, "mse_xt_vs_clean", "$x_t$ vs $\\hat{x}_1$", ls="--")
+    step, threshold = summary["convergence_step"], summary["convergence_threshold"]
+    ax.axhline(summary["target_mse"], color="grey", ls=":", lw=1,
+               label=f"{threshold:.0%} of the step-{summary['reference_step']} error gone")
+    if step is not None:
+        ax.axvline(step, color="grey", ls="--", lw=1, label=f"{threshold:.0%} convergence of $x_t$: step {step}")
+    if style["log_y"]:
+        ax.set_yscale("log")  # the final step's 0 is simply not drawn
+    ax.set_xlabel(f"Euler step (of {summary['steps']})")
+    ax.set_ylabel("MSE")
+    ax.set_title("Action denoising convergence, mean and 95% CI\n"
+                 + _provenance(summary["preset"], summary["seeds"], summary["prompts"]), fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, style, png_path, svg_path)
+
+
+def heatmap_figure(npz_path, probe_steps: list[int], style: dict, png_path, svg_path) -> None:
+    """Remaining error per action dimension and per chunk position (relative to the first probe step)."""
+    probe = load_probe(npz_path)
+    traj = probe["trajectory"].astype(np.float64)
+    steps = sorted(probe_steps)
+    sq = (traj[steps] - traj[-1]) ** 2  # [P, S, N, D]
+    fig, axes = plt.subplots(1, 2, figsize=(style["width"] * 1.6, style["height"]))
+    for ax, (name, per_part) in zip(axes, [("action dimension", sq.mean(axis=(1, 2))),
+                                           ("chunk position", sq.mean(axis=(1, 3)))]):
+        relative = per_part / np.where(per_part[:1] > 0, per_part[:1], 1.0)
+        image = ax.imshow(relative.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1,
+                          extent=(-0.5, len(steps) - 0.5, -0.5, per_part.shape[1] - 0.5))
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
+        ax.set_xlabel("Euler step")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(name)
+        ax.set_title(f"MSE vs final per {name}\n(relative to step {steps[0]})", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.suptitle(_provenance(str(probe["preset"]), probe["seed"], probe["prompt"]), fontsize=9)
+    _save(fig, style, png_path, svg_path)
+
+
+def sweep_figure(table_path, probe_path, style: dict, png_path, svg_path) -> None:
+    """Quality vs number of function evaluations, and wall time per K."""
+    table, probe = read_csv(table_path), load_probe(probe_path)
+    nfe = table["nfe"]
+    fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(style["width"] * 1.6, style["height"]))
+    for key, label in [("mse_vs_main", f"vs main run ({int(table['main_steps'][0])} steps)"),
+                       ("mse_vs_reference", f"vs reference ({int(table['reference_steps'][0])} steps)")]:
+        keep = table[key] > 0  # a log axis cannot show the 0 of K = the main run's steps
+        _band(ax, nfe[keep], {k: v[keep] for k, v in table.items()}, key, label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("function evaluations K (Euler steps)")
+    ax.set_ylabel("MSE of final actions")
+    ax.set_title("Quality vs NFE, mean and 95% CI", fontsize=9)
+    ax.legend(fontsize=7)
+    ax_time.plot(nfe, table["wall_seconds"], marker="o")
+    ax_time.set_xscale("log")
+    ax_time.set_xlabel("function evaluations K")
+    ax_time.set_ylabel(f"wall seconds for all {int(table['n_samples'][0])} samples")
+    ax_time.set_title(f"Sampling time (median of {int(table['timing_repeats'][0])})", fontsize=9)
+    fig.suptitle(_provenance(str(probe["preset"]), probe["seed"], probe["prompt"]) + f", device {probe['device']}",
+                 fontsize=9)
+    _save(fig, style, png_path, svg_path)
+
+
+def backbone_figure(table_path, summary_path, npz_path, style: dict, png_path, svg_path) -> None:
+    """How much the per-step recomputed video hiddens move, and what it does to the final actions."""
+    table, summary = read_csv(table_path), read_json(summary_path)
+    run = load_npz(npz_path, BACKBONE_ARRAYS)
+    steps = table["step"]
+    fig, (ax, ax_cos) = plt.subplots(1, 2, figsize=(style["width"] * 1.6, style["height"]))
+    _band(ax, steps, table, "rel_diff_vs_cached", "vs hiddens cached once (step 1)")
+    _band(ax, steps[1:], {k: v[1:] for k, v in table.items()}, "rel_diff_vs_previous", "vs previous step")
+    ax.set_xlabel("action step")
+    ax.set_ylabel("relative difference of video hiddens")
+    ax.legend(fontsize=7)
+    _band(ax_cos, steps, table, "cosine_vs_cached", "cosine vs cached")
+    ax_cos.set_xlabel("action step")
+    ax_cos.set_ylabel("cosine similarity")
+    modes, spread = summary["final_mse_between_modes"], summary["final_mse_seed_to_seed"]
+    ax_cos.set_title(f"final actions: MSE between modes {modes:.3g}, seed-to-seed {spread if spread is None else f'{spread:.3g}'}\n"
+                     f"time: recompute {summary['seconds_recompute']:.1f} s vs cached {summary['seconds_cached']:.1f} s",
+                     fontsize=8)
+    noise = "fixed" if summary["fixed_video_noise"] else "fresh"
+    fig.suptitle(f"Video-backbone recompute at every action step ({noise} video noise); "
+                 + _provenance(summary["preset"], run["seed"], run["prompt"]), fontsize=9)
+    _save(fig, style, png_path, svg_path)

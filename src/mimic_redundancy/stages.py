@@ -1,7 +1,7 @@
 """One entry point per pipeline stage: what scripts/<stage>.py calls with Snakemake's values.
 
 Heavy imports (torch, mimic-video) happen inside the stages that need them, so the cheap
-stages (prefetch, metrics, plot) start fast.
+stages (prefetch, metrics, plots) start fast.
 """
 from __future__ import annotations
 
@@ -29,6 +29,23 @@ def _model_and_device(model: dict, manifest_path, threads: int):
     net = build_model(model, device, snapshots)
     log.info("built preset '%s' on %s in %.1f s", model["preset"], device, time.perf_counter() - start)
     return net, device
+
+
+def _save_run(npz_path, arrays: dict, contract: dict, settings: dict, device) -> None:
+    """Add the run metadata every run NPZ carries (io.RUN_METADATA), then write the NPZ."""
+    import json
+
+    import numpy as np
+
+    from .io import config_digest, save_npz
+    from .model import library_versions
+
+    pairs = settings["samples"]
+    text, digest = config_digest(settings)
+    arrays.update(seed=np.asarray([s for s, _ in pairs], dtype=np.int64), prompt=[p for _, p in pairs],
+                  preset=settings["model"]["preset"], device=str(device), config_json=text, config_digest=digest,
+                  versions_json=json.dumps(library_versions(), sort_keys=True))
+    save_npz(npz_path, arrays, contract)
 
 
 def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> None:
@@ -67,12 +84,7 @@ def validate(settings: dict, manifest_path, report_path, threads: int = 1) -> No
 
 
 def probe(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
-    import json
-
-    import numpy as np
-
-    from .io import config_digest, save_probe
-    from .model import library_versions
+    from .io import PROBE_ARRAYS
     from .probe import run_probe
 
     net, device = _model_and_device(settings["model"], manifest_path, threads)
@@ -81,20 +93,26 @@ def probe(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
     start = time.perf_counter()
     arrays = run_probe(net, pairs, settings["inputs"], settings["steps"], settings["batch_size"], device)
     log.info("probe took %.1f s", time.perf_counter() - start)
-    text, digest = config_digest(settings)
-    arrays.update(seed=np.asarray(arrays["seed"], dtype=np.int64), preset=settings["model"]["preset"],
-                  device=str(device), config_json=text, config_digest=digest,
-                  versions_json=json.dumps(library_versions(), sort_keys=True))
-    save_probe(npz_path, arrays)
+    del arrays["seed"], arrays["prompt"]  # written by _save_run from the same pairs
+    _save_run(npz_path, arrays, PROBE_ARRAYS, settings, device)
 
 
-def metrics(npz_path, settings: dict, table_path, summary_path) -> None:
-    from .metrics import write_metrics
+def sweep(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
+    from .io import SWEEP_ARRAYS
+    from .sweep import run_sweep
 
-    write_metrics(npz_path, settings, table_path, summary_path)
+    net, device = _model_and_device(settings["model"], manifest_path, threads)
+    pairs = [tuple(s) for s in settings["samples"]]
+    arrays = run_sweep(net, pairs, settings["inputs"], settings["sweep_steps"], settings["reference_steps"],
+                       settings["batch_size"], settings["repeats"], device)
+    _save_run(npz_path, arrays, SWEEP_ARRAYS, settings, device)
 
 
-def plot(table_path, summary_path, settings: dict, png_path, svg_path) -> None:
-    from .plots import convergence_figure
+def backbone(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
+    from .backbone import run_backbone
+    from .io import BACKBONE_ARRAYS
 
-    convergence_figure(table_path, summary_path, settings, png_path, svg_path)
+    net, device = _model_and_device(settings["model"], manifest_path, threads)
+    pairs = [tuple(s) for s in settings["samples"]]
+    arrays = run_backbone(net, pairs, settings["inputs"], settings["steps"], settings["fixed_video_noise"], device)
+    _save_run(npz_path, arrays, BACKBONE_ARRAYS, settings, device)

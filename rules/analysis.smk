@@ -1,0 +1,39 @@
+# Model jobs beyond the probe: the K-step sweep and the video-backbone recompute.
+rule sweep:
+    input:
+        report=rules.validate.output.report,
+        manifest=rules.prefetch.output.manifest,
+        code=MODEL_CODE + code("sweep"),
+    output:
+        npz=results("{preset}", "sweep.npz"),
+    params:
+        settings=lambda w: cfg.sweep_settings(config, w.preset),
+    threads: 2
+    log:
+        results("{preset}", "logs/sweep.log"),
+    message:
+        "Sample preset {wildcards.preset} with K Euler steps and a fine reference"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/sweep.py"
+
+
+rule backbone:
+    input:
+        report=rules.validate.output.report,
+        manifest=rules.prefetch.output.manifest,
+        code=MODEL_CODE + code("backbone"),
+    output:
+        npz=results("{preset}", "backbone.npz"),
+    params:
+        settings=lambda w: cfg.backbone_settings(config, w.preset),
+    threads: 2
+    log:
+        results("{preset}", "logs/backbone.log"),
+    message:
+        "Per-step video-backbone recompute vs cached hiddens for preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/backbone.py"

@@ -1,0 +1,11 @@
+"""Snakemake adapter: rule plot_backbone -> mimic_redundancy.plots.backbone_figure."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the package, in any env
+from mimic_redundancy.log import setup_log  # noqa: E402
+from mimic_redundancy.plots import backbone_figure  # noqa: E402
+
+setup_log(snakemake.log[0])
+backbone_figure(snakemake.input.table, snakemake.input.summary, snakemake.input.npz, snakemake.params.style,
+                snakemake.output.png, snakemake.output.svg)

@@ -1,0 +1,175 @@
+"""Head-node prefetch and offline jobs, through the real huggingface_hub/transformers/diffusers code
+against the loopback Hub (tests/hub_server.py), in real Snakemake runs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+
+import pytest
+
+from conftest import SMALL, executed_rules, snakemake, write_config
+from hub_server import HubServer, save_t5_tokenizer, save_tiny_cosmos_pipeline
+
+T5 = "google-t5/t5-small"
+TINY_COSMOS = "test-org/tiny-cosmos"
+# the cosmos preset pointed at the tiny test pipeline (2 transformer blocks)
+COSMOS = {"presets": {"cosmos": {"backbone": {"repo": TINY_COSMOS, "revision": "main"}, "extract_layer": 1}},
+          "preset": "cosmos"}
+ALL_JOBS = ["backbone", "backbone_metrics", "metrics", "plot", "plot_backbone", "plot_heatmaps", "plot_sweep",
+            "prefetch", "probe", "sweep", "sweep_metrics", "validate"]
+
+
+@pytest.fixture(scope="module")
+def hub_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    save_t5_tokenizer(root / "models" / T5)
+    save_tiny_cosmos_pipeline(root / "models" / TINY_COSMOS)
+    return root
+
+
+@pytest.fixture
+def hub(hub_root):
+    with HubServer(hub_root) as server:
+        yield server
+
+
+def run(workdir, endpoint: str, overrides: dict, *targets: str, timeout: int = 600):
+    """Snakemake with HF_ENDPOINT pointing at `endpoint` (the pipeline sets every other HF_* itself)."""
+    config = write_config(workdir, {**SMALL, **overrides})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1")
+    return snakemake(workdir, *targets, "--configfile", str(config), timeout=timeout, env=env)
+
+
+def ok(result):
+    assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def hub_requests(server: HubServer) -> list[str]:
+    # huggingface_hub also asks a best-effort /api/agent-harnesses; count only repo traffic
+    return [path for _, path in server.requests if "agent-harnesses" not in path]
+
+
+@pytest.mark.parametrize("overrides, repo", [({"preset": "tiny-t5"}, T5), (COSMOS, TINY_COSMOS)],
+                         ids=["tiny-t5", "cosmos"])
+def test_prefetch_then_the_whole_dag_offline(workflow, hub, overrides, repo):
+    preset = overrides["preset"]
+    ok(run(workflow, hub.url, overrides, f"results/{preset}/prefetch.json"))
+    manifest = json.loads((workflow / f"results/{preset}/prefetch.json").read_text())
+    [entry] = manifest["repos"]
+    assert entry["repo"] == repo and entry["revision"] == "main"
+    assert entry["resolved_revision"] == hub.commit(repo) and len(entry["resolved_revision"]) == 40
+    cache = (workflow / "resources/hf/hub").resolve()
+    assert entry["snapshot"] == str(cache / f"models--{repo.replace('/', '--')}/snapshots/{entry['resolved_revision']}")
+    served = hub.files(repo)
+    assert {f["path"]: f["bytes"] for f in entry["files"]} == {p: size for p, (size, _) in served.items()
+                                                                if p != ".gitattributes"}
+    assert entry["bytes"] == sum(f["bytes"] for f in entry["files"])
+    log = (workflow / f"results/{preset}/logs/prefetch.log").read_text()
+    assert f"-> commit {entry['resolved_revision']}" in log and "bytes in" in log
+
+    before = len(hub_requests(hub))
+    result = ok(run(workflow, hub.url, overrides))
+    assert executed_rules(result) == sorted(set(ALL_JOBS) - {"prefetch"})
+    assert len(hub_requests(hub)) == before, "no job may talk to the Hub after prefetch"
+    report = json.loads((workflow / f"results/{preset}/validate.json").read_text())
+    assert report["passed"] and report["fidelity_max_abs_diff"] <= 1e-5
+    assert report["hub_environment"] == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                                         "HF_HOME": str(cache.parent), "HF_HUB_CACHE": str(cache)}
+    # the served tokenizer (208 pieces), loaded from the cache: not the 104-token offline fallback
+    assert "with 208 tokens" in next(c for c in report["checks"] if c["name"] == "tokenizer")["detail"]
+    # unchanged config: nothing reruns, and nothing asks the Hub
+    assert executed_rules(ok(run(workflow, hub.url, overrides))) == []
+    assert len(hub_requests(hub)) == before
+
+
+def test_a_changed_revision_reruns_prefetch_and_everything_downstream(workflow, hub):
+    ok(run(workflow, hub.url, {"preset": "tiny-t5"}))
+    pinned = {"preset": "tiny-t5", "presets": {"tiny-t5": {"tokenizer": {"repo": T5, "revision": hub.commit(T5)}}}}
+    assert executed_rules(ok(run(workflow, hub.url, pinned))) == ALL_JOBS
+    manifest = json.loads((workflow / "results/tiny-t5/prefetch.json").read_text())
+    assert manifest["repos"][0]["revision"] == manifest["repos"][0]["resolved_revision"] == hub.commit(T5)
+    assert executed_rules(ok(run(workflow, hub.url, pinned))) == []
+
+
+def test_a_job_whose_repo_is_not_in_the_cache_fails_at_once(workflow, hub):
+    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/prefetch.json"))
+    shutil.rmtree(workflow / "resources/hf/hub")
+    start = time.monotonic()
+    result = run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json")
+    assert result.returncode != 0 and time.monotonic() - start < 60
+    log = (workflow / "results/tiny-t5/logs/validate.log").read_text()
+    assert f"model {T5}@{hub.commit(T5)} is not in the Hub cache" in log
+    assert "prefetch" in log and "where the Hub is reachable" in log
+    assert not (workflow / "results/tiny-t5/validate.json").exists()
+
+
+def test_a_damaged_cached_file_is_detected_not_used(workflow, hub):
+    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/prefetch.json"))
+    entry = json.loads((workflow / "results/tiny-t5/prefetch.json").read_text())["repos"][0]
+    target = (workflow / entry["snapshot"] / "tokenizer.json").resolve()  # the blob behind the snapshot link
+    target.write_bytes(target.read_bytes()[:100])
+    result = run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json")
+    assert result.returncode != 0
+    log = (workflow / "results/tiny-t5/logs/validate.log").read_text()
+    assert "is incomplete in the Hub cache" in log and "tokenizer.json" in log
+
+
+def test_an_interrupted_prefetch_is_redone_never_used(workflow, hub):
+    hub.truncate["tokenizer.json"] = 100  # the connection drops after 100 bytes of tokenizer.json
+    result = run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/prefetch.json")
+    assert result.returncode != 0
+    assert "download of model google-t5/t5-small" in (workflow / "results/tiny-t5/logs/prefetch.log").read_text()
+    assert not (workflow / "results/tiny-t5/prefetch.json").exists()
+    hub.truncate.clear()
+    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json"))
+    entry = json.loads((workflow / "results/tiny-t5/prefetch.json").read_text())["repos"][0]
+    size = hub.files(T5)["tokenizer.json"][0]
+    assert (workflow / entry["snapshot"] / "tokenizer.json").stat().st_size == size
+
+
+def test_prefetch_fails_fast_when_nothing_listens(workflow):
+    with socket.socket() as probe:  # a free loopback port with nothing behind it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    result = run(workflow, f"http://127.0.0.1:{port}", {"preset": "tiny-t5"}, "results/tiny-t5/prefetch.json")
+    assert result.returncode != 0 and time.monotonic() - start < 60
+    log = (workflow / "results/tiny-t5/logs/prefetch.log").read_text()
+    assert f"cannot resolve model {T5}@main on the Hub at http://127.0.0.1:{port}" in log
+    assert "run prefetch on a machine that reaches the Hub" in log
+
+
+def test_prefetch_fails_within_its_timeout_when_the_hub_never_answers(workflow):
+    with socket.socket() as silent:  # accepts connections (the kernel does) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        start = time.monotonic()
+        result = run(workflow, f"http://127.0.0.1:{silent.getsockname()[1]}",
+                     {"preset": "tiny-t5", "hub": {"timeout_s": 2}}, "results/tiny-t5/prefetch.json")
+        elapsed = time.monotonic() - start
+    assert result.returncode != 0 and elapsed < 60, elapsed
+    log = (workflow / "results/tiny-t5/logs/prefetch.log").read_text()
+    assert "within 2 s" in log and "Timeout" in log
+
+
+def test_validate_refuses_a_degenerate_tokenizer_from_the_hub(tmp_path, workflow):
+    """A 'google-t5/t5-small' that knows no word (like the offline fallback) is refused by validate."""
+    from transformers import T5TokenizerFast
+
+    root = tmp_path / "bad-hub"
+    T5TokenizerFast(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]).save_pretrained(
+        root / "models" / T5)
+    with HubServer(root) as bad:
+        # same word count: identical ids when every word is <unk>
+        result = run(workflow, bad.url, {"preset": "tiny-t5", "prompts": ["peel the orange", "pick the apple"]},
+                     "results/tiny-t5/validate.json")
+    assert result.returncode != 0
+    log = (workflow / "results/tiny-t5/logs/validate.log").read_text()
+    assert "FAIL tokenizer" in log and "identical token ids" in log and "map to the unknown token" in log
+    assert "validation failed: tokenizer" in log
+    assert not (workflow / "results/tiny-t5/validate.json").exists()

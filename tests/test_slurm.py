@@ -1,0 +1,156 @@
+"""profiles/slurm on a real Slurm controller (tools/slurm/start.sh): every model job runs as a Slurm
+job, cheap jobs on the head node, nothing hangs. Skipped where no cluster answers, except under CI."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, run_ok, write_config
+from mimic_redundancy.io import load_probe
+
+MODEL_JOBS = ["backbone", "probe", "sweep", "validate"]
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+/rule_(\w+)/\S+)\)")
+
+
+def cluster_problem() -> str | None:
+    try:
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"sinfo does not answer ({error})"
+    states = nodes.stdout.split()
+    if nodes.returncode or not any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states):
+        return f"no usable Slurm node (sinfo: {nodes.stdout.strip() or nodes.stderr.strip()})"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    problem = cluster_problem()
+    if problem:
+        message = f"{problem}; start one with tools/slurm/start.sh"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Slurm tests: {message}")
+        pytest.skip(message)
+
+
+def slurm(workdir, overrides: dict, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:
+    config = write_config(workdir, {**SMALL, **overrides})
+    return subprocess.run([str(SNAKEMAKE), "--profile", "profiles/slurm", *args, "--configfile", str(config)],
+                          cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result):
+    assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def submissions(result) -> dict[str, tuple[str, str]]:
+    """Rule -> (Slurm job id, job log) of every job Snakemake submitted."""
+    return {rule: (job, log) for job, log, rule in SUBMITTED.findall(result.stdout + result.stderr)}
+
+
+def sacct(job_ids) -> dict[str, tuple[str, str]]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,AllocTRES"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return {job: (state, tres) for job, state, tres in (line.split("|") for line in out.splitlines())}
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("slurm"))
+    result = ok(slurm(workdir, {}))
+    return workdir, result
+
+
+@pytest.fixture
+def rerun(completed, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(completed[0], workdir, symlinks=True)
+    return workdir
+
+
+def test_model_jobs_run_as_slurm_jobs_and_match_the_local_profile(completed, tmp_path):
+    workdir, result = completed
+    jobs = submissions(result)
+    assert sorted(jobs) == MODEL_JOBS, "exactly the model jobs are submitted; the rest run on the head node"
+    assert sorted(executed_rules(result)) == sorted(MODEL_JOBS + ["backbone_metrics", "metrics", "plot",
+                                                                  "plot_backbone", "plot_heatmaps", "plot_sweep",
+                                                                  "prefetch", "sweep_metrics"])
+    accounting = sacct([job for job, _ in jobs.values()])
+    for rule, (job, log) in jobs.items():
+        state, tres = accounting[job]
+        assert state == "COMPLETED", (rule, state)
+        assert "gres/gpu=1" in tres, (rule, tres)  # the profile's GPU request reached Slurm
+        assert log.startswith(str(workdir / "logs/slurm")) and "Finished jobid" in open(log).read(), rule
+    # the same config on this machine gives the same numbers
+    local = copy_workflow(tmp_path / "local")
+    run_ok(local, "--configfile", str(write_config(local, SMALL)))
+    for name in ["probe.npz"]:
+        on_slurm, here = load_probe(workdir / "results/tiny" / name), load_probe(local / "results/tiny" / name)
+        np.testing.assert_array_equal(on_slurm["trajectory"], here["trajectory"])
+        np.testing.assert_array_equal(on_slurm["clean_prediction"], here["clean_prediction"])
+        assert str(on_slurm["config_digest"]) == str(here["config_digest"])
+
+
+def test_reruns_submit_only_what_changed(rerun):
+    assert submissions(ok(slurm(rerun, {}))) == {}
+    plot_only = ok(slurm(rerun, {"plot": {"dpi": 72}}))
+    assert submissions(plot_only) == {}
+    assert executed_rules(plot_only) == ["plot", "plot_backbone", "plot_heatmaps", "plot_sweep"]
+    more_seeds = ok(slurm(rerun, {"plot": {"dpi": 72}, "seeds": [0, 1, 2]}))
+    assert sorted(submissions(more_seeds)) == ["backbone", "probe", "sweep"]
+
+
+def test_a_failing_job_names_the_rule_and_its_slurm_log(rerun):
+    start = time.monotonic()
+    result = slurm(rerun, {"device": "cuda"}, "results/tiny/validate.json", timeout=300)
+    assert result.returncode != 0 and time.monotonic() - start < 300
+    output = result.stdout + result.stderr
+    [(job, log)] = submissions(result).values()
+    assert "Error in rule validate" in output and log in output
+    assert "asks for CUDA, but torch sees no CUDA device" in (rerun / "results/tiny/logs/validate.log").read_text()
+    assert not (rerun / "results/tiny/validate.json").exists()
+
+
+def test_a_job_cancelled_by_slurm_leaves_nothing_complete_and_is_redone(rerun):
+    config = write_config(rerun, {**SMALL, "seeds": [0, 1, 2, 3], "probe": {"steps": 10, "batch_size": 1}})
+    command = [str(SNAKEMAKE), "--profile", "profiles/slurm", "results/tiny/probe.npz", "--configfile", str(config)]
+    run = subprocess.Popen(command, cwd=rerun, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, job = [], None
+    deadline = time.monotonic() + 120
+    for line in run.stdout:  # wait for the probe's submission, then cancel it
+        output.append(line)
+        match = SUBMITTED.search(line)
+        if match and match.group(3) == "probe":
+            job = match.group(1)
+            subprocess.run(["scancel", job], check=True, timeout=30)
+        if time.monotonic() > deadline:
+            break
+    run.wait(timeout=300)
+    assert job is not None, "".join(output)[-3000:]
+    assert run.returncode != 0, "a cancelled job fails the run"
+    assert not (rerun / "results/tiny/probe.npz").exists()
+    assert not list((rerun / "results/tiny").glob(".probe.npz.tmp*"))
+    redo = ok(subprocess.run(command, cwd=rerun, capture_output=True, text=True, timeout=420))
+    assert sorted(submissions(redo)) == ["probe"]
+    assert load_probe(rerun / "results/tiny/probe.npz")["seed"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_a_cluster_without_accounting_runs_with_squeue_status(rerun):
+    """slurmdbd stopped: sacct fails. With the README's setting the run finishes instead of hanging."""
+    tools = REPO / "tools/slurm"
+    subprocess.run([str(tools / "stop.sh"), "slurmdbd"], check=True, timeout=120)
+    try:
+        assert subprocess.run(["sacct", "-X", "-n"], capture_output=True, timeout=30).returncode != 0
+        result = ok(slurm(rerun, {"seeds": [0, 1, 2]}, "results/tiny/probe.npz", "--slurm-status-command", "squeue",
+                          timeout=300))
+        assert sorted(submissions(result)) == ["probe"]
+    finally:
+        subprocess.run([str(tools / "start.sh")], check=True, timeout=300, stdout=sys.stderr)
