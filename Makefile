@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # extra snakemake arguments, e.g. make run SMK="--config preset=tiny"
 SMK ?=
 
-.PHONY: run test lint report slurm-up slurm-down clean
+.PHONY: run test lint report bench gpu-check slurm-up slurm-down clean
 
 # torch first and pinned: an unpinned torch requirement pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +24,14 @@ test: $(VENV)/.installed
 report: $(VENV)/.installed
 	$(BIN)/snakemake --report results/report.html $(SMK)
 	@echo "report: results/report.html"
+
+# speed goals as ratios measured side by side (results/bench/summary.{json,md}); a few minutes
+bench: $(VENV)/.installed
+	$(BIN)/python -m mimic_redundancy.bench --out results/bench
+
+# on a CUDA machine: validate + probe the tiny preset there, check every tensor's device, print timings
+gpu-check: $(VENV)/.installed
+	$(BIN)/python -m mimic_redundancy.gpu_check --device cuda
 
 # a real single-node Slurm cluster on this machine (root; see tools/slurm/README.md)
 slurm-up:

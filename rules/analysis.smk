@@ -3,12 +3,14 @@ rule sweep:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
-        code=MODEL_CODE + code("sweep"),
+        code=MODEL_CODE + code("sweep", "timing"),
     output:
         npz=results("{preset}", "sweep.npz"),
     params:
         settings=lambda w: cfg.sweep_settings(config, w.preset),
     threads: 2
+    benchmark:
+        results("{preset}", "benchmarks/sweep.tsv")
     log:
         results("{preset}", "logs/sweep.log"),
     message:
@@ -23,12 +25,14 @@ rule backbone:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
-        code=MODEL_CODE + code("backbone"),
+        code=MODEL_CODE + code("backbone", "timing"),
     output:
         npz=results("{preset}", "backbone.npz"),
     params:
         settings=lambda w: cfg.backbone_settings(config, w.preset),
     threads: 2
+    benchmark:
+        results("{preset}", "benchmarks/backbone.tsv")
     log:
         results("{preset}", "logs/backbone.log"),
     message:

@@ -16,6 +16,11 @@ cfg.validate_config(config)
 # re-read this file); only prefetch goes online, by itself.
 os.environ.update(offline_env(config["hub"]["cache_dir"]))
 
+# Slurm: see a job that `scancel` killed as failed instead of polling it forever (slurm_compat.py)
+from mimic_redundancy.slurm_compat import patch_slurm_status_query
+
+patch_slurm_status_query()
+
 
 wildcard_constraints:
     preset="|".join(map(re.escape, config["presets"])),

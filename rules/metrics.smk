@@ -17,6 +17,8 @@ rule metrics:
         summary=results("{preset}", "convergence.json"),
     params:
         settings=cfg.metrics_settings(config),
+    benchmark:
+        results("{preset}", "benchmarks/metrics.tsv")
     log:
         results("{preset}", "logs/metrics.log"),
     message:
@@ -34,6 +36,8 @@ rule sweep_metrics:
         code=code("metrics", "stats", "io"),
     output:
         table=report(results("{preset}", "sweep.csv"), caption="../report/sweep_table.rst", category="Tables"),
+    benchmark:
+        results("{preset}", "benchmarks/sweep_metrics.tsv")
     log:
         results("{preset}", "logs/sweep_metrics.log"),
     message:
@@ -51,6 +55,8 @@ rule backbone_metrics:
     output:
         table=report(results("{preset}", "backbone.csv"), caption="../report/backbone_table.rst", category="Tables"),
         summary=results("{preset}", "backbone.json"),
+    benchmark:
+        results("{preset}", "benchmarks/backbone_metrics.tsv")
     log:
         results("{preset}", "logs/backbone_metrics.log"),
     message:

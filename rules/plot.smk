@@ -16,6 +16,8 @@ rule plot:
         svg=results("{preset}", "figures/convergence.svg"),
     params:
         style=cfg.plot_settings(config),
+    benchmark:
+        results("{preset}", "benchmarks/plot.tsv")
     log:
         results("{preset}", "logs/plot.log"),
     message:
@@ -36,6 +38,8 @@ rule plot_heatmaps:
     params:
         style=cfg.plot_settings(config),
         probe_steps=config["metrics"]["probe_steps"],
+    benchmark:
+        results("{preset}", "benchmarks/plot_heatmaps.tsv")
     log:
         results("{preset}", "logs/plot_heatmaps.log"),
     message:
@@ -56,6 +60,8 @@ rule plot_sweep:
         svg=results("{preset}", "figures/sweep.svg"),
     params:
         style=cfg.plot_settings(config),
+    benchmark:
+        results("{preset}", "benchmarks/plot_sweep.tsv")
     log:
         results("{preset}", "logs/plot_sweep.log"),
     message:
@@ -77,6 +83,8 @@ rule plot_backbone:
         svg=results("{preset}", "figures/backbone.svg"),
     params:
         style=cfg.plot_settings(config),
+    benchmark:
+        results("{preset}", "benchmarks/plot_backbone.tsv")
     log:
         results("{preset}", "logs/plot_backbone.log"),
     message:

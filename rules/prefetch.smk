@@ -7,6 +7,8 @@ rule prefetch:
         manifest=results("{preset}", "prefetch.json"),
     params:
         settings=lambda w: cfg.prefetch_settings(config, w.preset),
+    benchmark:
+        results("{preset}", "benchmarks/prefetch.tsv")
     log:
         results("{preset}", "logs/prefetch.log"),
     message:

@@ -8,6 +8,8 @@ rule probe:
     params:
         settings=lambda w: cfg.probe_settings(config, w.preset),
     threads: 2
+    benchmark:
+        results("{preset}", "benchmarks/probe.tsv")
     log:
         results("{preset}", "logs/probe.log"),
     message:

@@ -7,6 +7,8 @@ rule validate:
     params:
         settings=lambda w: cfg.validate_settings(config, w.preset),
     threads: 2
+    benchmark:
+        results("{preset}", "benchmarks/validate.tsv")
     log:
         results("{preset}", "logs/validate.log"),
     message:

@@ -82,3 +82,12 @@ def test_part_convergence_finds_the_slow_dimension():
     rows = part_convergence({"trajectory": traj}, [1, 2, 3, 4], 0.9)
     by_dim = {r["index"]: r["convergence_step"] for r in rows if r["axis"] == "dimension"}
     assert by_dim == {0: 3, 1: 1, 2: 4}
+
+
+def test_slurm_cancelled_state_is_normalised():
+    from mimic_redundancy.slurm_compat import normalise_state, patch_slurm_status_query
+
+    assert normalise_state("CANCELLED by 0") == "CANCELLED"
+    assert [normalise_state(s) for s in ["COMPLETED", "RUNNING", "FAILED", "CANCELLED"]] == [
+        "COMPLETED", "RUNNING", "FAILED", "CANCELLED"]
+    assert patch_slurm_status_query() and patch_slurm_status_query()  # idempotent

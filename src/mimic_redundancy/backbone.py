@@ -13,17 +13,13 @@ import numpy as np
 import torch
 
 from .probe import library_sample, synthetic_batch, video_hiddens
+from .timing import synchronize
 
 log = logging.getLogger(__name__)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().cpu().flatten()
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def recompute_sample(net, batch, steps: int, seed: int, fixed_video_noise: bool):
@@ -53,15 +49,15 @@ def run_backbone(net, pairs, inputs: dict, steps: int, fixed_video_noise: bool, 
     final_cached, final_recompute, seconds_cached, seconds_recompute = [], [], np.zeros(n), np.zeros(n)
     for i, (seed, prompt) in enumerate(pairs):
         batch = synthetic_batch(net, [(seed, prompt)], inputs, device)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         cached = video_hiddens(net, batch)
         final_c = library_sample(net, batch, cached, steps)
-        _sync(device)
+        synchronize(device)
         seconds_cached[i] = time.perf_counter() - start
         start = time.perf_counter()
         final_r, per_step = recompute_sample(net, batch, steps, seed, fixed_video_noise)
-        _sync(device)
+        synchronize(device)
         seconds_recompute[i] = time.perf_counter() - start
         reference = _flat(cached[0])
         flats = [_flat(h) for h in per_step]

@@ -3,28 +3,20 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 
 import numpy as np
 import torch
 
 from .probe import library_sample, synthetic_batch, video_hiddens
+from .timing import timed
 
 log = logging.getLogger(__name__)
 
 
 def _timed(fn, device, repeats: int):
     """(result of the last call, median wall seconds over `repeats` calls)."""
-    seconds = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return result, statistics.median(seconds)
+    runs = [timed(fn, device) for _ in range(repeats)]
+    return runs[-1][0], statistics.median(seconds for _, seconds in runs)
 
 
 def run_sweep(net, pairs, inputs: dict, ks: list[int], reference_steps: int, batch_size: int, repeats: int,

@@ -1,0 +1,35 @@
+"""The benchmark and GPU-check programs run and report what they claim (timings themselves are not asserted)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_gpu_check_runs_its_device_audit_on_the_cpu():
+    result = subprocess.run([sys.executable, "-m", "mimic_redundancy.gpu_check", "--device", "cpu", "--steps", "3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert report["passed"] and report["problems"] == [] and report["fidelity_max_abs_diff"] <= 1e-5
+    assert {"noise", "hiddens[0]", "trajectory", "clean_prediction", "sample"} <= set(report["tensors_checked"])
+    assert report["torch_calls_audited_in_euler_loop"] > 100
+
+
+def test_model_benchmarks_report_ratios_with_their_measurements():
+    from mimic_redundancy.bench import markdown, model_benchmarks
+
+    results = model_benchmarks(repeats=1, steps=2)
+    for key in ["probe_overhead_ratio", "cache_speedup", "batch16_throughput_ratio"]:
+        entry = results[key]
+        assert entry["value"] > 0 and isinstance(entry["met"], bool) and entry["goal"]
+        assert all(side["repeats"] == 1 for side in entry["measured"].values() if isinstance(side, dict)
+                   and "repeats" in side)
+    projection = results["cache_speedup"]["measured"]["projection_cosmos_7b"]
+    assert projection["label"].startswith("PROJECTION")
+    # a 7B video transformer call costs far more than one step of the small action head
+    assert projection["backbone_gflops_per_call"] > 100 * projection["action_head_gflops_per_step"]
+    assert 1 < projection["projected_speedup"] <= projection["steps"]
+    assert "| probe_overhead_ratio |" in markdown({"results": results})
