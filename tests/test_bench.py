@@ -30,6 +30,6 @@ def test_model_benchmarks_report_ratios_with_their_measurements():
     projection = results["cache_speedup"]["measured"]["projection_cosmos_7b"]
     assert projection["label"].startswith("PROJECTION")
     # a 7B video transformer call costs far more than one step of the small action head
-    assert projection["backbone_gflops_per_call"] > 100 * projection["action_head_gflops_per_step"]
+    assert projection["backbone_gflops_per_call"] > 50 * projection["action_head_gflops_per_step"]
     assert 1 < projection["projected_speedup"] <= projection["steps"]
     assert "| probe_overhead_ratio |" in markdown({"results": results})
