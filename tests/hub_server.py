@@ -210,23 +210,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses ---------------------------------------------------------------------------------------------
     def _json(self, payload, sha: str, body: bool) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("X-Repo-Commit", sha)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        self._send(200, json.dumps(payload).encode(), {"X-Repo-Commit": sha}, body)
 
     def _error(self, status: int, code: str | None, message: str, body: bool, sha: str | None = None) -> None:
-        data = json.dumps({"error": message}).encode()
+        headers = {"X-Error-Code": code, "X-Error-Message": message, "X-Repo-Commit": sha}
+        self._send(status, json.dumps({"error": message}).encode(), headers, body)
+
+    def _send(self, status: int, data: bytes, headers: dict, body: bool) -> None:
         self.send_response(status)
-        if code:
-            self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
-        if sha:
-            self.send_header("X-Repo-Commit", sha)
+        for name, value in headers.items():
+            if value:
+                self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
