@@ -3,6 +3,8 @@ rule sweep:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
+        data=data_files,
+        checkpoint=checkpoint_files,
         code=MODEL_CODE + code("sweep", "timing"),
     output:
         npz=results("{preset}", "sweep.npz"),
@@ -25,6 +27,8 @@ rule backbone:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
+        data=data_files,
+        checkpoint=checkpoint_files,
         code=MODEL_CODE + code("backbone", "timing"),
     output:
         npz=results("{preset}", "backbone.npz"),

@@ -31,11 +31,55 @@ def code(*modules):
     return [f"src/mimic_redundancy/{m}.py" for m in modules]
 
 
-MODEL_CODE = code("stages", "hub", "model", "tokenizer", "probe", "io")
+MODEL_CODE = code("stages", "hub", "model", "tokenizer", "probe", "io", "data")
+
+
+def data_files(wildcards):
+    """inputs.source video_dir: the table and the videos it names (those that exist: a missing one is
+    reported by the job, naming the table row), so editing the data reruns the model stages."""
+    inputs = config["inputs"]
+    if inputs["source"] != "video_dir":
+        return []
+    folder = Path(inputs["video_dir"])
+    table = folder / "episodes.csv"
+    if not table.is_file():
+        return []
+    import csv
+
+    with open(table, newline="") as f:
+        names = [row.get("video") or "" for row in csv.DictReader(f)]
+    return [str(table)] + sorted({str(folder / n) for n in names if n and (folder / n).is_file()})
+
+
+def checkpoint_files(wildcards):
+    return cfg.checkpoint_files(config, wildcards.preset)
 
 
 def results(preset, name):
     return f"results/{preset}/{name}"
+
+
+def run_presets():
+    """The selected preset and those compared with it."""
+    return [config["preset"], *config["compare"]]
+
+
+def trained_from(preset):
+    """The preset whose train rule writes this checkpoint preset's folder (None: not written here)."""
+    folder = config["presets"][preset].get("checkpoint", "")
+    match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
+    return match.group(1) if match else None
+
+
+def all_targets():
+    targets = [t for p in run_presets() for t in final_targets(p)]
+    for preset in run_presets():
+        source = trained_from(preset)
+        if source:
+            targets += [results(source, f"figures/train_loss.{ext}") for ext in ["png", "svg"]]
+    if config["compare"]:
+        targets += ["results/compare/comparison.csv", "results/compare/figures/comparison.png"]
+    return targets
 
 
 def final_targets(preset):
@@ -46,7 +90,14 @@ def final_targets(preset):
     return [results(preset, name) for name in ["validate.json", "probe.npz", *tables, *figures]]
 
 
-def print_summary(preset):
+def print_summary(presets):
+    for preset in presets:
+        _print_summary(preset)
+    if config["compare"]:
+        print(f"\nside by side: results/compare/figures/comparison.png, results/compare/comparison.csv")
+
+
+def _print_summary(preset):
     summary_path = Path(results(preset, "convergence.json"))
     if not summary_path.exists():
         return
@@ -57,5 +108,5 @@ def print_summary(preset):
         f"\nfigure: {results(preset, 'figures/convergence.png')} (and .svg)"
         f"\ntable:  {results(preset, 'metrics.csv')}"
         f"\n{summary['convergence_threshold']:.0%} convergence: {reached} "
-        f"(preset {preset}, N={summary['n_samples']} samples)"
+        f"(preset {preset}, {summary['samples']})"
     )

@@ -2,6 +2,8 @@ rule probe:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
+        data=data_files,
+        checkpoint=checkpoint_files,
         code=MODEL_CODE,
     output:
         npz=results("{preset}", "probe.npz"),

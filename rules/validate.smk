@@ -1,6 +1,8 @@
 rule validate:
     input:
         manifest=rules.prefetch.output.manifest,
+        data=data_files,
+        checkpoint=checkpoint_files,
         code=MODEL_CODE + code("validation"),
     output:
         report=results("{preset}", "validate.json"),

@@ -18,7 +18,7 @@ CASES = {
     "non-integer seed": ({"seeds": [0, 1.5]},
                          ["config key 'seeds.1'", "1.5 is not of type 'integer'", "non-negative integer seed"]),
     "unknown top-level key": ({"sampling_steps": 10},
-                              ["'sampling_steps' was unexpected", "allowed keys: backbone, device, hub, inputs, metrics"]),
+                              ["'sampling_steps' was unexpected", "allowed keys: backbone, compare, device, hub, inputs, metrics"]),
     "unknown nested key": ({"plot": {"colour": "red"}}, ["config key 'plot'", "'colour' was unexpected",
                                                           "allowed keys: dpi, height, log_y, width"]),
     "bad device": ({"device": "gpu"}, ["config key 'device'", "auto (CUDA when present), cpu, cuda or cuda:N"]),
@@ -31,7 +31,16 @@ CASES = {
         ["config key 'presets.tiny.tokenizer'", "'pipeline' needs a pretrained backbone repo"]),
     "malformed repo id": ({"presets": {"cosmos": {"dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "pipeline",
                                                   "backbone": {"repo": "nvidia/Cosmos 7B"}}}},
-                          ["config key 'presets.cosmos.backbone'", "a Hub repo of a diffusers"]),
+                          ["config key 'presets.cosmos.backbone.repo'", "'nvidia/Cosmos 7B' does not match",
+                           "Hub repo id, e.g. google-t5/t5-small"]),
+    "unknown input source": ({"inputs": {"source": "youtube"}},
+                             ["config key 'inputs.source'", "synthetic, lerobot, video_dir"]),
+    "episodes neither all nor a list": ({"inputs": {"episodes": "first"}},
+                                        ["config key 'inputs.episodes'", "'all' or a list of episode indices"]),
+    "checkpoint preset with model keys": ({"presets": {"trained": {"checkpoint": "ckpt", "dim": 64}}},
+                                          ["config key 'presets.trained'", "'dim' was unexpected"]),
+    "compare with an unknown preset": ({"compare": ["trained", "huge"]},
+                                       ["config key 'compare'", "unknown preset 'huge'"]),
 }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimic_redundancy.model import build_model
+from mimic_redundancy.data import synthetic_samples
+from mimic_redundancy.model import build_model, net_dims
 from mimic_redundancy.probe import library_sample, probe_trajectory, run_probe, synthetic_batch, video_hiddens
 from mimic_redundancy.tokenizer import builtin_tokenizer, tokenizer_problems
 from mimic_redundancy.validation import validate_model
@@ -18,6 +19,10 @@ PAIRS = [(0, "pick up the red block"), (1, "open the top drawer"), (2, "pick up 
 @pytest.fixture(scope="module")
 def net():
     return build_model(TINY, torch.device("cpu"))
+
+
+def samples(net, pairs=PAIRS):
+    return synthetic_samples(pairs, INPUTS, net_dims(net))
 
 
 def test_probe_final_actions_equal_mimic_video_sample(net):
@@ -58,9 +63,9 @@ def test_hiddens_are_computed_in_eval_mode_and_reproducible_per_sample(net):
 
 
 def test_results_do_not_depend_on_batch_size(net):
-    batched = run_probe(net, PAIRS, INPUTS, steps=8, batch_size=3, device="cpu")
-    one_by_one = run_probe(net, PAIRS, INPUTS, steps=8, batch_size=1, device="cpu")
-    assert batched["seed"] == one_by_one["seed"] and batched["prompt"] == one_by_one["prompt"]
+    batched = run_probe(net, samples(net), steps=8, batch_size=3, device="cpu")
+    one_by_one = run_probe(net, samples(net), steps=8, batch_size=1, device="cpu")
+    assert (batched["gt_actions"] == one_by_one["gt_actions"]).all()
     # equal up to float rounding of batched matrix products
     assert abs(batched["trajectory"] - one_by_one["trajectory"]).max() < 1e-4
 
@@ -84,9 +89,8 @@ def test_validation_refuses_a_degenerate_tokenizer(net):
     original = net.video_predict_wrapper.tokenizer
     net.video_predict_wrapper.tokenizer = degenerate
     try:
-        settings = {"model": TINY, "inputs": INPUTS, "steps": 4, "prompts": prompts,
-                    "samples": [[0, prompts[0]]], "tolerance": 1e-5}
-        report = validate_model(net, torch.device("cpu"), settings)
+        settings = {"model": TINY, "steps": 4, "prompts": prompts, "tolerance": 1e-5}
+        report = validate_model(net, torch.device("cpu"), settings, samples(net, [(0, prompts[0])]))
     finally:
         net.video_predict_wrapper.tokenizer = original
     assert not report["passed"]
@@ -117,10 +121,10 @@ def test_video_modes_agree_when_the_video_noise_is_fixed(net):
     """Library-faithful per-step recompute with the same video noise each step == hiddens cached once."""
     from mimic_redundancy.backbone import run_backbone
 
-    fixed = run_backbone(net, PAIRS[:2], INPUTS, steps=6, fixed_video_noise=True, device=torch.device("cpu"))
+    fixed = run_backbone(net, samples(net, PAIRS[:2]), steps=6, fixed_video_noise=True, device=torch.device("cpu"))
     assert (fixed["final_recompute"] == fixed["final_cached"]).all()
     assert (fixed["hidden_rel_diff"] == 0).all()
-    fresh = run_backbone(net, PAIRS[:1], INPUTS, steps=6, fixed_video_noise=False, device=torch.device("cpu"))
+    fresh = run_backbone(net, samples(net, PAIRS[:1]), steps=6, fixed_video_noise=False, device=torch.device("cpu"))
     assert abs(fresh["final_recompute"] - fresh["final_cached"]).max() > 1e-3
     assert fresh["hidden_rel_diff"][0, 0] == 0 and (fresh["hidden_rel_diff"][1:] > 0.1).all()
 
@@ -128,8 +132,8 @@ def test_video_modes_agree_when_the_video_noise_is_fixed(net):
 def test_sweep_entry_with_the_main_steps_equals_the_probe(net):
     from mimic_redundancy.sweep import run_sweep
 
-    probe = run_probe(net, PAIRS, INPUTS, steps=7, batch_size=3, device="cpu")
-    sweep = run_sweep(net, PAIRS, INPUTS, [1, 7], reference_steps=14, batch_size=3, repeats=1,
+    probe = run_probe(net, samples(net), steps=7, batch_size=3, device="cpu")
+    sweep = run_sweep(net, samples(net), [1, 7], reference_steps=14, batch_size=3, repeats=1,
                       device=torch.device("cpu"))
     assert sweep["final"].shape == (2, 3, 32, 20) and sweep["reference"].shape == (3, 32, 20)
     assert abs(sweep["final"][1] - probe["trajectory"][-1]).max() <= 1e-5

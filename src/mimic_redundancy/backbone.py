@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from .probe import library_sample, synthetic_batch, video_hiddens
+from .probe import library_sample, video_hiddens
 from .timing import synchronize
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,13 @@ def recompute_sample(net, batch, steps: int, seed: int, fixed_video_noise: bool)
     return final, captured
 
 
-def run_backbone(net, pairs, inputs: dict, steps: int, fixed_video_noise: bool, device: torch.device) -> dict:
-    n = len(pairs)
+def run_backbone(net, samples, steps: int, fixed_video_noise: bool, device: torch.device) -> dict:
+    n = len(samples)
     rel_diff, cosine, step_rel_diff = np.zeros((steps, n)), np.zeros((steps, n)), np.zeros((steps - 1, n))
     final_cached, final_recompute, seconds_cached, seconds_recompute = [], [], np.zeros(n), np.zeros(n)
-    for i, (seed, prompt) in enumerate(pairs):
-        batch = synthetic_batch(net, [(seed, prompt)], inputs, device)
+    for i in range(n):
+        batch = samples.batch([i], device)
+        seed = batch.seeds[0]
         synchronize(device)
         start = time.perf_counter()
         cached = video_hiddens(net, batch)

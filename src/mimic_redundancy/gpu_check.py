@@ -11,7 +11,8 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .model import build_model, resolve_device
+from .data import synthetic_samples
+from .model import build_model, net_dims, resolve_device
 from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
 from .timing import timed
 from .validation import validate_model
@@ -50,9 +51,9 @@ def check(device_name: str, steps: int) -> dict:
         for norm in getattr(net, name) or []:
             problems += [f"{name} {n} on {t.device}" for n, t in norm.named_buffers() if t.device.type != device.type]
     pairs = [(seed, PROMPTS[seed % 2]) for seed in range(8)]
-    settings = {"model": {**TINY, "device": device_name}, "inputs": INPUTS, "steps": steps, "prompts": PROMPTS,
-                "samples": pairs[:2], "tolerance": 1e-5}
-    report, timings["validate_s"] = timed(lambda: validate_model(net, device, settings), device)
+    settings = {"model": {**TINY, "device": device_name}, "steps": steps, "prompts": PROMPTS, "tolerance": 1e-5}
+    first = synthetic_samples(pairs[:2], INPUTS, net_dims(net))
+    report, timings["validate_s"] = timed(lambda: validate_model(net, device, settings, first), device)
     problems += [f"validate: {c['name']}: {c['detail']}" for c in report["checks"] if not c["passed"]]
 
     batch = synthetic_batch(net, pairs, INPUTS, device)

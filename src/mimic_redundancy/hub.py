@@ -22,6 +22,8 @@ ALLOW_PATTERNS = {
     # diffusers checks every component model_index.json names, safety_checker included, when loading offline
     "backbone": ["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
                  "safety_checker/*"],
+    # a LeRobot dataset: what mimic-video's LiberoDataset downloads
+    "dataset": ["data/*.parquet", "data/**/*.parquet", "videos/**/*", "meta_data/*"],
 }
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
@@ -36,9 +38,15 @@ def offline_env(cache_dir: str | os.PathLike) -> dict[str, str]:
             **{flag: "1" for flag in OFFLINE_FLAGS}}
 
 
-def required_repos(preset: dict) -> list[dict]:
-    """The Hub repos a preset needs, as (role, repo, repo_type, revision, allow_patterns) records."""
+def required_repos(preset: dict, inputs: dict | None = None) -> list[dict]:
+    """The Hub repos a preset (and a lerobot input) needs, as (role, repo, repo_type, revision,
+    allow_patterns) records."""
     repos = []
+    if inputs and inputs.get("source") == "lerobot":
+        spec = inputs["lerobot"]
+        repos.append({"role": "dataset", "repo": spec["repo"], "repo_type": "dataset",
+                      "revision": spec.get("revision", "main"),
+                      "allow_patterns": spec.get("allow_patterns", ALLOW_PATTERNS["dataset"])})
     for role in ("backbone", "tokenizer"):
         spec = preset.get(role)
         if isinstance(spec, dict):

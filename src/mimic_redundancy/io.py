@@ -14,8 +14,12 @@ import numpy as np
 
 # Every run NPZ (probe, sweep, backbone) carries these, so each can be traced to its settings.
 RUN_METADATA = {
-    "seed": "int64 [S]: the seed of each sample (synthetic video, joint state, noise, video noise)",
+    "seed": "int64 [S]: the seed of each sample (initial noise and video noise; synthetic: also video and joint state)",
     "prompt": "str [S]: the prompt of each sample",
+    "source": "str []: the input source: synthetic, lerobot or video_dir",
+    "window": "int64 [S]: the input window of each sample (synthetic: the index of its prompt)",
+    "episode": "int64 [S]: the episode of the window (-1: synthetic)",
+    "start": "int64 [S]: the window's first frame in its episode (-1: synthetic)",
     "preset": "str []: the model preset",
     "device": "str []: the device the run used",
     "config_json": "str []: the resolved settings of the run, JSON",
@@ -28,6 +32,7 @@ PROBE_ARRAYS = {
     "trajectory": "float32 [K+1, S, N, D]: x_t after each Euler step; [0] is the initial noise, [-1] the final actions",
     "clean_prediction": "float32 [K, S, N, D]: the model's clean-action prediction at each step",
     "times": "float32 [K+1]: flow time of each trajectory entry, 0 (noise) .. 1 (data)",
+    "gt_actions": "float32 [S, N, D]: the ground-truth action chunk of each sample; NaN where unknown",
     **RUN_METADATA,
 }
 SWEEP_ARRAYS = {
@@ -124,6 +129,8 @@ def load_probe(path) -> dict[str, np.ndarray]:
         "times": (steps + 1,),
         "seed": (samples,),
         "prompt": (samples,),
+        "window": (samples,),
+        "gt_actions": traj.shape[1:],
     }
     for key, shape in expected.items():
         if probe[key].shape != shape:

@@ -24,16 +24,29 @@ def step_errors(probe: dict) -> dict[str, np.ndarray]:
 
     vs_final: x_t after s steps vs the final actions (the seed session's curve);
     clean_vs_final: the clean prediction available after s steps vs the final actions (early exit);
-    xt_vs_clean: the two against each other.
+    xt_vs_clean: the two against each other;
+    vs_gt, clean_vs_gt (only where some sample has ground-truth actions): x_t and the clean prediction
+    vs the ground truth, NaN for samples without it.
     """
     traj, clean = probe["trajectory"], probe["clean_prediction"]
     final = traj[-1]
     nan_row = np.full((1, traj.shape[1]), np.nan)
-    return {
+    errors = {
         "vs_final": mse_vs(traj, final),
         "clean_vs_final": np.concatenate([nan_row, mse_vs(clean, final)]),
         "xt_vs_clean": np.concatenate([nan_row, ((traj[1:].astype(np.float64) - clean) ** 2).mean(axis=(-2, -1))]),
     }
+    gt = probe.get("gt_actions")
+    if gt is not None and np.isfinite(gt).all(axis=(-2, -1)).any():
+        errors["vs_gt"] = mse_vs(traj, gt)
+        errors["clean_vs_gt"] = np.concatenate([nan_row, mse_vs(clean, gt)])
+    return errors
+
+
+def gt_samples(probe: dict) -> int:
+    """How many samples have ground-truth actions."""
+    gt = probe.get("gt_actions")
+    return 0 if gt is None else int(np.isfinite(gt).all(axis=(-2, -1)).sum())
 
 
 def convergence_step(steps: list[int], mse: list[float], threshold: float) -> int | None:
@@ -48,10 +61,13 @@ def summary_rows(errors: dict[str, np.ndarray], steps: list[int]) -> list[dict]:
     for s in steps:
         row = {"step": s}
         for name, per_sample in errors.items():
-            mean, low, high = mean_ci(per_sample[s])
+            values = per_sample[s]
+            mean, low, high = mean_ci(values[np.isfinite(values)])  # the gt errors: samples with gt only
             row.update({f"mse_{name}": float(mean), f"mse_{name}_ci_low": float(low),
                         f"mse_{name}_ci_high": float(high)})
         row["n_samples"] = int(next(iter(errors.values())).shape[1])
+        if "vs_gt" in errors:
+            row["n_samples_gt"] = int(np.isfinite(errors["vs_gt"][s]).sum())
         rows.append(row)
     return rows
 
@@ -119,18 +135,28 @@ def write_metrics(npz_path, settings: dict, out: dict) -> None:
         "target_mse": (1.0 - headline) * rows[0]["mse_vs_final"],
         "steps": steps,
         "n_samples": int(probe["seed"].size),
+        "samples": describe_probe(probe),
+        "source": str(probe["source"]),
+        "n_samples_gt": gt_samples(probe),
+        "final_mse_vs_gt": rows[-1].get("mse_vs_gt") if rows[-1]["step"] == steps else None,
         "seeds": sorted({int(s) for s in probe["seed"]}),
         "prompts": sorted({str(p) for p in probe["prompt"]}),
         "preset": str(probe["preset"]),
         "device": str(probe["device"]),
-        "source": str(npz_path),
+        "npz": str(npz_path),
         "config_digest": str(probe["config_digest"]),
     })
 
 
+def describe_probe(run: dict) -> str:
+    from .data import describe
+
+    return describe(str(run["source"]), run["seed"], run["window"], run["episode"], run["prompt"])
+
+
 def _same_samples(a: dict, b: dict, a_path, b_path) -> None:
-    if a["seed"].tolist() != b["seed"].tolist() or a["prompt"].tolist() != b["prompt"].tolist():
-        raise ValueError(f"{a_path} and {b_path} hold different samples (seeds/prompts): rerun both with one config")
+    if any(a[k].tolist() != b[k].tolist() for k in ("seed", "prompt", "window", "episode", "start")):
+        raise ValueError(f"{a_path} and {b_path} hold different samples (seeds/windows): rerun both with one config")
 
 
 def write_sweep_metrics(sweep_path, probe_path, table_path) -> None:
@@ -154,10 +180,10 @@ def write_sweep_metrics(sweep_path, probe_path, table_path) -> None:
     write_csv(table_path, rows)
 
 
-def seed_spread(final: np.ndarray, seeds: np.ndarray, prompts: np.ndarray) -> np.ndarray:
-    """MSE between the final actions of every two samples with the same prompt and different seeds."""
+def seed_spread(final: np.ndarray, seeds: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """MSE between the final actions of every two samples with the same input window and different seeds."""
     pairs = [(i, j) for i in range(len(seeds)) for j in range(i + 1, len(seeds))
-             if prompts[i] == prompts[j] and seeds[i] != seeds[j]]
+             if windows[i] == windows[j] and seeds[i] != seeds[j]]
     return np.array([((final[i].astype(np.float64) - final[j]) ** 2).mean() for i, j in pairs])
 
 
@@ -181,8 +207,9 @@ def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
         rows.append(row)
     write_csv(table_path, rows)
     modes = mse_vs(run["final_recompute"], run["final_cached"])
-    spread = seed_spread(run["final_cached"], run["seed"], run["prompt"])
-    summary = {"steps": steps, "n_samples": int(run["seed"].size), "preset": str(run["preset"]),
+    spread = seed_spread(run["final_cached"], run["seed"], run["window"])
+    summary = {"steps": steps, "n_samples": int(run["seed"].size), "samples": describe_probe(run),
+               "preset": str(run["preset"]),
                "device": str(run["device"]), "fixed_video_noise": bool(run["fixed_video_noise"]),
                "seconds_cached": float(run["seconds_cached"].sum()),
                "seconds_recompute": float(run["seconds_recompute"].sum()),
@@ -193,3 +220,35 @@ def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
     summary["modes_over_seed_spread"] = summary["final_mse_between_modes"] / summary["final_mse_seed_to_seed"] \
         if spread.size else None
     write_json(summary_path, summary)
+
+
+def write_comparison(presets: list[str], files: dict, table_path) -> dict:
+    """comparison.csv: one row per preset (same samples in every one): convergence steps, the error
+    vs ground truth, the K-step sweep and the backbone-recompute effect. `files`: preset -> paths of
+    its probe, convergence (thresholds), summary, sweep and backbone_summary. Returns the loaded runs."""
+    from .io import read_json
+
+    runs, rows = {}, []
+    first = presets[0]
+    for preset in presets:
+        paths = files[preset]
+        probe = load_probe(paths["probe"])
+        if preset != first:
+            _same_samples(load_probe(files[first]["probe"]), probe, files[first]["probe"], paths["probe"])
+        metrics, summary, sweep = read_csv(paths["metrics"]), read_json(paths["summary"]), read_csv(paths["sweep"])
+        thresholds, backbone = read_csv(paths["thresholds"]), read_json(paths["backbone_summary"])
+        row = {"preset": preset, "n_samples": summary["n_samples"], "samples": summary["samples"],
+               "n_samples_gt": summary["n_samples_gt"]}
+        for t, step_xt, step_clean in zip(thresholds["threshold"], thresholds["step_xt"], thresholds["step_clean"]):
+            row[f"convergence_step_{t:g}"] = step_xt
+            row[f"convergence_step_clean_{t:g}"] = step_clean
+        row["mse_vs_final_first_step"] = summary["reference_mse"]
+        row["final_mse_vs_gt"] = summary["final_mse_vs_gt"]
+        for k, mse in zip(sweep["nfe"].astype(int), sweep["mse_vs_reference"]):
+            row[f"mse_k{k}_vs_reference"] = float(mse)
+        row["final_mse_between_backbone_modes"] = backbone["final_mse_between_modes"]
+        row["final_mse_seed_to_seed"] = backbone["final_mse_seed_to_seed"]
+        rows.append(row)
+        runs[preset] = {"metrics": metrics, "summary": summary, "sweep": sweep}
+    write_csv(table_path, rows)
+    return runs

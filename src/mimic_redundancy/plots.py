@@ -13,12 +13,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .io import BACKBONE_ARRAYS, atomic_path, load_npz, load_probe, read_json  # noqa: E402
-from .metrics import read_csv  # noqa: E402
+from .metrics import describe_probe, read_csv  # noqa: E402
 
 
-def _provenance(preset: str, seeds, prompts) -> str:
-    seeds, prompts = sorted(set(np.asarray(seeds).tolist())), sorted(set(np.asarray(prompts).tolist()))
-    return f"preset {preset}, N={len(seeds) * len(prompts)} samples ({len(seeds)} seeds x {len(prompts)} prompts)"
+def _provenance(preset: str, samples: str) -> str:
+    return f"preset {preset}, {samples}"
 
 
 def _band(ax, x, table, key, label, **style):
@@ -40,7 +39,10 @@ def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path
     """MSE vs the final action of x_t and of the clean prediction, and between the two, per probe step."""
     table, summary = read_csv(table_path), read_json(summary_path)
     steps = table["step"]
-    fig, ax = plt.subplots(figsize=(style["width"], style["height"]))
+    has_gt = "mse_vs_gt" in table
+    fig, axes = plt.subplots(1, 2 if has_gt else 1, figsize=(style["width"] * (1.6 if has_gt else 1), style["height"]),
+                             squeeze=False)
+    ax = axes[0, 0]
     _band(ax, steps, table, "mse_vs_final", "$x_t$ vs final action")
     _band(ax, steps, table, "mse_clean_vs_final", "clean prediction $\\hat{x}_1$ vs final (early exit)")
     _band(ax, steps, table, "mse_xt_vs_clean", "$x_t$ vs $\\hat{x}_1$", ls="--")
@@ -54,8 +56,19 @@ def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path
     ax.set_xlabel(f"Euler step (of {summary['steps']})")
     ax.set_ylabel("MSE")
     ax.set_title("Action denoising convergence, mean and 95% CI\n"
-                 + _provenance(summary["preset"], summary["seeds"], summary["prompts"]), fontsize=9)
+                 + _provenance(summary["preset"], summary["samples"]), fontsize=9)
     ax.legend(fontsize=7)
+    if has_gt:
+        gt_ax = axes[0, 1]
+        _band(gt_ax, steps, table, "mse_vs_gt", "$x_t$ vs ground truth")
+        _band(gt_ax, steps, table, "mse_clean_vs_gt", "clean prediction vs ground truth")
+        if style["log_y"]:
+            gt_ax.set_yscale("log")
+        gt_ax.set_xlabel(f"Euler step (of {summary['steps']})")
+        gt_ax.set_ylabel("MSE vs ground-truth actions")
+        gt_ax.set_title(f"Error vs ground truth, mean and 95% CI\n{summary['n_samples_gt']} samples with "
+                        "ground-truth actions", fontsize=9)
+        gt_ax.legend(fontsize=7)
     _save(fig, style, png_path, svg_path)
 
 
@@ -77,7 +90,7 @@ def heatmap_figure(npz_path, probe_steps: list[int], style: dict, png_path, svg_
         ax.set_ylabel(name)
         ax.set_title(f"MSE vs final per {name}\n(relative to step {steps[0]})", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.05)
-    fig.suptitle(_provenance(str(probe["preset"]), probe["seed"], probe["prompt"]), fontsize=9)
+    fig.suptitle(_provenance(str(probe["preset"]), describe_probe(probe)), fontsize=9)
     _save(fig, style, png_path, svg_path)
 
 
@@ -101,7 +114,7 @@ def sweep_figure(table_path, probe_path, style: dict, png_path, svg_path) -> Non
     ax_time.set_xlabel("function evaluations K")
     ax_time.set_ylabel(f"wall seconds for all {int(table['n_samples'][0])} samples")
     ax_time.set_title(f"Sampling time (median of {int(table['timing_repeats'][0])})", fontsize=9)
-    fig.suptitle(_provenance(str(probe["preset"]), probe["seed"], probe["prompt"]) + f", device {probe['device']}",
+    fig.suptitle(_provenance(str(probe["preset"]), describe_probe(probe)) + f", device {probe['device']}",
                  fontsize=9)
     _save(fig, style, png_path, svg_path)
 
@@ -126,5 +139,59 @@ def backbone_figure(table_path, summary_path, npz_path, style: dict, png_path, s
                      fontsize=8)
     noise = "fixed" if summary["fixed_video_noise"] else "fresh"
     fig.suptitle(f"Video-backbone recompute at every action step ({noise} video noise); "
-                 + _provenance(summary["preset"], run["seed"], run["prompt"]), fontsize=9)
+                 + _provenance(summary["preset"], summary["samples"]), fontsize=9)
+    _save(fig, style, png_path, svg_path)
+
+
+def train_loss_figure(loss_path, summary_path, style: dict, png_path, svg_path) -> None:
+    """The training loss per step (log scale) with a running mean over a tenth of the steps."""
+    table, summary = read_csv(loss_path), read_json(summary_path)
+    fig, ax = plt.subplots(figsize=(style["width"], style["height"]))
+    ax.plot(table["step"], table["loss"], lw=0.8, alpha=0.5, label="loss per step")
+    window = summary["steps_per_tenth"]
+    if len(table["loss"]) >= window:
+        running = np.convolve(table["loss"], np.ones(window) / window, mode="valid")
+        ax.plot(table["step"][window - 1:], running, lw=2, label=f"running mean of {window} steps")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MimicVideo flow-matching loss")
+    ax.set_title(f"Training the action head on {summary['windows']} {summary['source']} windows, batch "
+                 f"{summary['batch_size']}, lr {summary['lr']:g}, seed {summary['seed']}\n"
+                 f"mean loss first tenth {summary['loss_first_tenth']:.3g} -> last tenth "
+                 f"{summary['loss_last_tenth']:.3g} (ratio {summary['loss_ratio']:.3f}), {summary['seconds']:.0f} s",
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    _save(fig, style, png_path, svg_path)
+
+
+def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
+    """Presets side by side: convergence to the final action, error vs ground truth, and quality vs NFE.
+    `runs`: preset -> {"metrics": metrics.csv columns, "summary": convergence.json, "sweep": sweep.csv columns}."""
+    has_gt = all("mse_vs_gt" in r["metrics"] for r in runs.values())
+    panels = 3 if has_gt else 2
+    fig, axes = plt.subplots(1, panels, figsize=(style["width"] * panels * 0.8, style["height"]))
+    for preset, run in runs.items():
+        summary = run["summary"]
+        label = f"{preset} ({summary['convergence_threshold']:.0%}: step {summary['convergence_step']})"
+        _band(axes[0], run["metrics"]["step"], run["metrics"], "mse_vs_final", label)
+        keep = run["sweep"]["mse_vs_reference"] > 0
+        _band(axes[-1], run["sweep"]["nfe"][keep], {k: v[keep] for k, v in run["sweep"].items()},
+              "mse_vs_reference", preset)
+        if has_gt:
+            _band(axes[1], run["metrics"]["step"], run["metrics"], "mse_vs_gt", preset)
+    axes[0].set_title("$x_t$ vs its own final action", fontsize=9)
+    axes[0].set_xlabel("Euler step")
+    axes[0].set_ylabel("MSE")
+    if has_gt:
+        axes[1].set_title("$x_t$ vs ground-truth actions", fontsize=9)
+        axes[1].set_xlabel("Euler step")
+        axes[1].set_yscale("log")
+    axes[-1].set_title("final actions with K steps vs the fine reference", fontsize=9)
+    axes[-1].set_xlabel("function evaluations K")
+    axes[-1].set_xscale("log")
+    axes[-1].set_yscale("log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    first = next(iter(runs.values()))["summary"]
+    fig.suptitle(f"{' vs '.join(runs)}: mean and 95% CI, each over {first['samples']}", fontsize=9)
     _save(fig, style, png_path, svg_path)

@@ -26,16 +26,11 @@ class Batch:
 
 
 def synthetic_batch(net, pairs: list[tuple[int, str]], inputs: dict, device) -> Batch:
-    """Per sample, video, joint state and initial noise drawn on the CPU from the sample's seed
-    alone, so a sample's values do not depend on the batch it lands in or on the device."""
-    videos, joints, noises = [], [], []
-    for seed, _ in pairs:
-        g = torch.Generator().manual_seed(seed)
-        videos.append(torch.rand(inputs["frames"], 3, inputs["height"], inputs["width"], generator=g))
-        joints.append(torch.randn(net.dim_joint_state, generator=g))
-        noises.append(torch.randn(*net.action_shape, generator=g))
-    stack = lambda ts: torch.stack(ts).to(device)
-    return Batch([s for s, _ in pairs], [p for _, p in pairs], stack(videos), stack(joints), stack(noises))
+    """A batch of synthetic samples for `net`'s dimensions (data.synthetic_samples)."""
+    from .data import synthetic_samples
+    from .model import net_dims
+
+    return synthetic_samples(pairs, inputs, net_dims(net)).batch(slice(None), device)
 
 
 @torch.no_grad()
@@ -89,24 +84,23 @@ def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int) -
                       disable_progress_bar=True)
 
 
-def run_probe(net, pairs: list[tuple[int, str]], inputs: dict, steps: int, batch_size: int, device) -> dict:
-    """Probe every (seed, prompt) pair in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS)."""
+def run_probe(net, samples, steps: int, batch_size: int, device) -> dict:
+    """Probe every sample (a data.SampleSet) in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS),
+    less the per-sample metadata (SampleSet.metadata)."""
     trajectories, cleans = [], []
-    n_batches = -(-len(pairs) // batch_size)
+    n_batches = -(-len(samples) // batch_size)
     for b in range(n_batches):
-        chunk = pairs[b * batch_size:(b + 1) * batch_size]
         start = time.perf_counter()
-        batch = synthetic_batch(net, chunk, inputs, device)
+        batch = samples.batch(slice(b * batch_size, (b + 1) * batch_size), device)
         hiddens = video_hiddens(net, batch)
         trajectory, clean, times = probe_trajectory(net, batch, hiddens, steps)
         trajectories.append(trajectory.float().cpu())
         cleans.append(clean.float().cpu())
-        log.info("batch %d/%d: %d samples x %d steps in %.2f s", b + 1, n_batches, len(chunk), steps,
+        log.info("batch %d/%d: %d samples x %d steps in %.2f s", b + 1, n_batches, len(batch.seeds), steps,
                  time.perf_counter() - start)
     return {
         "trajectory": torch.cat(trajectories, dim=1).numpy(),
         "clean_prediction": torch.cat(cleans, dim=1).numpy(),
         "times": times.float().cpu().numpy(),
-        "seed": [s for s, _ in pairs],
-        "prompt": [p for _, p in pairs],
+        "gt_actions": samples.gt_actions.float().numpy(),
     }

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import torch
 
-from .probe import library_sample, synthetic_batch, video_hiddens
+from .probe import library_sample, video_hiddens
 from .timing import timed
 
 log = logging.getLogger(__name__)
@@ -19,15 +19,15 @@ def _timed(fn, device, repeats: int):
     return runs[-1][0], statistics.median(seconds for _, seconds in runs)
 
 
-def run_sweep(net, pairs, inputs: dict, ks: list[int], reference_steps: int, batch_size: int, repeats: int,
+def run_sweep(net, samples, ks: list[int], reference_steps: int, batch_size: int, repeats: int,
               device: torch.device) -> dict:
     """Final actions for each K [len(ks), S, N, D], a fine reference [S, N, D], and the median wall
     time of sampling all samples with each K (hiddens excluded: computed once, outside the timing)."""
     finals, references = [[] for _ in ks], []
     seconds = np.zeros(len(ks))
-    n_batches = -(-len(pairs) // batch_size)
+    n_batches = -(-len(samples) // batch_size)
     for b in range(n_batches):
-        batch = synthetic_batch(net, pairs[b * batch_size:(b + 1) * batch_size], inputs, device)
+        batch = samples.batch(slice(b * batch_size, (b + 1) * batch_size), device)
         hiddens = video_hiddens(net, batch)
         for i, k in enumerate(ks):
             final, median = _timed(lambda: library_sample(net, batch, hiddens, k), device, repeats)

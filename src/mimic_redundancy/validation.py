@@ -8,13 +8,13 @@ import torch
 
 from .hub import OFFLINE_FLAGS
 from .model import library_versions, parameter_counts
-from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
+from .probe import library_sample, probe_trajectory, video_hiddens
 from .tokenizer import tokenizer_problems
 
 log = logging.getLogger(__name__)
 
 
-def validate_model(net, device: torch.device, settings: dict) -> dict:
+def validate_model(net, device: torch.device, settings: dict, samples) -> dict:
     """Run every check; the report's `passed` is True only if all of them pass."""
     checks = []
 
@@ -27,14 +27,15 @@ def validate_model(net, device: torch.device, settings: dict) -> dict:
           f"{counts['total']:,} = action head {counts['action_head']:,} + video wrapper {counts['video_wrapper']:,}")
 
     tokenizer = net.video_predict_wrapper.tokenizer
-    problems = tokenizer_problems(tokenizer, settings["prompts"])
+    prompts = settings["prompts"] if samples.source == "synthetic" else list(dict.fromkeys(samples.prompts))
+    problems = tokenizer_problems(tokenizer, prompts)
     check("tokenizer", not problems, f"{type(tokenizer).__name__} with {len(tokenizer)} tokens: " + (
-        "; ".join(problems) or f"{len(settings['prompts'])} prompts tokenize to distinct, known ids"))
+        "; ".join(problems) or f"{len(prompts)} prompts tokenize to distinct, known ids"))
 
     off_device = sorted({str(p.device) for p in net.parameters()} - {str(device)})
     check("device", not off_device, f"all parameters on {device}" if not off_device else f"parameters on {off_device}")
 
-    batch = synthetic_batch(net, [tuple(s) for s in settings["samples"]], settings["inputs"], device)
+    batch = samples.batch(slice(None), device)
     hiddens = video_hiddens(net, batch)
     trajectory, clean, _ = probe_trajectory(net, batch, hiddens, settings["steps"])
     reference = library_sample(net, batch, hiddens, settings["steps"])

@@ -1,0 +1,54 @@
+# Train the action head on the selected inputs; a checkpoint preset pointing at the checkpoint folder
+# (results/<preset>/train/checkpoint) runs the whole DAG on the trained weights.
+localrules:
+    plot_train,
+
+
+rule train:
+    input:
+        report=rules.validate.output.report,
+        manifest=rules.prefetch.output.manifest,
+        data=data_files,
+        checkpoint=checkpoint_files,
+        code=MODEL_CODE + code("train", "metrics"),
+    output:
+        weights=results("{preset}", "train/checkpoint/model.safetensors"),
+        config=results("{preset}", "train/checkpoint/config.json"),
+        tokenizer=results("{preset}", "train/checkpoint/tokenizer.json"),
+        loss=report(results("{preset}", "train/loss.csv"), caption="../report/train_table.rst", category="Training"),
+        summary=results("{preset}", "train/summary.json"),
+    params:
+        settings=lambda w: cfg.train_settings(config, w.preset),
+    threads: 2
+    benchmark:
+        results("{preset}", "benchmarks/train.tsv")
+    log:
+        results("{preset}", "logs/train.log"),
+    message:
+        "Train the action head of preset {wildcards.preset} with mimic-video's flow-matching loss"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule plot_train:
+    input:
+        loss=rules.train.output.loss,
+        summary=rules.train.output.summary,
+        code=code("plots", "metrics", "io"),
+    output:
+        png=report(results("{preset}", "figures/train_loss.png"), caption="../report/train.rst", category="Training"),
+        svg=results("{preset}", "figures/train_loss.svg"),
+    params:
+        style=cfg.plot_settings(config),
+    benchmark:
+        results("{preset}", "benchmarks/plot_train.tsv")
+    log:
+        results("{preset}", "logs/plot_train.log"),
+    message:
+        "Training-loss figure of preset {wildcards.preset}"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_train.py"

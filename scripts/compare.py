@@ -1,0 +1,13 @@
+"""Snakemake adapter: rule compare -> mimic_redundancy.compare.compare."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the package, in any env
+from mimic_redundancy.compare import compare  # noqa: E402
+from mimic_redundancy.log import setup_log  # noqa: E402
+
+setup_log(snakemake.log[0])
+presets = snakemake.params.settings["presets"]
+kinds = ["probe", "metrics", "thresholds", "summary", "sweep", "backbone_summary"]
+files = {p: {k: snakemake.input[f"{k}_{i}"] for k in kinds} for i, p in enumerate(presets)}
+compare(presets, files, snakemake.params.style, snakemake.output.table, snakemake.output.png, snakemake.output.svg)

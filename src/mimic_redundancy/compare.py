@@ -1,0 +1,10 @@
+"""Presets side by side (e.g. the random and the trained model): one table and one figure."""
+from __future__ import annotations
+
+from .metrics import write_comparison
+from .plots import comparison_figure
+
+
+def compare(presets: list[str], files: dict, style: dict, table_path, png_path, svg_path) -> None:
+    runs = write_comparison(presets, files, table_path)
+    comparison_figure(runs, style, png_path, svg_path)
