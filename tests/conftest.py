@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "scripts", "schemas", "src", "envs", "profiles", "report"]
 
-# Small but complete: 2 seeds x 2 prompts, 10 Euler steps.
+# Small but complete: 2 seeds x 2 prompts, 10 Euler steps; one preset (tests/test_real_inputs.py runs
+# the default's train + trained-preset comparison).
 SMALL = {
+    "compare": [],
     "seeds": [0, 1],
     "probe": {"steps": 10, "batch_size": 4},
     "metrics": {"probe_steps": [2, 4, 6, 8, 10], "convergence_thresholds": [0.9, 0.99]},

@@ -43,13 +43,13 @@ def train_model(net, samples, settings: dict, device) -> tuple[list[dict], dict]
         batch = samples.batch(index, device)
         loss = net(actions=samples.gt_actions[index].to(device), joint_state=batch.joint_state, video=batch.video,
                    prompts=batch.prompts, no_grad_video_model_forward=True)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}; lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        rows.append({"step": step, "loss": float(loss), "grad_norm": float(grad_norm),
+        rows.append({"step": step, "loss": loss.item(), "grad_norm": float(grad_norm),
                      "seconds": time.perf_counter() - start})
         if step == 1 or step % max(1, settings["steps"] // 10) == 0:
             log.info("step %d/%d: loss %.4f (%.1f s)", step, settings["steps"], float(loss), rows[-1]["seconds"])
