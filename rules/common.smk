@@ -65,7 +65,7 @@ def run_presets():
 
 
 def trained_from(preset):
-    """The preset whose train rule writes this checkpoint preset's folder (None: not written here)."""
+    """The preset whose training writes this checkpoint preset's folder, or None if none does."""
     folder = config["presets"][preset].get("checkpoint", "")
     match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
     return match.group(1) if match else None
@@ -80,6 +80,21 @@ def all_targets():
     if config["compare"]:
         targets += ["results/compare/comparison.csv", "results/compare/figures/comparison.png"]
     return targets
+
+
+def compare_inputs(wildcards):
+    """Named inputs of the comparison, each compared preset's NPZ, tables and summaries."""
+    files = {}
+    for i, preset in enumerate(run_presets()):
+        files.update({
+            f"probe_{i}": results(preset, "probe.npz"),
+            f"metrics_{i}": results(preset, "metrics.csv"),
+            f"thresholds_{i}": results(preset, "convergence.csv"),
+            f"summary_{i}": results(preset, "convergence.json"),
+            f"sweep_{i}": results(preset, "sweep.csv"),
+            f"backbone_summary_{i}": results(preset, "backbone.json"),
+        })
+    return files
 
 
 def final_targets(preset):

@@ -3,20 +3,6 @@ localrules:
     compare,
 
 
-def compare_inputs(wildcards):
-    files = {}
-    for i, preset in enumerate(run_presets()):
-        files.update({
-            f"probe_{i}": results(preset, "probe.npz"),
-            f"metrics_{i}": results(preset, "metrics.csv"),
-            f"thresholds_{i}": results(preset, "convergence.csv"),
-            f"summary_{i}": results(preset, "convergence.json"),
-            f"sweep_{i}": results(preset, "sweep.csv"),
-            f"backbone_summary_{i}": results(preset, "backbone.json"),
-        })
-    return files
-
-
 rule compare:
     input:
         unpack(compare_inputs),

@@ -157,8 +157,10 @@ def train_settings(config: dict, preset: str) -> dict:
                                 [config["prompts"][i % len(config["prompts"])]
                                  for i in range(train["synthetic_samples"])]))}
     inputs = input_settings(config)
+    episodes = inputs.get("episodes") if train["episodes"] == "inputs" else train["episodes"]
     data = {"inputs": inputs, **pool} if inputs["source"] == "synthetic" else \
-        {"inputs": {**inputs, "windows_per_episode": None}, "seeds": [train["seed"]], "limit": None}
+        {"inputs": {**inputs, "episodes": episodes, "windows_per_episode": None}, "seeds": [train["seed"]],
+         "limit": None}
     return {"model": model_settings(config, preset), "data": data, "prompts": config["prompts"],
             **{k: train[k] for k in ("steps", "batch_size", "lr", "seed", "check_samples")}}
 
