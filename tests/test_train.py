@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -112,3 +114,28 @@ def test_train_refuses_windows_without_ground_truth(trained):
     samples.gt_actions[1] = float("nan")
     with pytest.raises(DataError, match="train needs ground-truth actions for every window"):
         train_model(trained[0], samples, {"steps": 1, "batch_size": 1, "lr": 1e-3, "seed": 0}, "cpu")
+
+
+def test_a_checkpoint_trained_elsewhere_runs_the_dag_with_its_own_dimensions(trained, tmp_path):
+    """The preset `checkpoint` reads checkpoints/my-model: here the fixture's checkpoint, as a user would copy it."""
+    import shutil
+
+    from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
+    from mimic_redundancy.io import load_probe
+
+    workdir = copy_workflow(tmp_path / "wf")
+    config = write_config(workdir, {**SMALL, "preset": "checkpoint"})
+    target = "results/checkpoint/convergence.json"
+    missing = snakemake(workdir, target, "--configfile", str(config))
+    assert missing.returncode != 0
+    assert "checkpoints/my-model/model.safetensors" in missing.stdout + missing.stderr
+    shutil.copytree(trained[3], workdir / "checkpoints/my-model")
+    result = snakemake(workdir, target, "--configfile", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert executed_rules(result) == ["metrics", "prefetch", "probe", "validate"]
+    probe = load_probe(workdir / "results/checkpoint/probe.npz")
+    assert probe["trajectory"].shape == (11, 4, 8, 7)  # chunk 8, 7 actions: the checkpoint's, not the defaults
+    assert np.isfinite(probe["gt_actions"]).all()
+    report = json.loads((workdir / "results/checkpoint/validate.json").read_text())
+    assert report["dimensions"] == DIMS and report["samples"] == "N=2 samples (1 seed x 2 prompts)"
+    assert report["passed"] and report["parameters"]["total"] == sum(p.numel() for p in trained[0].parameters())

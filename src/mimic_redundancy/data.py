@@ -324,13 +324,3 @@ def load_samples(data: dict, dims: dict, episodes: list[Episode] | None, limit: 
     else:
         samples = real_samples(episodes, data["seeds"], inputs, dims, inputs["windows_per_episode"])
     return samples.subset(limit) if limit else samples
-
-
-def describe(source: str, seeds, windows, episodes, prompts) -> str:
-    """'N=8 samples (4 seeds x 2 prompts)' or, for real data, '(4 seeds x 2 windows of 2 episodes, lerobot)'."""
-    n_seeds, n_windows = len(set(np.asarray(seeds).tolist())), len(set(np.asarray(windows).tolist()))
-    n = len(np.asarray(seeds))
-    if source == "synthetic":
-        return f"N={n} samples ({n_seeds} seeds x {len(set(np.asarray(prompts).tolist()))} prompts)"
-    n_episodes = len(set(np.asarray(episodes).tolist()))
-    return f"N={n} samples ({n_seeds} seeds x {n_windows} windows of {n_episodes} episodes, {source})"

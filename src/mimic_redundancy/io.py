@@ -138,3 +138,15 @@ def load_probe(path) -> dict[str, np.ndarray]:
     if traj.ndim != 4 or clean.dtype != np.float32 or traj.dtype != np.float32:
         raise ValueError(f"{path}: trajectory/clean_prediction must be float32 [K+1|K, S, N, D]")
     return probe
+
+
+def describe(source: str, seeds, windows, episodes, prompts) -> str:
+    """'N=8 samples (4 seeds x 2 prompts)' or, for real data, '(4 seeds x 2 windows of 2 episodes, lerobot)'."""
+    n_seeds, n_windows = len(set(np.asarray(seeds).tolist())), len(set(np.asarray(windows).tolist()))
+    n = len(np.asarray(seeds))
+    count = lambda k, noun: f"{k} {noun}" + ("" if k == 1 else "s")
+    if source == "synthetic":
+        return f"N={n} samples ({count(n_seeds, 'seed')} x {count(len(set(np.asarray(prompts).tolist())), 'prompt')})"
+    n_episodes = len(set(np.asarray(episodes).tolist()))
+    return (f"N={n} samples ({count(n_seeds, 'seed')} x {count(n_windows, 'window')} of "
+            f"{count(n_episodes, 'episode')}, {source})")

@@ -10,7 +10,7 @@ import csv
 
 import numpy as np
 
-from .io import atomic_path, load_probe, write_json
+from .io import atomic_path, describe, load_probe, write_json
 from .stats import mean_ci
 
 
@@ -149,8 +149,6 @@ def write_metrics(npz_path, settings: dict, out: dict) -> None:
 
 
 def describe_probe(run: dict) -> str:
-    from .data import describe
-
     return describe(str(run["source"]), run["seed"], run["window"], run["episode"], run["prompt"])
 
 

@@ -7,7 +7,8 @@ import os
 import torch
 
 from .hub import OFFLINE_FLAGS
-from .model import library_versions, parameter_counts
+from .io import describe
+from .model import library_versions, net_dims, parameter_counts
 from .probe import library_sample, probe_trajectory, video_hiddens
 from .tokenizer import tokenizer_problems
 
@@ -60,6 +61,8 @@ def validate_model(net, device: torch.device, settings: dict, samples) -> dict:
         "cuda_device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "parameters": counts,
         "output_shape": list(reference.shape),
+        "dimensions": net_dims(net),
+        "samples": describe(samples.source, samples.seeds, samples.windows, samples.episodes, samples.prompts),
         "fidelity_max_abs_diff": diff,
         "versions": library_versions(),
         "hub_environment": {k: os.environ.get(k) for k in (*OFFLINE_FLAGS, "HF_HOME", "HF_HUB_CACHE")},
