@@ -168,6 +168,13 @@ def test_second_run_does_nothing(rerun):
     assert run({}) == []
 
 
+def test_other_sources_settings_and_train_settings_rerun_nothing_here(rerun):
+    # synthetic inputs read neither the lerobot nor the video_dir keys; no checkpoint preset runs (compare: [])
+    _, run = rerun
+    assert run({"inputs": {"video_dir": "elsewhere", "frame_skip": 3, "lerobot": {"repo": "org/other"}},
+                "train": {"steps": 7}}) == []
+
+
 def test_plot_option_reruns_only_plot(rerun):
     workdir, run = rerun
     npz_mtime = (workdir / "results/tiny/probe.npz").stat().st_mtime_ns

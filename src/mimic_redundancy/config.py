@@ -59,7 +59,7 @@ def validate_config(config: dict) -> dict:
     if config["preset"] not in config["presets"]:
         problems.append(f"config key 'preset': unknown preset '{config['preset']}'; allowed: "
                         f"{', '.join(config['presets'])} (add others under 'presets')")
-    for name in [config["preset"], *config["compare"]]:
+    for name in config["compare"]:
         if name not in config["presets"]:
             problems.append(f"config key 'compare': unknown preset '{name}'; allowed: {', '.join(config['presets'])}")
     for name, preset in config["presets"].items():
@@ -129,8 +129,9 @@ def prefetch_settings(config: dict, preset: str) -> dict:
 
 def validate_settings(config: dict, preset: str) -> dict:
     limit = config["validate"]["fidelity_samples"]
+    synthetic = config["inputs"]["source"] == "synthetic"  # real data brings its own prompts
     return {"model": model_settings(config, preset), "data": data_settings(config, limit), "limit": limit,
-            "steps": config["probe"]["steps"], "prompts": config["prompts"],
+            "steps": config["probe"]["steps"], "prompts": config["prompts"] if synthetic else [],
             "tolerance": config["validate"]["fidelity_tolerance"]}
 
 
@@ -161,7 +162,7 @@ def train_settings(config: dict, preset: str) -> dict:
     data = {"inputs": inputs, **pool} if inputs["source"] == "synthetic" else \
         {"inputs": {**inputs, "episodes": episodes, "windows_per_episode": None}, "seeds": [train["seed"]],
          "limit": None}
-    return {"model": model_settings(config, preset), "data": data, "prompts": config["prompts"],
+    return {"model": model_settings(config, preset), "data": data,
             **{k: train[k] for k in ("steps", "batch_size", "lr", "seed", "check_samples")}}
 
 
