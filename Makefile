@@ -29,9 +29,11 @@ report: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m mimic_redundancy.bench --out results/bench
 
-# on a CUDA machine: validate + probe the tiny preset there, check every tensor's device, print timings
+# on a CUDA machine: features + head stages there, every tensor's device, timings and peak memory per stage;
+# the 7B-shaped backbone: make gpu-check GPU_CHECK="--backbone full --dtype bfloat16"
+GPU_CHECK ?=
 gpu-check: $(VENV)/.installed
-	$(BIN)/python -m mimic_redundancy.gpu_check --device cuda
+	$(BIN)/python -m mimic_redundancy.gpu_check --device cuda $(GPU_CHECK)
 
 # a real single-node Slurm cluster on this machine (root; see tools/slurm/README.md)
 slurm-up:

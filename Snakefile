@@ -1,6 +1,8 @@
 # Temporal redundancy in mimic-video's action sampling: the DAG's table of contents.
-#   prefetch -> validate -> probe, sweep, backbone (NPZ) -> *metrics (CSV, JSON) -> plot* (PNG, SVG)
-#   train -> checkpoint preset (the same DAG on trained weights) -> compare (presets side by side)
+#   prefetch -> features (the video backbone, once) -> validate -> probe, sweep (head only), backbone (NPZ)
+#     -> *metrics (CSV, JSON) -> plot* (PNG, SVG)
+#   features -> train (head only) -> checkpoint preset (the same DAG on trained weights, the same features)
+#     -> compare (presets side by side)
 # Run: snakemake --profile profiles/local   (or profiles/slurm on a cluster)
 
 configfile: "config.yaml"
@@ -8,6 +10,7 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/prefetch.smk"
+include: "rules/features.smk"
 include: "rules/validate.smk"
 include: "rules/probe.smk"
 include: "rules/analysis.smk"

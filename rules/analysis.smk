@@ -1,11 +1,11 @@
-# Model jobs beyond the probe: the K-step sweep and the video-backbone recompute.
+# Model jobs beyond the probe: the K-step sweep (head only) and the video-backbone recompute (the one
+# analysis that builds the backbone: the library's per-step recompute, on the first backbone.samples).
 rule sweep:
     input:
         report=rules.validate.output.report,
-        manifest=rules.prefetch.output.manifest,
-        data=data_files,
+        features=features_of("inference"),
         checkpoint=checkpoint_files,
-        code=MODEL_CODE + code("sweep", "timing"),
+        code=HEAD_CODE + code("sweep", "timing"),
     output:
         npz=results("{preset}", "sweep.npz"),
     params:
@@ -26,10 +26,10 @@ rule sweep:
 rule backbone:
     input:
         report=rules.validate.output.report,
-        manifest=rules.prefetch.output.manifest,
+        manifest=manifest_of,
         data=data_files,
         checkpoint=checkpoint_files,
-        code=MODEL_CODE + code("backbone", "timing"),
+        code=BACKBONE_CODE + code("backbone", "timing"),
     output:
         npz=results("{preset}", "backbone.npz"),
     params:

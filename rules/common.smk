@@ -31,7 +31,10 @@ def code(*modules):
     return [f"src/mimic_redundancy/{m}.py" for m in modules]
 
 
-MODEL_CODE = code("stages", "hub", "model", "tokenizer", "probe", "io", "data")
+# what every model stage runs; the backbone stages also run BACKBONE_CODE, the head-only stages HEAD_CODE
+MODEL_CODE = code("stages", "hub", "model", "checkpoints", "io", "features")
+BACKBONE_CODE = MODEL_CODE + code("tokenizer", "data", "probe")
+HEAD_CODE = MODEL_CODE + code("probe")
 
 
 def data_files(wildcards):
@@ -55,6 +58,22 @@ def checkpoint_files(wildcards):
     return cfg.checkpoint_files(config, wildcards.preset)
 
 
+def features_of(kind):
+    """The features file a head stage reads: its preset's, or (a checkpoint trained here) its source's."""
+    return lambda w: results(cfg.feature_preset(config, w.preset), f"features/{kind}.safetensors")
+
+
+def manifest_of(wildcards):
+    """The Hub manifest a backbone stage reads (a checkpoint trained here uses its source preset's)."""
+    return results(cfg.feature_preset(config, wildcards.preset), "prefetch.json")
+
+
+def backbone_data(wildcards):
+    """What the backbone stages read: the data files, and a checkpoint trained elsewhere (its backbone)."""
+    own = cfg.feature_preset(config, wildcards.preset) == wildcards.preset
+    return data_files(wildcards) + (checkpoint_files(wildcards) if own else [])
+
+
 def results(preset, name):
     return f"results/{preset}/{name}"
 
@@ -64,17 +83,10 @@ def run_presets():
     return [config["preset"], *config["compare"]]
 
 
-def trained_from(preset):
-    """The preset whose training writes this checkpoint preset's folder, or None if none does."""
-    folder = config["presets"][preset].get("checkpoint", "")
-    match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
-    return match.group(1) if match else None
-
-
 def all_targets():
     targets = [t for p in run_presets() for t in final_targets(p)]
     for preset in run_presets():
-        source = trained_from(preset)
+        source = cfg.trained_from(config, preset)
         if source:
             targets += [results(source, f"figures/train_loss.{ext}") for ext in ["png", "svg"]]
     if config["compare"]:

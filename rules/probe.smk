@@ -1,10 +1,9 @@
 rule probe:
     input:
         report=rules.validate.output.report,
-        manifest=rules.prefetch.output.manifest,
-        data=data_files,
+        features=features_of("inference"),
         checkpoint=checkpoint_files,
-        code=MODEL_CODE,
+        code=HEAD_CODE,
     output:
         npz=results("{preset}", "probe.npz"),
     params:

@@ -8,13 +8,12 @@ rule train:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
-        data=data_files,
-        checkpoint=checkpoint_files,
-        code=MODEL_CODE + code("train", "metrics"),
+        features=rules.features.output.train,
+        check=rules.features.output.inference,
+        code=HEAD_CODE + code("train", "metrics", "data"),
     output:
         weights=results("{preset}", "train/checkpoint/model.safetensors"),
         config=results("{preset}", "train/checkpoint/config.json"),
-        tokenizer=results("{preset}", "train/checkpoint/tokenizer.json"),
         loss=report(results("{preset}", "train/loss.csv"), caption="../report/train_table.rst", category="Training"),
         summary=results("{preset}", "train/summary.json"),
     params:
@@ -25,7 +24,7 @@ rule train:
     log:
         results("{preset}", "logs/train.log"),
     message:
-        "Train the action head of preset {wildcards.preset} with mimic-video's flow-matching loss"
+        "Train the action head of preset {wildcards.preset} on its cached features with mimic-video's flow-matching loss"
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -1,9 +1,8 @@
 rule validate:
     input:
-        manifest=rules.prefetch.output.manifest,
-        data=data_files,
+        features=features_of("inference"),
         checkpoint=checkpoint_files,
-        code=MODEL_CODE + code("validation"),
+        code=HEAD_CODE + code("validation"),
     output:
         report=results("{preset}", "validate.json"),
     params:
@@ -14,7 +13,7 @@ rule validate:
     log:
         results("{preset}", "logs/validate.log"),
     message:
-        "Validate preset {wildcards.preset}: model, tokenizer, shapes, device, probe fidelity"
+        "Validate preset {wildcards.preset}: the action head on the cached features, shapes, device, probe fidelity"
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -7,5 +7,6 @@ from mimic_redundancy import stages  # noqa: E402
 from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-stages.train(snakemake.params.settings, snakemake.input.manifest, Path(snakemake.output.weights).parent,
+stages.train(snakemake.params.settings, snakemake.input.manifest, snakemake.input.features, snakemake.input.check,
+             Path(snakemake.output.weights).parent,
              snakemake.output.loss, snakemake.output.summary, snakemake.threads)

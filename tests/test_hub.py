@@ -18,7 +18,7 @@ TINY_COSMOS = "test-org/tiny-cosmos"
 # the cosmos preset pointed at the tiny test pipeline (2 transformer blocks)
 COSMOS = {"presets": {"cosmos": {"backbone": {"repo": TINY_COSMOS, "revision": "main"}, "extract_layer": 1}},
           "preset": "cosmos"}
-ALL_JOBS = ["backbone", "backbone_metrics", "metrics", "plot", "plot_backbone", "plot_heatmaps", "plot_sweep",
+ALL_JOBS = ["backbone", "backbone_metrics", "features", "metrics", "plot", "plot_backbone", "plot_heatmaps", "plot_sweep",
             "prefetch", "probe", "sweep", "sweep_metrics", "validate"]
 
 
@@ -102,9 +102,10 @@ def test_a_job_whose_repo_is_not_in_the_cache_fails_at_once(workflow, hub):
     start = time.monotonic()
     result = run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json")
     assert result.returncode != 0 and time.monotonic() - start < 60
-    log = (workflow / "results/tiny-t5/logs/validate.log").read_text()
+    log = (workflow / "results/tiny-t5/logs/features.log").read_text()  # the first job that reads the cache
     assert f"model {T5}@{hub.commit(T5)} is not in the Hub cache" in log
     assert "prefetch" in log and "where the Hub is reachable" in log
+    assert not (workflow / "results/tiny-t5/features/inference.safetensors").exists()
     assert not (workflow / "results/tiny-t5/validate.json").exists()
 
 
@@ -115,7 +116,7 @@ def test_a_damaged_cached_file_is_detected_not_used(workflow, hub):
     target.write_bytes(target.read_bytes()[:100])
     result = run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json")
     assert result.returncode != 0
-    log = (workflow / "results/tiny-t5/logs/validate.log").read_text()
+    log = (workflow / "results/tiny-t5/logs/features.log").read_text()
     assert "is incomplete in the Hub cache" in log and "tokenizer.json" in log
 
 
@@ -157,8 +158,8 @@ def test_prefetch_fails_within_its_timeout_when_the_hub_never_answers(workflow):
     assert "within 2 s" in log and "Timeout" in log
 
 
-def test_validate_refuses_a_degenerate_tokenizer_from_the_hub(tmp_path, workflow):
-    """A 'google-t5/t5-small' that knows no word (like the offline fallback) is refused by validate."""
+def test_features_refuse_a_degenerate_tokenizer_from_the_hub(tmp_path, workflow):
+    """A 'google-t5/t5-small' that knows no word (like the offline fallback) is refused before any backbone pass."""
     from transformers import T5TokenizerFast
 
     root = tmp_path / "bad-hub"
@@ -169,7 +170,115 @@ def test_validate_refuses_a_degenerate_tokenizer_from_the_hub(tmp_path, workflow
         result = run(workflow, bad.url, {"preset": "tiny-t5", "prompts": ["peel the orange", "pick the apple"]},
                      "results/tiny-t5/validate.json")
     assert result.returncode != 0
-    log = (workflow / "results/tiny-t5/logs/validate.log").read_text()
-    assert "FAIL tokenizer" in log and "identical token ids" in log and "map to the unknown token" in log
-    assert "validation failed: tokenizer" in log
+    log = (workflow / "results/tiny-t5/logs/features.log").read_text()
+    assert "backbone check failed: tokenizer" in log and "identical token ids" in log
+    assert "map to the unknown token" in log and "backbone row" not in log  # before any backbone pass
+    assert not (workflow / "results/tiny-t5/features/inference.safetensors").exists()
     assert not (workflow / "results/tiny-t5/validate.json").exists()
+
+
+# the cosmos preset in bf16, trained on its cached features: a second preset reads the trained checkpoint
+TRAINED_COSMOS = {"presets": {"cosmos": {**COSMOS["presets"]["cosmos"], "dtype": "bfloat16"},
+                              "cosmos-trained": {"checkpoint": "results/cosmos/train/checkpoint"}},
+                  "preset": "cosmos", "compare": ["cosmos-trained"], "features": {"draws": 2},
+                  "train": {"steps": 30, "batch_size": 4, "synthetic_samples": 8, "check_samples": 2}}
+
+
+def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workflow, hub):
+    """prefetch -> features (the only backbone pass of the study, bf16) -> train (head only) -> the trained
+    preset's probe; no Hub request after prefetch; then the backbone's files leave the cache and every head
+    stage still runs, bit for bit."""
+    import numpy as np
+
+    from mimic_redundancy.io import load_probe
+    from mimic_redundancy.metrics import read_csv
+
+    ok(run(workflow, hub.url, TRAINED_COSMOS, "results/cosmos/prefetch.json"))
+    before = len(hub_requests(hub))
+    result = ok(run(workflow, hub.url, TRAINED_COSMOS))
+    assert len(hub_requests(hub)) == before, "no job may talk to the Hub after prefetch"
+    trained = sorted(set(ALL_JOBS) - {"prefetch", "features"})  # it reuses cosmos's manifest and features
+    assert executed_rules(result) == sorted([*set(ALL_JOBS) - {"prefetch"}, *trained, "train", "plot_train",
+                                             "compare"])
+    commit = hub.commit(TINY_COSMOS)
+    folder = workflow / "results/cosmos/train/checkpoint"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "mimic-redundancy/checkpoint-v2"
+    assert config["video_backbone"] == {"kind": "pretrained", "repo": TINY_COSMOS, "revision": commit,
+                                        "extract_layer": 1, "dtype": "bfloat16"}
+    assert {(i["role"], i["repo"], i["commit"]) for i in config["provenance"]["hub_inputs"]} == {
+        ("backbone", TINY_COSMOS, commit)}
+    summary = json.loads((workflow / "results/cosmos/train/summary.json").read_text())
+    assert summary["round_trip"]["identical"] and summary["draws"] == 2 and summary["windows"] == 8
+    head_bytes = 4 * summary["trained_parameters"]
+    assert head_bytes < (folder / "model.safetensors").stat().st_size < head_bytes + 64 * 1024  # the head alone
+    losses = [float(r["loss"]) for r in read_csv(workflow / "results/cosmos/train/loss.csv")]
+    assert np.median(losses[-10:]) < np.median(losses[:10]), losses
+    report = json.loads((workflow / "results/cosmos/validate.json").read_text())
+    assert report["dtypes"] == {"transformer": "bfloat16", "vae": "bfloat16", "text_encoder": "bfloat16",
+                                "action_head": "float32"}
+    trained_report = json.loads((workflow / "results/cosmos-trained/validate.json").read_text())
+    assert trained_report["passed"] and trained_report["backbone"]["repo"] == TINY_COSMOS
+
+    # the backbone can no longer be built: the head stages do not need it
+    shutil.rmtree(workflow / f"resources/hf/hub/models--{TINY_COSMOS.replace('/', '--')}")
+    npz = {p: load_probe(workflow / f"results/{p}/probe.npz") for p in ("cosmos", "cosmos-trained")}
+    targets = [f"results/{p}/{f}" for p in ("cosmos", "cosmos-trained") for f in ("validate.json", "probe.npz",
+                                                                                 "sweep.npz")]
+    again = ok(run(workflow, hub.url, TRAINED_COSMOS, *targets, "results/cosmos/train/summary.json",
+                   "--forcerun", "validate", "probe", "sweep", "train"))
+    assert executed_rules(again) == ["probe", "probe", "sweep", "sweep", "train", "validate", "validate"]
+    assert len(hub_requests(hub)) == before
+    for preset, old in npz.items():
+        new = load_probe(workflow / f"results/{preset}/probe.npz")
+        np.testing.assert_array_equal(new["trajectory"], old["trajectory"])
+    refused = run(workflow, hub.url, TRAINED_COSMOS, "results/cosmos/features/inference.safetensors",
+                  "--forcerun", "features")
+    assert refused.returncode != 0
+    assert "is not in the Hub cache" in (workflow / "results/cosmos/logs/features.log").read_text()
+
+
+def test_a_head_only_checkpoint_whose_backbone_commit_is_not_on_the_hub_fails_in_prefetch(workflow, hub):
+    folder = workflow / "checkpoints/my-model"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    missing = "0123456789abcdef" * 2 + "01234567"
+    (folder / "config.json").write_text(json.dumps({
+        "format": "mimic-redundancy/checkpoint-v2", "mimic_video": {"dim": 64, "depth": 1},
+        "video_backbone": {"kind": "pretrained", "repo": TINY_COSMOS, "revision": missing, "extract_layer": 1,
+                           "dtype": "float32"}}))
+    result = run(workflow, hub.url, {"preset": "checkpoint"}, "results/checkpoint/prefetch.json")
+    assert result.returncode != 0
+    log = (workflow / "results/checkpoint/logs/prefetch.log").read_text()
+    assert f"cannot resolve model {TINY_COSMOS}@{missing}" in log
+
+
+def test_a_pipeline_that_needs_nvidias_safety_checker(tmp_path, workflow):
+    """A repo without a safety_checker of its own: prefetch also fetches the guardrail's repos (refs/main for
+    its loader); without cosmos_guardrail installed, the first model job fails at once, saying what to do."""
+    root = tmp_path / "guarded-hub"
+    save_tiny_cosmos_pipeline(root / "models" / TINY_COSMOS, stand_in_safety_checker=False)
+    guarded = {**COSMOS, "preset": "cosmos"}
+    with HubServer(root) as server:  # the gated guardrail repo is not served: prefetch says how to get it
+        result = run(workflow, server.url, guarded, "results/cosmos/prefetch.json")
+        assert result.returncode != 0
+        log = (workflow / "results/cosmos/logs/prefetch.log").read_text()
+        assert "cannot resolve model nvidia/Cosmos-1.0-Guardrail@main" in log and "export HF_TOKEN" in log
+        for repo, files in {"nvidia/Cosmos-1.0-Guardrail": ["blocklist/custom/words.txt",
+                                                            "face_blur_filter/Resnet50_Final.pth"],
+                            "Qwen/Qwen3Guard-Gen-0.6B": ["config.json", "model.safetensors"]}.items():
+            for name in files:
+                (root / "models" / repo / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / "models" / repo / name).write_text("{}")
+        ok(run(workflow, server.url, guarded, "results/cosmos/prefetch.json"))
+        manifest = json.loads((workflow / "results/cosmos/prefetch.json").read_text())
+        assert [e["role"] for e in manifest["repos"]] == ["backbone", "guardrail", "guardrail-text"]
+        ref = workflow / "resources/hf/hub/models--nvidia--Cosmos-1.0-Guardrail/refs/main"
+        assert ref.read_text() == server.commit("nvidia/Cosmos-1.0-Guardrail")
+        start = time.monotonic()
+        result = run(workflow, server.url, guarded, "results/cosmos/validate.json")
+    assert result.returncode != 0 and time.monotonic() - start < 120
+    log = (workflow / "results/cosmos/logs/features.log").read_text()
+    assert "needs the package cosmos_guardrail" in log and "pip install -e '.[cosmos]'" in log
+    assert "HF_TOKEN" in log and "backbone row" not in log
+    assert not (workflow / "results/cosmos/features/inference.safetensors").exists()

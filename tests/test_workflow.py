@@ -9,14 +9,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import SMALL, copy_workflow, executed_rules, run_ok, snakemake, write_config
 from mimic_redundancy.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 
 FIGURES = ["plot", "plot_backbone", "plot_heatmaps", "plot_sweep"]
-MODEL_JOBS = ["backbone", "probe", "sweep"]
+MODEL_JOBS = ["backbone", "features", "probe", "sweep"]
 TABLES = ["backbone_metrics", "metrics", "sweep_metrics"]
 ALL_BUT_PREFETCH = sorted(FIGURES + MODEL_JOBS + TABLES + ["validate"])
+HEAD_AND_AFTER = sorted(set(ALL_BUT_PREFETCH) - {"features"})  # what a change of the head alone reruns
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_full_run_writes_every_declared_output(completed):
     workdir, result = completed
     assert executed_rules(result) == sorted(ALL_BUT_PREFETCH + ["prefetch"])
     out = workdir / "results/tiny"
-    for name in ["prefetch.json", "validate.json", "probe.npz", "sweep.npz", "backbone.npz", "metrics.csv",
+    for name in ["prefetch.json", "features/inference.safetensors", "features/train.safetensors", "validate.json", "probe.npz", "sweep.npz", "backbone.npz", "metrics.csv",
                  "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json", "sweep.csv",
                  "backbone.csv", "backbone.json"]:
         assert (out / name).stat().st_size > 0, name
@@ -65,8 +67,11 @@ def test_full_run_writes_every_declared_output(completed):
 def test_validate_report(completed):
     report = json.loads((completed[0] / "results/tiny/validate.json").read_text())
     assert report["passed"] and all(c["passed"] for c in report["checks"])
-    assert {c["name"] for c in report["checks"]} >= {"parameters", "tokenizer", "device", "output shape",
-                                                     "finite", "output device", "fidelity"}
+    assert {c["name"] for c in report["checks"]} >= {"parameters", "tokenizer", "finite hiddens", "head only",
+                                                     "device", "output shape", "finite", "output device", "fidelity"}
+    assert report["dtypes"] == dict.fromkeys(["action_head", "text_encoder", "transformer", "vae"], "float32")
+    assert report["backbone"] == {"kind": "tiny-random", "model_seed": 0, "tokenizer": "builtin", "extract_layer": 1,
+                                  "dtype": "float32"}
     # the seed's tiny model, as measured in FACTS.md
     assert report["parameters"] == {"total": 33_979_254, "action_head": 32_738_350, "video_wrapper": 1_240_904}
     assert report["output_shape"] == [2, 32, 20]
@@ -188,19 +193,22 @@ def test_metrics_option_reruns_metrics_and_plot(rerun):
         "metrics", "plot", "plot_heatmaps"]
 
 
-def test_more_seeds_rerun_probe_and_downstream_only(rerun):
+def test_more_seeds_rerun_features_and_downstream_only(rerun):
     workdir, run = rerun
-    # the fidelity samples (the first two seed x prompt pairs) are unchanged: validate stays
-    assert run({"seeds": [0, 1, 2]}) == sorted(set(ALL_BUT_PREFETCH) - {"validate"})
+    # new samples: the backbone runs again (features), and every stage that reads them
+    assert run({"seeds": [0, 1, 2]}) == ALL_BUT_PREFETCH
     assert load_probe(workdir / "results/tiny/probe.npz")["seed"].tolist() == [0, 0, 1, 1, 2, 2]
 
 
-@pytest.mark.parametrize("change", [{"probe": {"steps": 12, "batch_size": 4}},
-                                    {"prompts": ["pick up the red block", "close the drawer"]}])
-def test_probe_values_rerun_validate_and_downstream_not_prefetch(rerun, change):
-    # validate certifies the probe at the configured steps and prompts, so it reruns too
+def test_probe_steps_rerun_the_head_stages_not_the_backbones_features(rerun):
+    # validate certifies the probe at the configured steps, so it reruns too; the hiddens do not change
     _, run = rerun
-    assert run(change) == ALL_BUT_PREFETCH
+    assert run({"probe": {"steps": 12, "batch_size": 4}}) == HEAD_AND_AFTER
+
+
+def test_new_prompts_rerun_the_features_and_everything_after(rerun):
+    _, run = rerun
+    assert run({"prompts": ["pick up the red block", "close the drawer"]}) == ALL_BUT_PREFETCH
 
 
 def test_changing_the_preset_reruns_validate_and_everything_after(rerun):
@@ -212,8 +220,8 @@ def test_changing_the_preset_reruns_validate_and_everything_after(rerun):
     assert ran == sorted(ALL_BUT_PREFETCH + ["prefetch"])
     assert (workdir / "results/tiny-shallow/figures/convergence.png").exists()
     assert (workdir / "results/tiny/probe.npz").read_bytes() == old_npz
-    # editing the selected preset itself reruns validate onward; prefetch needs nothing new
-    assert run({"presets": {"tiny": {**tiny, "depth": 2}}}) == ALL_BUT_PREFETCH
+    # editing the selected preset's head reruns validate onward; the backbone's features stay
+    assert run({"presets": {"tiny": {**tiny, "depth": 2}}}) == HEAD_AND_AFTER
 
 
 def test_a_different_model_seed_changes_the_actions(rerun):
@@ -249,3 +257,56 @@ def test_lint_reports_nothing(workflow):
     result = snakemake(workflow, "--lint")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+NO_BACKBONE = """# makes the video backbone impossible to build in every Python process of this run
+import mimic_video.cosmos_predict as cosmos_predict
+
+def refuse(*args, **kwargs):
+    raise RuntimeError("test: the video backbone must not be built here")
+
+cosmos_predict.CosmosPredictWrapper.__init__ = refuse
+"""
+
+
+def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directly(rerun):
+    """After features, the head stages run with CosmosPredictWrapper made to raise, and their NPZ equal the
+    same stages run from hiddens that the whole model computes directly from the video."""
+    import os
+
+    from mimic_redundancy import config as cfg
+    from mimic_redundancy.data import synthetic_samples
+    from mimic_redundancy.model import build_model
+    from mimic_redundancy.probe import probe_trajectory, video_hiddens
+    from mimic_redundancy.sweep import run_sweep
+
+    workdir, _ = rerun
+    before = {"probe": load_probe(workdir / "results/tiny/probe.npz"),
+              "sweep": load_npz(workdir / "results/tiny/sweep.npz", SWEEP_ARRAYS)}
+    (workdir / "no-backbone").mkdir()
+    (workdir / "no-backbone/sitecustomize.py").write_text(NO_BACKBONE)
+    env = {**os.environ, "PYTHONPATH": str(workdir / "no-backbone")}
+    config = str(workdir / "test-config.yaml")
+    targets = ["results/tiny/validate.json", "results/tiny/probe.npz", "results/tiny/sweep.npz"]
+    result = snakemake(workdir, *targets, "--forcerun", "validate", "probe", "sweep", "--configfile", config, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert executed_rules(result) == ["probe", "sweep", "validate"]
+    refused = snakemake(workdir, "results/tiny/features/inference.safetensors", "--forcerun", "features",
+                        "--configfile", config, env=env)
+    assert refused.returncode != 0  # the patch bites wherever the backbone is built
+    assert "the video backbone must not be built here" in (workdir / "results/tiny/logs/features.log").read_text()
+
+    probe = load_probe(workdir / "results/tiny/probe.npz")
+    sweep = load_npz(workdir / "results/tiny/sweep.npz", SWEEP_ARRAYS)
+    for key in ("trajectory", "clean_prediction", "gt_actions"):
+        np.testing.assert_array_equal(probe[key], before["probe"][key])
+    np.testing.assert_array_equal(sweep["final"], before["sweep"]["final"])
+    # the same samples through the whole model, hiddens computed from the video in this process
+    full = cfg.validate_config(yaml.safe_load((workdir / "config.yaml").read_text()) | SMALL)
+    model = {**cfg.model_settings(full, "tiny"), **full["presets"]["tiny"], "device": "cpu"}
+    net = build_model(model, torch.device("cpu"))
+    samples = synthetic_samples(cfg.samples(full), full["inputs"], {"chunk_len": 32, "action_dim": 20, "joint_dim": 32})
+    batch = samples.batch(slice(None), "cpu")
+    trajectory, clean, _ = probe_trajectory(net, batch, video_hiddens(net, batch), 10)
+    np.testing.assert_array_equal(probe["trajectory"], trajectory.numpy())
+    np.testing.assert_array_equal(probe["clean_prediction"], clean.numpy())

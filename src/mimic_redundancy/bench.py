@@ -18,10 +18,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"preset": "tiny", "dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random",
-        "tokenizer": "builtin", "model_seed": 0, "device": "cpu"}
-INPUTS = {"frames": 5, "height": 32, "width": 32}
 PROMPTS = ["pick up the red block", "open the top drawer"]
+
+
+def _tiny():
+    """The embedded default's whole-model settings and inputs, from config.yaml (the one place they are set)."""
+    from . import config as cfg
+
+    config = cfg.default_config()
+    spec = config["presets"]["tiny"]
+    return {**cfg.model_settings(config, "tiny"), **spec, "device": "cpu"}, cfg.input_settings(config)
 
 
 def _stats(seconds: list[float]) -> dict:
@@ -52,11 +58,12 @@ def model_benchmarks(repeats: int, steps: int = 50) -> dict:
     from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
 
     torch.set_num_threads(2)
-    net = build_model(TINY, torch.device("cpu"))
+    tiny, inputs = _tiny()
+    net = build_model(tiny, torch.device("cpu"))
     pairs = [(seed, PROMPTS[seed % 2]) for seed in range(16)]
     results = {}
 
-    batch = synthetic_batch(net, pairs[:8], INPUTS, "cpu")
+    batch = synthetic_batch(net, pairs[:8], inputs, "cpu")
     hiddens = video_hiddens(net, batch)
     probe_t, sample_t = _side_by_side(lambda: probe_trajectory(net, batch, hiddens, steps),
                                       lambda: library_sample(net, batch, hiddens, steps), repeats)
@@ -66,7 +73,7 @@ def model_benchmarks(repeats: int, steps: int = 50) -> dict:
         f"probe_trajectory (records x_t and x1_hat every step) / MimicVideo.sample, batch 8, {steps} steps, "
         "same cached hiddens; medians", probe_seconds=_stats(probe_t), sample_seconds=_stats(sample_t))
 
-    one = synthetic_batch(net, pairs[:1], INPUTS, "cpu")
+    one = synthetic_batch(net, pairs[:1], inputs, "cpu")
     seed = one.seeds[0]
     recompute_t, cached_t = _side_by_side(
         lambda: recompute_sample(net, one, steps, seed, fixed_video_noise=False),
@@ -79,7 +86,7 @@ def model_benchmarks(repeats: int, steps: int = 50) -> dict:
         recompute_seconds=_stats(recompute_t), cached_seconds=_stats(cached_t),
         projection_cosmos_7b=cosmos_projection(steps))
 
-    sixteen = synthetic_batch(net, pairs, INPUTS, "cpu")
+    sixteen = synthetic_batch(net, pairs, inputs, "cpu")
     hiddens16, hiddens1 = video_hiddens(net, sixteen), video_hiddens(net, one)
     b16_t, b1_t = _side_by_side(lambda: library_sample(net, sixteen, hiddens16, steps),
                                 lambda: library_sample(net, one, hiddens1, steps), repeats)
@@ -89,6 +96,67 @@ def model_benchmarks(repeats: int, steps: int = 50) -> dict:
         f"samples/s of MimicVideo.sample at batch 16 / at batch 1, cached hiddens, {steps} steps; medians",
         batch16_seconds=_stats(b16_t), batch1_seconds=_stats(b1_t))
     return results
+
+
+def training_from_features(steps: int, draws: int, seeds: list[int], out: Path | None = None) -> dict:
+    """The head trained from cached features (`draws` per window) against mimic-video's own loop
+    (MimicVideo.forward(video=...), the backbone run every step), from the same initial head, at equal steps, on
+    the default's synthetic training pool; scored by the final actions' MSE vs ground truth on the probe samples."""
+    import torch
+
+    from . import config as cfg
+    from .data import synthetic_samples
+    from .features import compute_features
+    from .metrics import write_csv
+    from .model import attach_backbone, build_backbone, build_head
+    from .probe import library_sample
+    from .train import train_library, train_model
+
+    torch.set_num_threads(2)
+    config = cfg.default_config()
+    head_settings, inputs = cfg.model_settings(config, "tiny"), cfg.input_settings(config)
+    dims = {"chunk_len": 32, "action_dim": 20, "joint_dim": 32}
+    wrapper = build_backbone(cfg.backbone_spec(config, "tiny"), torch.device("cpu"))
+    pool = synthetic_samples([tuple(p) for p in cfg.train_data_settings(config)["samples"]], inputs, dims)
+    held_out = compute_features(wrapper, synthetic_samples(cfg.samples(config), inputs, dims), "cpu")
+    batch = held_out.batch(slice(None), "cpu")
+
+    def score(head) -> float:
+        with torch.no_grad():
+            actions = library_sample(head, batch, batch.hiddens, config["probe"]["steps"])
+        return float(((actions - held_out.gt_actions) ** 2).mean())
+
+    runs, curves = {"library": [], "features": []}, []
+    for seed in seeds:
+        settings = {**{k: config["train"][k] for k in ("batch_size", "lr")}, "steps": steps, "seed": seed}
+        whole = attach_backbone(build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent), wrapper)
+        start = time.perf_counter()
+        rows_l, _ = train_library(whole, pool, settings, "cpu")
+        library_s = time.perf_counter() - start
+        whole.video_predict_wrapper = None
+        start = time.perf_counter()
+        rows = compute_features(wrapper, pool, "cpu", draws=draws, draw_seed=seed)
+        head = build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent)
+        rows_f, _ = train_model(head, rows, {**settings, "draws": draws}, "cpu")
+        features_s = time.perf_counter() - start
+        for name, losses, net, seconds in (("library", rows_l, whole, library_s), ("features", rows_f, head, features_s)):
+            tenth = max(1, steps // 10)
+            medians = [statistics.median(r["loss"] for r in losses[i:i + tenth]) for i in range(0, steps, tenth)]
+            runs[name].append({"seed": seed, "final_mse_vs_gt": score(net), "seconds": seconds,
+                               "median_loss_per_tenth": medians})
+            curves += [{"mode": name, "seed": seed, "step": r["step"], "loss": r["loss"]} for r in losses]
+    if out is not None:
+        write_csv(out / "training_curves.csv", curves)
+    mean = lambda name: statistics.mean(r["final_mse_vs_gt"] for r in runs[name])
+    untrained = score(build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent))
+    return {"value": mean("features") / mean("library"), "goal": "close to 1 (lower is better)",
+            "met": mean("features") <= 1.25 * mean("library"),
+            "how": f"final-action MSE vs ground truth on the {len(held_out)} probe samples after {steps} steps, head "
+                   f"trained from cached features ({draws} draws per window) / by MimicVideo.forward(video=...), same "
+                   f"initial head and settings, mean over train seeds {seeds}; untrained head: {untrained:.4f}; "
+                   "curves in training_curves.csv",
+            "measured": {**runs, "untrained_final_mse_vs_gt": untrained, "draws": draws, "steps": steps,
+                         "windows": len(pool)}}
 
 
 def cosmos_projection(steps: int) -> dict:
@@ -138,12 +206,26 @@ def pipeline_benchmarks(workdir: Path, noop_repeats: int) -> dict:
     noop = [_snakemake(workdir, "--configfile", "plot-only.yaml") for _ in range(noop_repeats)]
     fraction = plot_only / full
     rss = {}
-    for tsv in sorted((workdir / "results/tiny/benchmarks").glob("*.tsv")):
+    for tsv in sorted((workdir / "results").glob("*/benchmarks/*.tsv")):
         with open(tsv) as f:
             row = next(csv.DictReader(f, delimiter="\t"))
-        rss[tsv.stem] = {"peak_rss_mb": float(row["max_rss"]) if row["max_rss"] not in ("", "NA") else None,
-                         "seconds": float(row["s"])}
+        rss[f"{tsv.parent.parent.name}/{tsv.stem}"] = {
+            "peak_rss_mb": float(row["max_rss"]) if row["max_rss"] not in ("", "NA") else None, "seconds": float(row["s"])}
+    # a job that builds the backbone logs it ("built the <kind> backbone"); the head-only jobs log "(no backbone)"
+    builds = {p.name: sorted(log.stem for log in (p / "logs").glob("*.log") if " backbone on " in log.read_text())
+              for p in sorted((workdir / "results").iterdir()) if (p / "logs").is_dir()}
+    head_jobs = ("validate", "probe", "sweep", "train")
     return {
+        "backbone_builds_per_study": _entry(
+            len(builds.get("tiny", [])), "<= 2", len(builds.get("tiny", [])) <= 2,
+            "jobs of the default DAG's preset tiny whose log says they built the video backbone (was 5: validate, "
+            "probe, sweep, backbone, train)", jobs=builds),
+        "head_job_peak_rss_mb": {"value": {k: v["peak_rss_mb"] for k, v in rss.items() if k.split("/")[1] in head_jobs},
+                                 "how": "max_rss of each head-only job (no backbone built), from Snakemake's "
+                                        "benchmark: files"},
+        "default_run_seconds": {"value": full, "how": "wall time of the embedded default's whole DAG (make run, "
+                                                      "fresh copy, local profile, 2 cores)",
+                                "stages": {k: v["seconds"] for k, v in rss.items()}},
         "plot_only_fraction": _entry(fraction, "<= 0.05", fraction <= 0.05,
                                      "wall time of snakemake after changing only plot.dpi / a full run of the "
                                      "embedded default (fresh copy, local profile, 2 cores); one run each",
@@ -159,9 +241,12 @@ def pipeline_benchmarks(workdir: Path, noop_repeats: int) -> dict:
 def markdown(summary: dict) -> str:
     lines = ["| measure | value | goal | met | how |", "|---|---|---|---|---|"]
     for key, entry in summary["results"].items():
-        if key == "peak_rss_mb":
+        if key in ("peak_rss_mb", "head_job_peak_rss_mb"):
             value = ", ".join(f"{k} {v:.0f}" for k, v in entry["value"].items() if v is not None)
-            lines.append(f"| peak_rss_mb | {value} | | | {entry['how']} |")
+            lines.append(f"| {key} | {value} | | | {entry['how']} |")
+            continue
+        if "goal" not in entry:
+            lines.append(f"| {key} | {entry['value']:.3g} | | | {entry['how']} |")
             continue
         lines.append(f"| {key} | {entry['value']:.3g} | {entry['goal']} | {'yes' if entry['met'] else 'NO'} "
                      f"| {entry['how']} |")
@@ -178,6 +263,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "results/bench"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-pipeline", action="store_true", help="only the in-process model benchmarks")
+    parser.add_argument("--train-steps", type=int, default=150, help="steps of each training comparison run")
     args = parser.parse_args(argv)
     import platform
     import os
@@ -186,6 +272,8 @@ def main(argv=None) -> int:
     from .model import library_versions
 
     results = model_benchmarks(args.repeats)
+    results["training_from_features_vs_library"] = training_from_features(
+        args.train_steps, draws=4, seeds=[0, 1, 2], out=Path(args.out))
     if not args.skip_pipeline:
         with tempfile.TemporaryDirectory() as tmp:
             results.update(pipeline_benchmarks(Path(tmp), noop_repeats=3))

@@ -80,6 +80,11 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def default_config() -> dict:
+    """config.yaml, checked and with the schema's defaults: the embedded default that benchmarks and checks use."""
+    return validate_config(yaml.safe_load((SCHEMA.parents[1] / "config.yaml").read_text()))
+
+
 def samples(config: dict) -> list[tuple[int, str]]:
     """Every (seed, prompt) pair, seed-major: the sample order of a synthetic run's NPZ."""
     return list(product(config["seeds"], config["prompts"]))
@@ -105,64 +110,166 @@ def data_settings(config: dict, limit: int | None = None) -> dict:
 
 
 def model_settings(config: dict, preset: str) -> dict:
+    """The action head: built from settings (its weights from model_seed) or a checkpoint's."""
     spec = config["presets"][preset]
     if "checkpoint" in spec:  # the weights come from the checkpoint, not from model_seed
         return {"preset": preset, **spec, "device": config["device"]}
-    return {"preset": preset, **spec, "model_seed": config["model_seed"], "device": config["device"]}
+    head = {k: v for k, v in spec.items() if k not in ("backbone", "tokenizer", "extract_layer", "dtype")}
+    return {"preset": preset, **head, "model_seed": config["model_seed"], "device": config["device"]}
+
+
+def trained_from(config: dict, preset: str) -> str | None:
+    """The preset whose train rule writes this checkpoint preset's folder (results/<p>/train/checkpoint)."""
+    import re
+
+    folder = config["presets"][preset].get("checkpoint", "")
+    match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
+    return match.group(1) if match and match.group(1) in config["presets"] else None
+
+
+def trained_presets(config: dict) -> list[str]:
+    """Presets that some checkpoint preset trains: their features include training draws."""
+    return sorted({p for p in (trained_from(config, q) for q in config["presets"]) if p})
+
+
+def feature_preset(config: dict, preset: str) -> str:
+    """Whose features (and Hub manifest) a preset uses: a checkpoint trained here on a frozen backbone sees
+    exactly its source preset's hiddens, so it reuses them instead of running the backbone again."""
+    return trained_from(config, preset) or preset
+
+
+def backbone_spec(config: dict, preset: str) -> dict:
+    """The video backbone of a preset, as data: what the features stage builds and a checkpoint references."""
+    from .checkpoints import CheckpointError, checkpoint_backbone
+
+    spec = config["presets"][preset]
+    if "checkpoint" in spec:
+        source = trained_from(config, preset)
+        if source:
+            return backbone_spec(config, source)
+        try:
+            return checkpoint_backbone(spec["checkpoint"])
+        except CheckpointError:  # not there yet: the job reports it (Snakemake names the missing files first)
+            return {"kind": "checkpoint", "folder": spec["checkpoint"]}
+    return preset_backbone(spec, config["model_seed"])
+
+
+def preset_backbone(spec: dict, model_seed: int) -> dict:
+    """The backbone spec of a model preset's settings (backbone, tokenizer, extract_layer, dtype)."""
+    common = {"extract_layer": spec["extract_layer"], "dtype": spec.get("dtype", "float32")}
+    if spec["backbone"] == "tiny-random":
+        return {"kind": "tiny-random", "model_seed": model_seed, "tokenizer": spec["tokenizer"], **common}
+    return {"kind": "pretrained", "repo": spec["backbone"]["repo"], "revision": spec["backbone"].get("revision", "main"),
+            **common}
+
+
+def train_data_settings(config: dict) -> dict:
+    """The training windows: every window of the selected episodes (synthetic: a pool of its own seeds)."""
+    train = config["train"]
+    inputs = input_settings(config)
+    if inputs["source"] == "synthetic":
+        return {"inputs": inputs, "samples": list(zip(range(10_000, 10_000 + train["synthetic_samples"]),
+                                                      [config["prompts"][i % len(config["prompts"])]
+                                                       for i in range(train["synthetic_samples"])]))}
+    episodes = inputs.get("episodes") if train["episodes"] == "inputs" else train["episodes"]
+    return {"inputs": {**inputs, "episodes": episodes, "windows_per_episode": None}, "seeds": [train["seed"]],
+            "limit": None}
+
+
+def _features_identity(config: dict, preset: str) -> dict:
+    """What decides each features file's content (digested; the device is left out on purpose)."""
+    source = feature_preset(config, preset)
+    backbone = backbone_spec(config, source)
+    model = model_settings(config, source)
+    dims = {k: model[k] for k in ("chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
+    probe = {"backbone": backbone, "dims": dims, "data": data_settings(config)}
+    train = None
+    if source in trained_presets(config):
+        train = {"backbone": backbone, "dims": dims, "data": train_data_settings(config),
+                 "draws": config["features"]["draws"], "seed": config["train"]["seed"]}
+    return {"inference": probe, "train": train}
+
+
+def features_digest(config: dict, preset: str, kind: str) -> str:
+    """The digest a head stage requires of the features it reads (kind: inference or train)."""
+    from .io import config_digest
+
+    return config_digest(_features_identity(config, preset)[kind])[1]
+
+
+def features_settings(config: dict, preset: str) -> dict:
+    """The features stage: one backbone build, inference rows for every probe sample, and training draws
+    when a checkpoint preset trains this preset."""
+    identity = _features_identity(config, preset)
+    synthetic = config["inputs"]["source"] == "synthetic"
+    model = model_settings(config, preset)  # only what fixes the data's dimensions: the head may change freely
+    dims = {k: model[k] for k in ("preset", "chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
+    return {"model": dims, **identity, "device": config["device"],
+            "prompts": config["prompts"] if synthetic else []}
 
 
 def checkpoint_files(config: dict, preset: str) -> list[str]:
     """A checkpoint preset's files: rule inputs, so a checkpoint the train rule writes is made first."""
-    from .model import CHECKPOINT_FILES
+    from .checkpoints import CHECKPOINT_FILES, FORMAT_V1, FORMAT_V2
 
     folder = config["presets"][preset].get("checkpoint")
-    return [f"{folder.rstrip('/')}/{name}" for name in CHECKPOINT_FILES] if folder else []
+    if not folder:
+        return []
+    form = FORMAT_V2
+    try:
+        import json
+
+        form = json.loads((Path(folder) / "config.json").read_text()).get("format", FORMAT_V2)
+    except (OSError, ValueError, AttributeError):
+        pass
+    names = CHECKPOINT_FILES[FORMAT_V1] if form == FORMAT_V1 else CHECKPOINT_FILES[FORMAT_V2]
+    return [f"{folder.rstrip('/')}/{name}" for name in names]
 
 
 def prefetch_settings(config: dict, preset: str) -> dict:
     """What decides the manifest's content; the timeout is left out on purpose (no rerun for it)."""
     from .hub import required_repos
 
-    return {"repos": required_repos(config["presets"][preset], config["inputs"]),
+    return {"repos": required_repos(backbone_spec(config, preset), config["inputs"]),
             "cache_dir": config["hub"]["cache_dir"]}
 
 
 def validate_settings(config: dict, preset: str) -> dict:
     limit = config["validate"]["fidelity_samples"]
-    synthetic = config["inputs"]["source"] == "synthetic"  # real data brings its own prompts
-    return {"model": model_settings(config, preset), "data": data_settings(config, limit), "limit": limit,
-            "steps": config["probe"]["steps"], "prompts": config["prompts"] if synthetic else [],
-            "tolerance": config["validate"]["fidelity_tolerance"]}
+    return {"model": model_settings(config, preset), "features_digest": features_digest(config, preset, "inference"),
+            "limit": limit, "steps": config["probe"]["steps"], "tolerance": config["validate"]["fidelity_tolerance"]}
 
 
 def probe_settings(config: dict, preset: str) -> dict:
-    return {"model": model_settings(config, preset), "data": data_settings(config), "steps": config["probe"]["steps"],
-            "batch_size": config["probe"]["batch_size"]}
+    return {"model": model_settings(config, preset), "features_digest": features_digest(config, preset, "inference"),
+            "steps": config["probe"]["steps"], "batch_size": config["probe"]["batch_size"]}
 
 
 def sweep_settings(config: dict, preset: str) -> dict:
-    return {"model": model_settings(config, preset), "data": data_settings(config),
+    return {"model": model_settings(config, preset), "features_digest": features_digest(config, preset, "inference"),
             "batch_size": config["probe"]["batch_size"], "sweep_steps": sorted(config["sweep"]["steps"]),
             "reference_steps": config["sweep"]["reference_steps"], "repeats": config["sweep"]["repeats"]}
 
 
 def backbone_settings(config: dict, preset: str) -> dict:
-    return {"model": model_settings(config, preset), "data": data_settings(config),
-            "steps": config["probe"]["steps"], "fixed_video_noise": config["backbone"]["fixed_video_noise"]}
+    """The per-step recompute analysis: the whole model (backbone + head) on the first `backbone.samples`."""
+    limit = config["backbone"]["samples"]
+    return {"model": model_settings(config, preset), "backbone": backbone_spec(config, preset),
+            "features_model": model_settings(config, feature_preset(config, preset)),
+            "data": data_settings(config, None if limit == "all" else limit), "steps": config["probe"]["steps"],
+            "fixed_video_noise": config["backbone"]["fixed_video_noise"]}
 
 
 def train_settings(config: dict, preset: str) -> dict:
-    """Training reads every window of the selected episodes (synthetic: a pool of its own seeds)."""
+    """Training reads the training draws of the features; the checkpoint references the backbone."""
+    if preset not in trained_presets(config):
+        raise ConfigError(f"config key 'presets': preset '{preset}' is trained, but no preset points at its checkpoint, "
+                          "so its features hold no training draws; add e.g. "
+                          f"'{preset}-trained: {{checkpoint: results/{preset}/train/checkpoint}}' under 'presets'")
     train = config["train"]
-    pool = {"samples": list(zip(range(10_000, 10_000 + train["synthetic_samples"]),
-                                [config["prompts"][i % len(config["prompts"])]
-                                 for i in range(train["synthetic_samples"])]))}
-    inputs = input_settings(config)
-    episodes = inputs.get("episodes") if train["episodes"] == "inputs" else train["episodes"]
-    data = {"inputs": inputs, **pool} if inputs["source"] == "synthetic" else \
-        {"inputs": {**inputs, "episodes": episodes, "windows_per_episode": None}, "seeds": [train["seed"]],
-         "limit": None}
-    return {"model": model_settings(config, preset), "data": data,
+    return {"model": model_settings(config, preset), "backbone": backbone_spec(config, preset),
+            "features_digest": features_digest(config, preset, "train"),
+            "check_digest": features_digest(config, preset, "inference"), "draws": config["features"]["draws"],
             **{k: train[k] for k in ("steps", "batch_size", "lr", "seed", "check_samples")}}
 
 

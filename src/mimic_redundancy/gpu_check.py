@@ -1,6 +1,12 @@
-"""GPU check (`make gpu-check`): validate and probe the tiny preset on a CUDA device, check that every
-tensor the pipeline creates is on that device, and print timings. Exit status 1 if a check fails.
+"""GPU check (`make gpu-check`): run the pipeline's two halves on a CUDA device the way the stages run them,
+check that every tensor lands on that device, and print timings and peak memory per stage. Exit status 1 if
+a check fails.
 
+  --backbone tiny   the embedded default's tiny random backbone (config.yaml preset `tiny`)
+  --backbone full   mimic-video's full-size random-weight Cosmos backbone (the 7B shape:
+                    `CosmosPredictWrapper(random_weights=True)`), created on the device in --dtype
+Per stage: the features stage (backbone seconds per sample), the head-only probe (head seconds per step),
+and the library's per-step recompute against features computed once (the speedup).
 `--device cpu` runs the same checks on the CPU (the test suite does, so the script stays runnable)."""
 from __future__ import annotations
 
@@ -11,17 +17,12 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .backbone import recompute_sample
 from .data import synthetic_samples
-from .model import build_model, net_dims, resolve_device
-from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
+from .features import compute_features
+from .model import attach_backbone, backbone_dtypes, build_backbone, build_head, net_dims, resolve_device
+from .probe import library_sample, probe_trajectory
 from .timing import timed
-from .validation import validate_model
-
-TINY = {"preset": "tiny", "dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random",
-        "tokenizer": "builtin", "model_seed": 0}
-INPUTS = {"frames": 5, "height": 32, "width": 32}
-PROMPTS = ["pick up the red block", "open the top drawer"]
-
 
 class DeviceAudit(TorchFunctionMode):
     """Records every torch call whose tensor output lands on a device other than `device`."""
@@ -40,55 +41,99 @@ class DeviceAudit(TorchFunctionMode):
         return out
 
 
-def check(device_name: str, steps: int) -> dict:
-    device = resolve_device(device_name)
-    problems, timings = [], {}
-    net, timings["build_s"] = timed(lambda: build_model(TINY, device), device)
-    stray = sorted({f"{n} on {t.device}" for n, t in [*net.named_parameters(), *net.named_buffers()]
-                    if t.device.type != device.type})
-    problems += [f"parameter/buffer {s}" for s in stray]
-    for name in ["action_normalizer", "joint_normalizer"]:  # none in the tiny preset; checked when present
-        for norm in getattr(net, name) or []:
-            problems += [f"{name} {n} on {t.device}" for n, t in norm.named_buffers() if t.device.type != device.type]
-    pairs = [(seed, PROMPTS[seed % 2]) for seed in range(8)]
-    settings = {"model": {**TINY, "device": device_name}, "steps": steps, "prompts": PROMPTS, "tolerance": 1e-5}
-    first = synthetic_samples(pairs[:2], INPUTS, net_dims(net))
-    report, timings["validate_s"] = timed(lambda: validate_model(net, device, settings, first), device)
-    problems += [f"validate: {c['name']}: {c['detail']}" for c in report["checks"] if not c["passed"]]
+def tiny_preset() -> tuple[dict, dict, dict]:
+    """(head settings, backbone spec, inputs) of config.yaml's embedded default, the one place they are set."""
+    from . import config as cfg
 
-    batch = synthetic_batch(net, pairs, INPUTS, device)
-    hiddens, timings["hiddens_8_samples_s"] = timed(lambda: video_hiddens(net, batch), device)
+    config = cfg.default_config()
+    return cfg.model_settings(config, "tiny"), cfg.backbone_spec(config, "tiny"), cfg.input_settings(config)
+
+
+class PeakMemory:
+    """Peak device memory (MiB) of the block, from torch's CUDA allocator; None on the CPU."""
+
+    def __init__(self, device):
+        self.device, self.mib = device, None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def check(device_name: str, steps: int, backbone: str = "tiny", dtype: str = "float32", samples: int = 8) -> dict:
+    device = resolve_device(device_name)
+    model, spec, inputs = tiny_preset()
+    spec = {**spec, "dtype": dtype}
+    if backbone == "full":
+        spec = {"kind": "full-random", "model_seed": 0, "extract_layer": 19, "dtype": dtype}
+    problems, timings, memory = [], {}, {}
+    with PeakMemory(device) as peak:
+        wrapper, timings["backbone_build_s"] = timed(lambda: build_backbone(spec, device), device)
+    memory["backbone_build_mib"] = peak.mib
+    dims = {"chunk_len": 32, "action_dim": 20, "joint_dim": 32}
+    head = build_head(model, device, dims, wrapper.dim_latent)
+    pairs = [(seed, ["pick up the red block", "open the top drawer"][seed % 2]) for seed in range(samples)]
+    data = synthetic_samples(pairs, inputs, net_dims(head))
+
+    with PeakMemory(device) as peak:  # the features stage: the backbone once per sample
+        rows, features_s = timed(lambda: compute_features(wrapper, data, device), device)
+    memory["features_stage_mib"] = peak.mib
+    timings["backbone_s_per_sample"] = features_s / samples
+    batch = rows.batch(slice(None), device)
     with DeviceAudit(device) as audit:  # untimed: the audit itself slows every call
-        trajectory, clean, times = probe_trajectory(net, batch, hiddens, steps)
-    _, timings["probe_8x%d_s" % steps] = timed(lambda: probe_trajectory(net, batch, hiddens, steps), device)
-    reference, timings["sample_8x%d_s" % steps] = timed(lambda: library_sample(net, batch, hiddens, steps), device)
-    named = {"noise": batch.noise, "video": batch.video, "joint_state": batch.joint_state, "trajectory": trajectory,
+        trajectory, clean, times = probe_trajectory(head, batch, batch.hiddens, steps)
+    with PeakMemory(device) as peak:  # a head-only stage
+        _, probe_s = timed(lambda: probe_trajectory(head, batch, batch.hiddens, steps), device)
+    memory["head_stage_mib"] = peak.mib
+    timings["head_s_per_step"] = probe_s / steps
+    timings[f"probe_{samples}x{steps}_s"] = probe_s
+    reference = library_sample(head, batch, batch.hiddens, steps)
+    named = {"noise": batch.noise, "joint_state": batch.joint_state, "trajectory": trajectory,
              "clean_prediction": clean, "times": times, "sample": reference,
-             **{f"hiddens[{i}]": h for i, h in enumerate(hiddens)}}
+             **{f"hiddens[{i}]": h for i, h in enumerate(batch.hiddens)}}
     problems += [f"{n} on {t.device}" for n, t in named.items() if t.device.type != device.type]
     problems += [f"Euler loop produced {count} tensor(s) off {device} in {name}"
                  for name, count in audit.off_device.items()]
+    stray = sorted({f"{n} on {t.device}" for n, t in [*head.named_parameters(), *wrapper.named_parameters()]
+                    if t.device.type != device.type})
+    problems += [f"parameter {s}" for s in stray]
     fidelity = float((trajectory[-1] - reference).abs().max())
     if fidelity > 1e-5:
         problems.append(f"fidelity {fidelity:.3g} > 1e-5")
-    one = synthetic_batch(net, pairs[:1], INPUTS, device)
-    hiddens_one = video_hiddens(net, one)
-    _, t1 = timed(lambda: library_sample(net, one, hiddens_one, steps), device)
-    sixteen = synthetic_batch(net, [(s, PROMPTS[s % 2]) for s in range(16)], INPUTS, device)
-    hiddens_16 = video_hiddens(net, sixteen)
-    _, t16 = timed(lambda: library_sample(net, sixteen, hiddens_16, steps), device)
-    timings["batch16_throughput_ratio"] = (16 / t16) / (1 / t1)
-    return {"device": str(device), "cuda_device_name": report["cuda_device_name"], "passed": not problems,
+    if not all(bool(h.isfinite().all()) for h in batch.hiddens):
+        problems.append("non-finite hiddens")
+
+    net = attach_backbone(head, wrapper)  # the library's own per-step recompute, one sample
+    one = data.batch([0], device)
+    with PeakMemory(device) as peak:
+        _, recompute_s = timed(lambda: recompute_sample(net, one, steps, one.seeds[0], False), device)
+    memory["recompute_mib"] = peak.mib
+    cached_s = timings["backbone_s_per_sample"] + probe_s / samples
+    timings["recompute_1x%d_s" % steps] = recompute_s
+    timings["features_vs_recompute_speedup"] = recompute_s / cached_s
+    return {"device": str(device), "cuda_device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else None, "backbone": spec, "dtypes": backbone_dtypes(wrapper), "passed": not problems,
             "problems": problems, "fidelity_max_abs_diff": fidelity, "tensors_checked": sorted(named),
-            "torch_calls_audited_in_euler_loop": audit.calls, "timings": timings, "versions": report["versions"]}
+            "torch_calls_audited_in_euler_loop": audit.calls, "timings": timings, "peak_memory_mib": memory,
+            "samples": samples, "steps": steps}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--backbone", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--samples", type=int, default=8)
     args = parser.parse_args(argv)
-    result = check(args.device, args.steps)
+    result = check(args.device, args.steps, args.backbone, args.dtype, args.samples)
     print(json.dumps(result, indent=2))
     print(f"all tensors on {result['device']}, fidelity {result['fidelity_max_abs_diff']:.3g}" if result["passed"]
           else "GPU CHECK FAILED:\n  " + "\n  ".join(result["problems"]))

@@ -25,6 +25,13 @@ ALLOW_PATTERNS = {
     # a LeRobot dataset: what mimic-video's LiberoDataset downloads
     "dataset": ["data/*.parquet", "data/**/*.parquet", "videos/**/*", "meta_data/*"],
 }
+# NVIDIA's safety checker (cosmos_guardrail 0.3.2): a gated repo (needs HF_TOKEN) and a text classifier
+GUARDRAIL_REPOS = [
+    {"role": "guardrail", "repo": "nvidia/Cosmos-1.0-Guardrail",
+     "allow_patterns": ["blocklist/*", "blocklist/**/*", "face_blur_filter/Resnet50_Final.pth"]},
+    {"role": "guardrail-text", "repo": "Qwen/Qwen3Guard-Gen-0.6B",
+     "allow_patterns": ["*.json", "*.safetensors", "merges.txt", "vocab.json", "tokenizer*"]},
+]
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
@@ -38,22 +45,39 @@ def offline_env(cache_dir: str | os.PathLike) -> dict[str, str]:
             **{flag: "1" for flag in OFFLINE_FLAGS}}
 
 
-def required_repos(preset: dict, inputs: dict | None = None) -> list[dict]:
-    """The Hub repos a preset (and a lerobot input) needs, as (role, repo, repo_type, revision,
-    allow_patterns) records."""
+def required_repos(backbone: dict, inputs: dict | None = None) -> list[dict]:
+    """The Hub repos a backbone spec (config.backbone_spec) and a lerobot input need, as (role, repo, repo_type,
+    revision, allow_patterns) records. The safety checker's repos are added by prefetch once it has seen the
+    backbone's model_index.json (`guardrail_repos`)."""
     repos = []
     if inputs and inputs.get("source") == "lerobot":
         spec = inputs["lerobot"]
         repos.append({"role": "dataset", "repo": spec["repo"], "repo_type": "dataset",
                       "revision": spec.get("revision", "main"),
                       "allow_patterns": spec.get("allow_patterns", ALLOW_PATTERNS["dataset"])})
-    for role in ("backbone", "tokenizer"):
-        spec = preset.get(role)
+    specs = {"backbone": backbone if backbone.get("kind") == "pretrained" else None,
+             "tokenizer": backbone.get("tokenizer")}
+    for role, spec in specs.items():
         if isinstance(spec, dict):
             repos.append({"role": role, "repo": spec["repo"], "repo_type": spec.get("repo_type", "model"),
                           "revision": spec.get("revision", "main"),
                           "allow_patterns": spec.get("allow_patterns", ALLOW_PATTERNS[role])})
     return repos
+
+
+def needs_guardrail(snapshot) -> bool:
+    """diffusers' CosmosVideoToWorldPipeline builds NVIDIA's CosmosSafetyChecker (package cosmos_guardrail)
+    unless the repo's model_index.json names a safety_checker component of its own."""
+    import json
+
+    index = json.loads((Path(snapshot) / "model_index.json").read_text())
+    component = index.get("safety_checker")
+    return not (isinstance(component, list) and component[0] not in (None, "cosmos_guardrail"))
+
+
+def guardrail_repos() -> list[dict]:
+    """What cosmos_guardrail 0.3.2's CosmosSafetyChecker() loads (it names no revision: it reads refs/main)."""
+    return [{**spec, "repo_type": "model", "revision": "main", "write_ref": True} for spec in GUARDRAIL_REPOS]
 
 
 def go_online() -> None:
@@ -83,7 +107,10 @@ def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
         except Exception as error:  # any failure here means: this machine cannot use the Hub for it
             raise HubError(f"cannot resolve {name} on the Hub at {constants.ENDPOINT} "
                            f"(within {timeout_s:g} s): {type(error).__name__}: {error}. Check the repo and "
-                           f"revision, and run prefetch on a machine that reaches the Hub (the head node)") from None
+                           f"revision, and run prefetch on a machine that reaches the Hub (the head node)"
+                           + (". It is NVIDIA's safety checker, which the backbone's pipeline builds: the repo is "
+                              "gated, so accept its licence on the Hub and export HF_TOKEN on the head node"
+                              if repo["role"].startswith("guardrail") else "")) from None
         log.info("%s -> commit %s; downloading %s", name, info.sha, repo["allow_patterns"])
         try:
             folder = Path(snapshot_download(repo["repo"], repo_type=repo["repo_type"], revision=info.sha,
@@ -92,6 +119,10 @@ def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
         except Exception as error:
             raise HubError(f"download of {name} (commit {info.sha}) failed: {type(error).__name__}: {error}. "
                            f"Run prefetch again: finished files are kept, unfinished ones are redone") from None
+        if repo.get("write_ref"):  # its loader asks for the branch by name, offline: point refs/ at the commit
+            ref = folder.parent.parent / "refs" / repo["revision"]
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(info.sha)
         files = _snapshot_files(folder)
         if not files:
             raise HubError(f"{name}: no file matches allow_patterns {repo['allow_patterns']}")

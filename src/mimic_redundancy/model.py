@@ -1,11 +1,39 @@
-"""Build the mimic-video model that a preset describes, with seeded weights, on a chosen device."""
+"""Build the two halves of a mimic-video model: the video backbone (the cost) and the action head.
+
+The backbone (CosmosPredictWrapper: transformer, VAE, T5 encoder) runs only in the `features` stage and
+the `backbone` analysis; every other model stage builds the action head alone
+(`MimicVideo(dim, None, dim_video_hidden=...)`) and reads the hiddens the features stage cached.
+A random head's weights come from `model_seed` alone (seeded right before the head is built), so the
+head-only stages and a model built whole have the same head.
+
+Checkpoints (`save_checkpoint`): format v2 holds the action head alone and references the backbone
+(a Hub repo at its resolved commit, or the seeded tiny random wrapper); format v1 (the tiny model saved
+whole, with its tokenizer) still loads.
+"""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import json
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 
+from .checkpoints import FORMAT_V2, CheckpointError, read_checkpoint_config
 from .tokenizer import load_tokenizer
+
+LIBRARY_DIMS = {"chunk_len": 32, "action_dim": 20, "joint_dim": 32}  # MimicVideo's defaults
+CONSTRUCTOR_DIMS = {"chunk_len": "action_chunk_len", "action_dim": "dim_action", "joint_dim": "dim_joint_state"}
+WRAPPER_PREFIX = "video_predict_wrapper."
+HEAD_ARGUMENTS = ("dim", "depth", "dim_video_hidden", "action_chunk_len", "dim_action", "dim_joint_state")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class DimensionError(ValueError):
+    """The data and the model disagree on a dimension; the message names both sides."""
+
+
+class BackboneError(RuntimeError):
+    """A video backbone that cannot be built here; the message says what to install or fetch."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -16,6 +44,32 @@ def resolve_device(name: str) -> torch.device:
         raise RuntimeError(f"config device '{name}' asks for CUDA, but torch sees no CUDA device; "
                            "set device: auto or device: cpu")
     return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device, where: str) -> torch.dtype:
+    """The backbone dtype, after checking that this device runs the ops the backbone needs in it."""
+    dtype = DTYPES[name]
+    if dtype == torch.float32:
+        return dtype
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            x = torch.ones(2, 4, 3, 3, 3, device=device)
+            torch.nn.functional.conv3d(x, torch.ones(4, 4, 1, 1, 1, device=device)).sum().item()
+            (x.flatten(1) @ x.flatten(1).T).sum().item()
+    except Exception as error:
+        raise RuntimeError(f"{where}: dtype {name} does not run on device {device} "
+                           f"({type(error).__name__}: {str(error)[:200]}); use dtype float32 (or bfloat16) "
+                           "there, or run this stage on a GPU") from None
+    return dtype
+
+
+def autocast(wrapper):
+    """Autocast for a backbone stored in half precision (inputs and the VAE's fp32 statistics meet bf16
+    weights inside the library's forward); nothing for float32."""
+    dtype = getattr(wrapper, "backbone_dtype", torch.float32)
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(wrapper.device.type, dtype=dtype)
 
 
 @contextmanager
@@ -37,43 +91,7 @@ def _tokenizer_for_wrapper(tokenizer):
         cosmos_predict.T5TokenizerFast = original
 
 
-LIBRARY_DIMS = {"chunk_len": 32, "action_dim": 20, "joint_dim": 32}  # MimicVideo's defaults
-CONSTRUCTOR_DIMS = {"chunk_len": "action_chunk_len", "action_dim": "dim_action", "joint_dim": "dim_joint_state"}
-CHECKPOINT_FORMAT = "mimic-redundancy/checkpoint-v1"
-CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
-
-
-class DimensionError(ValueError):
-    """The data and the model disagree on a dimension; the message names both sides."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the file."""
-
-
-def read_checkpoint_config(folder) -> dict:
-    import json
-    from pathlib import Path
-
-    folder = Path(folder)
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
-    if missing:
-        raise CheckpointError(f"{folder}: checkpoint files {missing} not found; a checkpoint folder holds "
-                              f"{list(CHECKPOINT_FILES)} (written by the train rule; see README 'Checkpoints')")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except ValueError as error:
-        raise CheckpointError(f"{folder / 'config.json'}: not valid JSON ({error})") from None
-    if config.get("format") != CHECKPOINT_FORMAT or not isinstance(config.get("mimic_video"), dict):
-        raise CheckpointError(f"{folder / 'config.json'}: expected format {CHECKPOINT_FORMAT!r} with a "
-                              f"'mimic_video' object of MimicVideo constructor arguments")
-    backbone = config.get("video_backbone", {})
-    if backbone.get("kind") != "tiny-random" or not isinstance(backbone.get("extract_layer"), int):
-        raise CheckpointError(f"{folder / 'config.json'}: 'video_backbone' must be "
-                              "{\"kind\": \"tiny-random\", \"extract_layer\": <int>} (the only backbone a checkpoint "
-                              "holds whole)")
-    return config
-
+# -- dimensions ------------------------------------------------------------------------------------------------
 
 def model_dims(model: dict) -> dict:
     """The dimensions the model config fixes, each with where it is set: {key: (value, where)}."""
@@ -96,6 +114,8 @@ def resolve_dims(model: dict, data: dict) -> dict:
     return {key: fixed.get(key, data.get(key, (LIBRARY_DIMS[key],)))[0] for key in LIBRARY_DIMS}
 
 
+# -- the video backbone ----------------------------------------------------------------------------------------
+
 def _tiny_wrapper(tokenizer, extract_layer: int):
     from mimic_video.cosmos_predict import CosmosPredictWrapper
 
@@ -103,94 +123,246 @@ def _tiny_wrapper(tokenizer, extract_layer: int):
         return CosmosPredictWrapper(extract_layer=extract_layer, random_weights=True, tiny=True)
 
 
-def build_model(model: dict, device: torch.device, snapshots: dict | None = None, dims: dict | None = None):
-    """MimicVideo(dim, CosmosPredictWrapper(extract_layer, ...), depth, dims) in eval mode.
+def check_guardrail(snapshot, guardrail_snapshot) -> None:
+    """Fail before any GPU work when the pipeline needs the safety checker and it is not installed or fetched."""
+    from .hub import needs_guardrail
 
-    backbone 'tiny-random': the tiny random-weight wrapper with the preset's tokenizer; otherwise the
-    pretrained pipeline from its local snapshot folder (`snapshots`: role -> folder, from hub.local_snapshots).
-    A 'checkpoint' preset loads a checkpoint folder (load_checkpoint). Random weights are drawn on the
-    CPU from `model_seed`, so they are identical on every device.
-    """
-    from mimic_video import MimicVideo
+    if not needs_guardrail(snapshot):
+        return
+    try:
+        import cosmos_guardrail  # noqa: F401
+    except Exception as error:  # not installed, or installed beside a torchvision that does not fit this torch
+        raise BackboneError(
+            f"{Path(snapshot) / 'model_index.json'} has no safety_checker, so diffusers' CosmosVideoToWorldPipeline "
+            "builds NVIDIA's CosmosSafetyChecker, which needs the package cosmos_guardrail "
+            f"({type(error).__name__}: {error}): install it on the GPU nodes with `pip install -e '.[cosmos]'` "
+            "(CUDA torch only), and fetch its weights on the head node with prefetch (the guardrail repo is "
+            "gated: export HF_TOKEN there; see docs/cluster.md)") from None
+    if guardrail_snapshot is None:
+        raise BackboneError(f"the backbone needs NVIDIA's safety checker, but the manifest lists no 'guardrail' repo: "
+                            "rerun prefetch on the head node with HF_TOKEN set (see docs/cluster.md)")
+
+
+def _pretrained_wrapper(snapshot, extract_layer: int, dtype: torch.dtype):
+    """CosmosPredictWrapper(model_name=<local snapshot>) with the pipeline *loaded* in `dtype` (the library
+    loads it in float32 and has no dtype argument; casting afterwards would cost the float32 peak)."""
     from mimic_video.cosmos_predict import CosmosPredictWrapper
 
-    if "checkpoint" in model:
-        return load_checkpoint(model["checkpoint"]).to(device).eval()
-    dims = dims or resolve_dims(model, {})
+    class LoadedIn(CosmosPredictWrapper):
+        def _init_pretrained(self, model_name: str):
+            from diffusers import CosmosVideoToWorldPipeline
+
+            pipeline = CosmosVideoToWorldPipeline.from_pretrained(model_name, torch_dtype=dtype)
+            self.vae, self.transformer = pipeline.vae, pipeline.transformer
+            self.text_encoder, self.tokenizer = pipeline.text_encoder, pipeline.tokenizer
+            self.vae_temporal_compression_ratio = self.vae.config.temporal_compression_ratio
+            self.vae_spatial_compression_ratio = self.vae.config.spatial_compression_ratio
+            self.vae_latent_channels = self.vae.config.latent_channels
+            del pipeline
+
+    return LoadedIn(model_name=str(snapshot), extract_layer=extract_layer, random_weights=False)
+
+
+def build_backbone(spec: dict, device: torch.device, snapshots: dict | None = None):
+    """The video backbone a spec (config.backbone_spec) describes, in eval mode on `device`.
+
+    tiny-random: mimic-video's tiny random wrapper, weights seeded by spec['model_seed'], cast to the dtype
+    (random weights: nothing to load); full-random: the 7B shape with random weights, created on the device in
+    the dtype; pretrained: the diffusers pipeline from its verified local snapshot,
+    loaded in the dtype; checkpoint-v1: the tiny wrapper saved whole in an old checkpoint."""
+    import logging
+    import time
+
+    start = time.perf_counter()
     snapshots = snapshots or {}
-    torch.manual_seed(model["model_seed"])
-    if model["backbone"] == "tiny-random":
-        wrapper = _tiny_wrapper(load_tokenizer(model["tokenizer"], snapshots.get("tokenizer")), model["extract_layer"])
+    dtype = resolve_dtype(spec.get("dtype", "float32"), device, f"backbone dtype of {spec.get('kind')}")
+    if spec["kind"] == "tiny-random":
+        torch.manual_seed(spec["model_seed"])
+        wrapper = _tiny_wrapper(load_tokenizer(spec["tokenizer"], snapshots.get("tokenizer")), spec["extract_layer"])
+        wrapper = wrapper.to(dtype)
+    elif spec["kind"] == "full-random":  # the 7B Cosmos shape with random weights (gpu-check), made in place
+        from mimic_video.cosmos_predict import CosmosPredictWrapper
+
+        default = torch.get_default_dtype()
+        torch.manual_seed(spec["model_seed"])
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device), _tokenizer_for_wrapper(load_tokenizer("builtin")):
+                wrapper = CosmosPredictWrapper(extract_layer=spec["extract_layer"], random_weights=True, tiny=False)
+        finally:
+            torch.set_default_dtype(default)
+    elif spec["kind"] == "checkpoint-v1":
+        from safetensors import safe_open
+        from transformers import T5TokenizerFast
+
+        folder = Path(spec["folder"])
+        tokenizer = _load_checkpoint_tokenizer(folder, T5TokenizerFast)
+        wrapper = _tiny_wrapper(tokenizer, spec["extract_layer"])
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            state = {k[len(WRAPPER_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(WRAPPER_PREFIX)}
+        _load_state(wrapper, state, folder / "model.safetensors")
+    elif spec["kind"] == "pretrained":
+        if "backbone" not in snapshots:
+            raise BackboneError("the pretrained backbone is not in the prefetch manifest: run prefetch")
+        check_guardrail(snapshots["backbone"], snapshots.get("guardrail"))
+        wrapper = _pretrained_wrapper(snapshots["backbone"], spec["extract_layer"], dtype)
     else:
-        wrapper = CosmosPredictWrapper(model_name=str(snapshots["backbone"]), extract_layer=model["extract_layer"],
-                                       random_weights=False)
-    net = MimicVideo(model["dim"], wrapper, depth=model["depth"],
-                     **{arg: dims[key] for key, arg in CONSTRUCTOR_DIMS.items()})
-    net._mimic_redundancy_spec = {"mimic_video": {"dim": model["dim"], "depth": model["depth"],
-                                                  **{arg: dims[key] for key, arg in CONSTRUCTOR_DIMS.items()}},
-                                  "video_backbone": {"kind": model["backbone"] if isinstance(model["backbone"], str)
-                                                     else "pretrained", "extract_layer": model["extract_layer"]}}
+        raise ValueError(f"unknown backbone kind {spec['kind']!r}")
+    wrapper.backbone_dtype = dtype
+    wrapper = wrapper.to(device).eval()
+    logging.getLogger(__name__).info("built the %s backbone on %s in %.1f s: %s", spec["kind"], device,
+                                     time.perf_counter() - start, backbone_dtypes(wrapper))
+    return wrapper
+
+
+def backbone_dtypes(wrapper) -> dict[str, str]:
+    """The dtype of every backbone component's parameters."""
+    parts = {"transformer": wrapper.transformer, "vae": wrapper.vae, "text_encoder": wrapper.text_encoder}
+    return {name: ",".join(sorted({str(p.dtype).removeprefix("torch.") for p in part.parameters()}))
+            for name, part in parts.items()}
+
+
+# -- the action head -------------------------------------------------------------------------------------------
+
+def head_arguments(model: dict, dims: dict, dim_video_hidden: int) -> dict:
+    """MimicVideo constructor arguments of a head built from settings (not a checkpoint)."""
+    return {"dim": model["dim"], "depth": model["depth"], "dim_video_hidden": dim_video_hidden,
+            **{arg: dims[key] for key, arg in CONSTRUCTOR_DIMS.items()}}
+
+
+def build_head(model: dict, device: torch.device, dims: dict, dim_video_hidden: int):
+    """The action head alone: MimicVideo(dim, None, dim_video_hidden=...), eval mode, float32.
+
+    From settings: weights drawn on the CPU from `model_seed` right before the head is built (the same on
+    every device, whatever backbone is or is not built); from a checkpoint: its weights."""
+    from mimic_video import MimicVideo
+
+    if "checkpoint" in model:
+        net = load_head(model["checkpoint"], dim_video_hidden)
+    else:
+        torch.manual_seed(model["model_seed"])
+        net = MimicVideo(video_predict_wrapper=None, **head_arguments(model, dims, dim_video_hidden))
     return net.to(device).eval()
 
 
-def save_checkpoint(net, folder, provenance: dict) -> None:
-    """model.safetensors (every weight), config.json (constructor arguments) and tokenizer.json; no pickles.
-    Written into a temporary folder and renamed, so an interrupted save leaves no checkpoint."""
-    import json
-    import shutil
-    from pathlib import Path
-
-    from safetensors.torch import save_model
-
-    spec = getattr(net, "_mimic_redundancy_spec", None)
-    if spec is None or spec["video_backbone"]["kind"] != "tiny-random":
-        raise CheckpointError("only models with the tiny-random video backbone can be saved whole; "
-                              "a pretrained backbone stays on the Hub")
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(net, str(tmp / "model.safetensors"))  # handles T5's tied embeddings
-    net.video_predict_wrapper.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-    (tmp / "config.json").write_text(json.dumps({"format": CHECKPOINT_FORMAT, **spec, "provenance": provenance},
-                                                indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+def attach_backbone(head, wrapper):
+    """The whole model: the head with the backbone as its video_predict_wrapper (what MimicVideo(dim, wrapper)
+    builds), for the stages that run the library's video path (the backbone analysis, benchmarks)."""
+    if head.dim_video_hidden != wrapper.dim_latent:
+        raise DimensionError(f"the action head cross-attends to {head.dim_video_hidden}-dim hiddens, but the backbone "
+                             f"gives {wrapper.dim_latent}")
+    head.video_predict_wrapper = wrapper
+    return head
 
 
-def load_checkpoint(folder):
-    """The MimicVideo a checkpoint folder describes, with its weights, on the CPU, in eval mode."""
-    from pathlib import Path
+def build_model(model: dict, device: torch.device, snapshots: dict | None = None, dims: dict | None = None):
+    """The whole model of a preset given as settings (dim, depth, backbone, tokenizer, extract_layer, model_seed):
+    `MimicVideo(dim, CosmosPredictWrapper(...))` as the library builds it, for benchmarks and tests."""
+    from .config import preset_backbone
 
-    from mimic_video import MimicVideo
-    from safetensors.torch import load_model
-    from transformers import T5TokenizerFast
-
-    folder = Path(folder)
-    config = read_checkpoint_config(folder)
-    tokenizer = T5TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-    wrapper = _tiny_wrapper(tokenizer, config["video_backbone"]["extract_layer"])
-    try:
-        net = MimicVideo(video_predict_wrapper=wrapper, **config["mimic_video"])
-    except TypeError as error:
-        raise CheckpointError(f"{folder / 'config.json'}: 'mimic_video' is not valid MimicVideo arguments: {error}") from None
-    try:
-        load_model(net, str(folder / "model.safetensors"), strict=True)
-    except Exception as error:
-        raise CheckpointError(f"{folder / 'model.safetensors'}: weights do not fit the model config.json describes "
-                              f"({type(error).__name__}: {str(error)[:500]})") from None
-    net._mimic_redundancy_spec = {k: config[k] for k in ("mimic_video", "video_backbone")}
-    return net.eval()
+    wrapper = build_backbone(preset_backbone(model, model["model_seed"]), device, snapshots)
+    head = build_head(model, device, dims or resolve_dims(model, {}), wrapper.dim_latent)
+    return attach_backbone(head, wrapper)
 
 
 def net_dims(net) -> dict:
     return {"chunk_len": net.action_chunk_len, "action_dim": net.dim_action, "joint_dim": net.dim_joint_state}
 
 
-def parameter_counts(net) -> dict[str, int]:
-    wrapper = sum(p.numel() for p in net.video_predict_wrapper.parameters())
-    head = sum(p.numel() for p in net.action_parameters())
-    return {"total": sum(p.numel() for p in net.parameters()), "action_head": head, "video_wrapper": wrapper}
+def head_parameters(net) -> list[torch.nn.Parameter]:
+    """The action head's parameters in a fixed order (MimicVideo.action_parameters is an unordered set)."""
+    return [p for name, p in net.named_parameters() if not name.startswith(WRAPPER_PREFIX)]
+
+
+def head_state(net) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in net.state_dict().items() if not k.startswith(WRAPPER_PREFIX)}
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------
+
+def save_checkpoint(head, folder, backbone: dict, provenance: dict) -> None:
+    """Format v2: model.safetensors (the action head's weights alone) and config.json (MimicVideo's constructor
+    arguments, the backbone reference, provenance); no pickles. Written into a temporary folder and renamed,
+    so an interrupted save leaves no checkpoint."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in head_state(head).items()}, str(tmp / "model.safetensors"),
+              metadata={"format": FORMAT_V2})
+    args = {k: head._init_kwargs[k] for k in HEAD_ARGUMENTS}
+    (tmp / "config.json").write_text(json.dumps({"format": FORMAT_V2, "mimic_video": args, "video_backbone": backbone,
+                                                 "provenance": provenance}, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _load_checkpoint_tokenizer(folder: Path, cls):
+    try:
+        return cls(tokenizer_file=str(folder / "tokenizer.json"))
+    except Exception as error:
+        raise CheckpointError(f"{folder / 'tokenizer.json'}: not a tokenizers JSON file ({type(error).__name__}: "
+                              f"{str(error)[:200]}); copy the checkpoint folder again") from None
+
+
+def _load_state(module, state: dict, path: Path) -> None:
+    """load_state_dict, strict but for tied weights (T5's shared embedding is saved once, under one name)."""
+    try:
+        result = module.load_state_dict(state, strict=False)
+        own = module.state_dict()
+        loaded = {own[k].data_ptr() for k in state if k in own}
+        missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the model config.json describes "
+                              f"({str(error)[:500]})") from None
+
+
+def _read_weights(path: Path, keep) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(error).__name__}: {str(error)[:200]}); "
+                              "it is truncated or damaged: copy the checkpoint folder again, or rerun the train "
+                              "rule that wrote it") from None
+
+
+def load_head(folder, dim_video_hidden: int | None = None):
+    """The action head of a checkpoint folder (v1 or v2), on the CPU, in eval mode."""
+    from mimic_video import MimicVideo
+
+    folder = Path(folder)
+    config = read_checkpoint_config(folder)
+    args = dict(config["mimic_video"])
+    if "dim_video_hidden" not in args:  # v1: the tiny wrapper's width
+        if dim_video_hidden is None:
+            raise CheckpointError(f"{folder / 'config.json'}: no dim_video_hidden; give the features' width")
+        args["dim_video_hidden"] = dim_video_hidden
+    elif dim_video_hidden is not None and args["dim_video_hidden"] != dim_video_hidden:
+        raise DimensionError(f"{folder / 'config.json'}: the head expects {args['dim_video_hidden']}-dim video "
+                             f"hiddens, but the features hold {dim_video_hidden}-dim ones (another backbone?)")
+    try:
+        net = MimicVideo(video_predict_wrapper=None, **args)
+    except (TypeError, AssertionError) as error:
+        raise CheckpointError(f"{folder / 'config.json'}: 'mimic_video' is not valid MimicVideo arguments: {error}") from None
+    state = _read_weights(folder / "model.safetensors", lambda k: not k.startswith(WRAPPER_PREFIX))
+    _load_state(net, state, folder / "model.safetensors")
+    return net.eval()
+
+
+def parameter_counts(net, backbone_parameters: int | None = None) -> dict[str, int]:
+    head = sum(p.numel() for p in head_parameters(net))
+    wrapper = sum(p.numel() for p in net.video_predict_wrapper.parameters()) if net.video_predict_wrapper is not None \
+        else backbone_parameters
+    return {"total": head + (wrapper or 0), "action_head": head, "video_wrapper": wrapper}
 
 
 def library_versions() -> dict[str, str]:

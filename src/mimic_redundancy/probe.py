@@ -17,12 +17,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Batch:
-    """Inputs of a batch of samples; tensors on the model's device."""
+    """Inputs of a batch of samples; tensors on the model's device. Either the video (stages that run the
+    backbone) or the cached hiddens (head-only stages, from a features file)."""
     seeds: list[int]
     prompts: list[str]
-    video: torch.Tensor        # (b, frames, 3, h, w) in [0, 1]
-    joint_state: torch.Tensor  # (b, dim_joint_state)
-    noise: torch.Tensor        # (b, chunk_len, dim_action): the sampler's initial x_0
+    video: torch.Tensor | None  # (b, frames, 3, h, w) in [0, 1]
+    joint_state: torch.Tensor   # (b, dim_joint_state)
+    noise: torch.Tensor         # (b, chunk_len, dim_action): the sampler's initial x_0
+    hiddens: list[torch.Tensor] | None = None  # per extracted layer (b, tokens, dim_video_hidden), float32
+    video_time: torch.Tensor | None = None     # (b,): the video-denoising time of the hiddens
 
 
 def synthetic_batch(net, pairs: list[tuple[int, str]], inputs: dict, device) -> Batch:
@@ -85,15 +88,14 @@ def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int) -
 
 
 def run_probe(net, samples, steps: int, batch_size: int, device) -> dict:
-    """Probe every sample (a data.SampleSet) in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS),
+    """Probe every sample (a features.FeatureSet: cached hiddens) in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS),
     less the per-sample metadata (SampleSet.metadata)."""
     trajectories, cleans = [], []
     n_batches = -(-len(samples) // batch_size)
     for b in range(n_batches):
         start = time.perf_counter()
         batch = samples.batch(slice(b * batch_size, (b + 1) * batch_size), device)
-        hiddens = video_hiddens(net, batch)
-        trajectory, clean, times = probe_trajectory(net, batch, hiddens, steps)
+        trajectory, clean, times = probe_trajectory(net, batch, batch.hiddens, steps)
         trajectories.append(trajectory.float().cpu())
         cleans.append(clean.float().cpu())
         log.info("batch %d/%d: %d samples x %d steps in %.2f s", b + 1, n_batches, len(batch.seeds), steps,

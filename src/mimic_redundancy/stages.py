@@ -15,30 +15,49 @@ class ValidationFailed(RuntimeError):
     pass
 
 
-def _prepare(settings: dict, manifest_path, threads: int, limit: int | None = None):
-    """(model, device, samples) of a model stage: read the data's episodes (offline), take the dimensions
-    from the model config and the data (a mismatch stops here, naming both), build the model, load samples."""
+def _threads_and_device(model: dict, threads: int):
     import torch
 
-    from .data import data_dims, load_samples, read_episodes
-    from .hub import local_snapshots
-    from .io import read_json
-    from .model import build_model, net_dims, resolve_device, resolve_dims
+    from .model import resolve_device
 
     torch.set_num_threads(max(1, threads))
-    model, data = settings["model"], settings["data"]
-    device = resolve_device(model["device"])
-    snapshots = local_snapshots(read_json(manifest_path))  # offline; fails at once if not prefetched
+    return resolve_device(model["device"])
+
+
+def _read_data(model: dict, data: dict, snapshots: dict, limit: int | None = None):
+    """(samples with their videos, dims): the data read offline, the dimensions from the model config and the
+    data (a mismatch stops here, naming both)."""
+    from .data import data_dims, load_samples, read_episodes
+    from .model import resolve_dims
+
     episodes = None if data["inputs"]["source"] == "synthetic" else read_episodes(data["inputs"], snapshots)
     dims = resolve_dims(model, data_dims(episodes) if episodes is not None else {})
-    start = time.perf_counter()
-    net = build_model(model, device, snapshots, dims)
-    assert net_dims(net) == dims, (net_dims(net), dims)
-    log.info("built preset '%s' on %s in %.1f s; chunk_len %d, action_dim %d, joint_dim %d", model["preset"], device,
-             time.perf_counter() - start, dims["chunk_len"], dims["action_dim"], dims["joint_dim"])
     samples = load_samples(data, dims, episodes, limit)
     log.info("%d samples from %s", len(samples), data["inputs"]["source"])
-    return net, device, samples
+    return samples, dims
+
+
+def _head(settings: dict, features_path, threads: int, kind: str = "inference", limit: int | None = None):
+    """(action head, device, features) of a head-only stage: the features checked against the settings this
+    stage expects (digest), the head built alone (no transformer, VAE or T5 encoder)."""
+    from .features import load_features
+    from .model import build_head, net_dims, resolve_dims
+
+    model = settings["model"]
+    device = _threads_and_device(model, threads)
+    features = load_features(features_path, settings["features_digest"], kind)
+    if limit:
+        features = features.subset(limit)
+    data = {"chunk_len": (features.noise.shape[1], str(features_path)),
+            "action_dim": (features.noise.shape[2], str(features_path)),
+            "joint_dim": (features.joint_state.shape[1], str(features_path))}
+    dims = resolve_dims(model, data)
+    start = time.perf_counter()
+    net = build_head(model, device, dims, features.hidden_width)
+    assert net_dims(net) == dims, (net_dims(net), dims)
+    log.info("built the action head of preset '%s' on %s in %.1f s (no backbone); %d rows of %s features",
+             model["preset"], device, time.perf_counter() - start, len(features), kind)
+    return net, device, features
 
 
 def _save_run(npz_path, arrays: dict, contract: dict, settings: dict, device, samples) -> None:
@@ -65,6 +84,11 @@ def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> No
     repos = settings["repos"]
     if repos:
         entries = hub.fetch(repos, timeout_s)
+        backbone = [e for e in entries if e["role"] == "backbone"]
+        if backbone and hub.needs_guardrail(backbone[0]["snapshot"]):
+            log.info("%s has no safety_checker of its own: diffusers builds NVIDIA's CosmosSafetyChecker, so its "
+                     "repos are fetched too", backbone[0]["repo"])
+            entries += hub.fetch(hub.guardrail_repos(), timeout_s)
         note = f"fetched {len(entries)} repo(s) into {os.environ.get('HF_HUB_CACHE')}"
     else:
         entries, note = [], f"preset '{preset}' needs nothing from the Hugging Face Hub: nothing to download"
@@ -73,15 +97,70 @@ def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> No
                                "endpoint": os.environ.get("HF_ENDPOINT", "https://huggingface.co") if repos else None})
 
 
-def validate(settings: dict, manifest_path, report_path, threads: int = 1) -> None:
+def features(settings: dict, manifest_path, inference_path, train_path, threads: int = 1) -> None:
+    """Run the video backbone once per probe sample (and `draws` times per training window when the preset is
+    trained) and write the features files; the only model stage that builds the backbone, besides the
+    per-step recompute analysis."""
+    from . import features as feats
+    from .hub import local_snapshots
+    from .io import read_json
+    from .model import backbone_dtypes, build_backbone, library_versions
+    from .tokenizer import tokenizer_problems
+
+    model, backbone = settings["model"], settings["inference"]["backbone"]
+    device = _threads_and_device(settings, threads)  # settings['device']
+    snapshots = local_snapshots(read_json(manifest_path))  # offline; fails at once if not prefetched
+    samples, _ = _read_data(model, settings["inference"]["data"], snapshots)
+    start = time.perf_counter()
+    wrapper = build_backbone(backbone, device, snapshots)  # the guardrail is checked before anything loads
+    built = time.perf_counter() - start
+
+    checks = []
+    prompts = settings["prompts"] or list(dict.fromkeys(samples.prompts))
+    problems = tokenizer_problems(wrapper.tokenizer, prompts)
+    checks.append({"name": "tokenizer", "passed": not problems, "detail": f"{type(wrapper.tokenizer).__name__} with "
+                   f"{len(wrapper.tokenizer)} tokens: " + ("; ".join(problems) or
+                                                           f"{len(prompts)} prompts tokenize to distinct, known ids")})
+    if problems:  # fail at once: every hidden would be computed from a degenerate prompt encoding
+        raise ValidationFailed("backbone check failed: tokenizer: " + "; ".join(problems))
+    extra = {"backbone_json": backbone, "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
+             "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())),
+             "versions_json": library_versions(), "build_seconds": f"{built:.3f}", "draws": "0"}
+    rows = feats.compute_features(wrapper, samples, device)
+    finite = all(bool(h.float().isfinite().all()) for h in rows.hiddens)
+    checks.append({"name": "finite hiddens", "passed": finite, "detail": f"{len(rows)} rows x "
+                   f"{[tuple(h.shape[1:]) for h in rows.hiddens]} in {[str(h.dtype) for h in rows.hiddens]}"})
+    if not finite:
+        raise ValidationFailed(f"backbone check failed: non-finite hiddens in {inference_path}")
+    seconds = rows.meta["seconds"]
+    log.info("inference features: %d rows, %.3f s per row (median)", len(rows), sorted(seconds)[len(seconds) // 2])
+    feats.save_features(inference_path, rows, "inference", settings["inference"], {**extra, "checks_json": checks})
+
+    train = settings["train"]
+    if train is None:
+        log.info("no checkpoint preset trains preset '%s': no training draws", model["preset"])
+        empty = samples.subset(0)
+        rows = feats.compute_features(wrapper, empty, device, draws=0)
+        identity = {"untrained": model["preset"]}
+    else:
+        data = train["data"]
+        windows, _ = _read_data(model, data, snapshots)
+        log.info("training draws: %d windows x %d draws", len(windows), train["draws"])
+        rows = feats.compute_features(wrapper, windows, device, draws=train["draws"], draw_seed=train["seed"])
+        identity = train
+    feats.save_features(train_path, rows, "train", identity,
+                        {**extra, "checks_json": checks, "draws": str(train["draws"] if train else 0)})
+
+
+def validate(settings: dict, features_path, report_path, threads: int = 1) -> None:
     """Write the validation report; raise ValidationFailed (after logging the report) if a check fails."""
     import json
 
     from .io import write_json
     from .validation import validate_model
 
-    net, device, samples = _prepare(settings, manifest_path, threads, limit=settings["limit"])
-    report = validate_model(net, device, settings, samples)
+    net, device, rows = _head(settings, features_path, threads, limit=settings["limit"])
+    report = validate_model(net, device, settings, rows)
     if not report["passed"]:
         log.error("validation report:\n%s", json.dumps(report, indent=2))
         failed = [f"{c['name']}: {c['detail']}" for c in report["checks"] if not c["passed"]]
@@ -89,45 +168,60 @@ def validate(settings: dict, manifest_path, report_path, threads: int = 1) -> No
     write_json(report_path, report)
 
 
-def probe(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
+def probe(settings: dict, features_path, npz_path, threads: int = 1) -> None:
     from .io import PROBE_ARRAYS
     from .probe import run_probe
 
-    net, device, samples = _prepare(settings, manifest_path, threads)
-    log.info("probing %d samples x %d steps, batch size %d", len(samples), settings["steps"], settings["batch_size"])
+    net, device, rows = _head(settings, features_path, threads)
+    log.info("probing %d samples x %d steps, batch size %d", len(rows), settings["steps"], settings["batch_size"])
     start = time.perf_counter()
-    arrays = run_probe(net, samples, settings["steps"], settings["batch_size"], device)
+    arrays = run_probe(net, rows, settings["steps"], settings["batch_size"], device)
     log.info("probe took %.1f s", time.perf_counter() - start)
-    _save_run(npz_path, arrays, PROBE_ARRAYS, settings, device, samples)
+    _save_run(npz_path, arrays, PROBE_ARRAYS, settings, device, rows)
 
 
-def sweep(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
+def sweep(settings: dict, features_path, npz_path, threads: int = 1) -> None:
     from .io import SWEEP_ARRAYS
     from .sweep import run_sweep
 
-    net, device, samples = _prepare(settings, manifest_path, threads)
-    arrays = run_sweep(net, samples, settings["sweep_steps"], settings["reference_steps"],
+    net, device, rows = _head(settings, features_path, threads)
+    arrays = run_sweep(net, rows, settings["sweep_steps"], settings["reference_steps"],
                        settings["batch_size"], settings["repeats"], device)
-    _save_run(npz_path, arrays, SWEEP_ARRAYS, settings, device, samples)
+    _save_run(npz_path, arrays, SWEEP_ARRAYS, settings, device, rows)
 
 
 def backbone(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
+    """The library's per-step video recompute: the whole model (backbone + head) on the first samples."""
     from .backbone import run_backbone
-    from .io import BACKBONE_ARRAYS
+    from .hub import local_snapshots
+    from .io import BACKBONE_ARRAYS, read_json
+    from .model import attach_backbone, build_backbone, build_head
 
-    net, device, samples = _prepare(settings, manifest_path, threads)
+    device = _threads_and_device(settings["model"], threads)
+    snapshots = local_snapshots(read_json(manifest_path))
+    samples, dims = _read_data(settings["features_model"], settings["data"], snapshots)
+    wrapper = build_backbone(settings["backbone"], device, snapshots)
+    net = attach_backbone(build_head(settings["model"], device, dims, wrapper.dim_latent), wrapper)
+    log.info("the whole model of preset '%s' on %s: %d samples x %d steps, hiddens recomputed every step",
+             settings["model"]["preset"], device, len(samples), settings["steps"])
     arrays = run_backbone(net, samples, settings["steps"], settings["fixed_video_noise"], device)
     _save_run(npz_path, arrays, BACKBONE_ARRAYS, settings, device, samples)
 
 
-def train(settings: dict, manifest_path, checkpoint_dir, loss_path, summary_path, threads: int = 1) -> None:
-    """Train the action head on the selected inputs, save the checkpoint, and prove it reloads bit for bit."""
-    from .io import write_json
+def train(settings: dict, manifest_path, features_path, check_path, checkpoint_dir, loss_path, summary_path,
+          threads: int = 1) -> None:
+    """Train the action head on the cached training draws, save a head-only checkpoint that references the
+    backbone, and prove it reloads bit for bit."""
+    from .features import load_features
+    from .io import read_json, write_json
     from .metrics import write_csv
-    from .train import train_model, verify_round_trip
+    from .train import backbone_reference, train_model, verify_round_trip
 
-    net, device, samples = _prepare(settings, manifest_path, threads)
-    rows, summary = train_model(net, samples, settings, device)
-    summary["round_trip"] = verify_round_trip(net, samples, checkpoint_dir, settings, device)
-    write_csv(loss_path, rows)
+    net, device, rows = _head(settings, features_path, threads, kind="train")
+    checks = load_features(check_path, settings["check_digest"], "inference").subset(settings["check_samples"])
+    manifest = read_json(manifest_path)
+    rows_, summary = train_model(net, rows, settings, device)
+    reference = backbone_reference(settings["backbone"], manifest)
+    summary["round_trip"] = verify_round_trip(net, checks, checkpoint_dir, settings, reference, manifest, device)
+    write_csv(loss_path, rows_)
     write_json(summary_path, summary)

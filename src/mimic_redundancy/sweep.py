@@ -1,4 +1,4 @@
-"""K-step sweep: MimicVideo.sample with K Euler steps from the same noise and cached hiddens."""
+"""K-step sweep: MimicVideo.sample with K Euler steps from the same noise and cached hiddens (a FeatureSet)."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import torch
 
-from .probe import library_sample, video_hiddens
+from .probe import library_sample
 from .timing import timed
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def run_sweep(net, samples, ks: list[int], reference_steps: int, batch_size: int
     n_batches = -(-len(samples) // batch_size)
     for b in range(n_batches):
         batch = samples.batch(slice(b * batch_size, (b + 1) * batch_size), device)
-        hiddens = video_hiddens(net, batch)
+        hiddens = batch.hiddens
         for i, k in enumerate(ks):
             final, median = _timed(lambda: library_sample(net, batch, hiddens, k), device, repeats)
             finals[i].append(final.float().cpu())

@@ -1,8 +1,12 @@
 """Train the action head with mimic-video's own flow-matching loss, and check the saved checkpoint.
 
-The video backbone stays frozen (as in mimic-video's second stage): the loss is `MimicVideo.forward`
-with the ground-truth action chunk and `no_grad_video_model_forward=True`, so the library draws its
-flow times, noise, video-denoising time and proprio dropout as it does in its own training.
+The video backbone stays frozen (as in mimic-video's second stage). The head trains on cached features:
+each step picks windows and, per window, one of its `features.draws` cached backbone passes (video time
+drawn from the library's logit-normal, video noise from the row's seed), and calls `MimicVideo.forward`
+with the ground-truth chunk, those hiddens and their video time (`time_video_denoise`); the library draws
+the flow times, action noise and proprio dropout as in its own training. `train_library` is the library's
+own loop (`MimicVideo.forward(video=...)`, the backbone run at every step), kept to measure how close the
+cached loop comes (make bench).
 """
 from __future__ import annotations
 
@@ -12,37 +16,35 @@ import time
 import torch
 
 from .data import DataError
+from .model import head_parameters
 
 log = logging.getLogger(__name__)
 ROUND_TRIP_STEPS = 10
 
 
-def head_parameters(net) -> list[torch.nn.Parameter]:
-    """The action head's parameters in a fixed order (MimicVideo.action_parameters is an unordered set)."""
-    return [p for name, p in net.named_parameters() if not name.startswith("video_predict_wrapper.")]
-
-
-def train_model(net, samples, settings: dict, device) -> tuple[list[dict], dict]:
-    """AdamW on the action head for settings['steps'] minibatches drawn with settings['seed'];
-    returns (one loss row per step, a summary). The model is left in eval mode."""
-    known = torch.isfinite(samples.gt_actions).flatten(1).all(dim=1)
+def _require_ground_truth(rows) -> None:
+    known = torch.isfinite(rows.gt_actions).flatten(1).all(dim=1)
     if not bool(known.all()):
-        missing = sorted({e for e, k in zip(samples.episodes, known.tolist()) if not k})
+        missing = sorted({e for e, k in zip(rows.episodes, known.tolist()) if not k})
         raise DataError(f"train needs ground-truth actions for every window; episodes {missing} have none "
                         "(video_dir: fill the 'actions' column, or select other episodes with inputs.episodes)")
+
+
+def _optimize(net, n_windows: int, settings: dict, device, loss_of) -> tuple[list[dict], dict]:
+    """AdamW on the action head for settings['steps'] minibatches of window indices drawn with settings['seed']
+    (`loss_of(windows, generator)` gives the loss); returns (one loss row per step, a summary)."""
     torch.manual_seed(settings["seed"])
     order = torch.Generator().manual_seed(settings["seed"])
-    for p in net.video_predict_wrapper.parameters():
-        p.requires_grad_(False)
+    if net.video_predict_wrapper is not None:
+        for p in net.video_predict_wrapper.parameters():
+            p.requires_grad_(False)
     params = head_parameters(net)
     optimizer = torch.optim.AdamW(params, lr=settings["lr"])
     net.train()
     rows, start = [], time.perf_counter()
     for step in range(1, settings["steps"] + 1):
-        index = torch.randint(len(samples), (settings["batch_size"],), generator=order).tolist()
-        batch = samples.batch(index, device)
-        loss = net(actions=samples.gt_actions[index].to(device), joint_state=batch.joint_state, video=batch.video,
-                   prompts=batch.prompts, no_grad_video_model_forward=True)
+        windows = torch.randint(n_windows, (settings["batch_size"],), generator=order)
+        loss = loss_of(windows, order)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}; lower train.lr")
         optimizer.zero_grad(set_to_none=True)
@@ -58,37 +60,82 @@ def train_model(net, samples, settings: dict, device) -> tuple[list[dict], dict]
     first = sum(r["loss"] for r in rows[:tenth]) / tenth
     last = sum(r["loss"] for r in rows[-tenth:]) / tenth
     summary = {"steps": settings["steps"], "batch_size": settings["batch_size"], "lr": settings["lr"],
-               "seed": settings["seed"], "windows": len(samples), "source": samples.source,
-               "trained_parameters": sum(p.numel() for p in params), "seconds": rows[-1]["seconds"],
-               "loss_first_tenth": first, "loss_last_tenth": last, "loss_ratio": last / first,
-               "steps_per_tenth": tenth}
+               "seed": settings["seed"], "windows": n_windows, "trained_parameters": sum(p.numel() for p in params),
+               "seconds": rows[-1]["seconds"], "loss_first_tenth": first, "loss_last_tenth": last,
+               "loss_ratio": last / first, "steps_per_tenth": tenth}
     log.info("trained %d steps in %.1f s: loss %.4f -> %.4f (ratio %.3f)", settings["steps"], summary["seconds"],
              first, last, summary["loss_ratio"])
     return rows, summary
 
 
+def train_model(net, rows, settings: dict, device) -> tuple[list[dict], dict]:
+    """Train the head on a train FeatureSet (windows x draws rows, window-major); the model ends in eval mode."""
+    _require_ground_truth(rows)
+    draws = settings["draws"]
+    if len(rows) == 0 or len(rows) % draws:
+        raise DataError(f"the training features hold {len(rows)} rows, not windows x {draws} draws; rebuild them "
+                        "(rule features)")
+
+    def loss_of(windows, generator):
+        picked = windows * draws + torch.randint(draws, windows.shape, generator=generator)
+        batch = rows.batch(picked.tolist(), device)
+        return net(actions=rows.gt_actions[picked].to(device), joint_state=batch.joint_state,
+                   video_hiddens=batch.hiddens, time_video_denoise=batch.video_time)
+
+    log.info("training on %d windows x %d cached draws", len(rows) // draws, draws)
+    out, summary = _optimize(net, len(rows) // draws, settings, device, loss_of)
+    summary.update(source=rows.source, draws=draws, video_time_mean=float(rows.video_time.mean()))
+    return out, summary
+
+
+def train_library(net, samples, settings: dict, device) -> tuple[list[dict], dict]:
+    """mimic-video's own loop: MimicVideo.forward(video=...) with the frozen backbone run at every step."""
+    _require_ground_truth(samples)
+
+    def loss_of(windows, generator):
+        index = windows.tolist()
+        batch = samples.batch(index, device)
+        return net(actions=samples.gt_actions[index].to(device), joint_state=batch.joint_state, video=batch.video,
+                   prompts=batch.prompts, no_grad_video_model_forward=True)
+
+    return _optimize(net, len(samples), settings, device, loss_of)
+
+
+def backbone_reference(backbone: dict, manifest: dict) -> dict:
+    """How a checkpoint names its backbone: Hub repos at the commits the manifest resolved."""
+    commits = {e["role"]: e["resolved_revision"] for e in manifest.get("repos", [])}
+    reference = dict(backbone)
+    if reference["kind"] == "pretrained":
+        reference["revision"] = commits["backbone"]
+    if isinstance(reference.get("tokenizer"), dict):
+        reference["tokenizer"] = {**reference["tokenizer"], "revision": commits["tokenizer"]}
+    return reference
+
+
 @torch.no_grad()
-def verify_round_trip(net, samples, folder, settings: dict, device) -> dict:
-    """Save the checkpoint, load it back, and require bit-identical weights and sampled actions."""
+def verify_round_trip(net, checks, folder, settings: dict, reference: dict, manifest: dict, device) -> dict:
+    """Save the head-only checkpoint, load it back, and require bit-identical weights and sampled actions."""
     from .io import config_digest
-    from .model import CheckpointError, library_versions, load_checkpoint, save_checkpoint
-    from .probe import library_sample, video_hiddens
+    from .model import CheckpointError, head_state, library_versions, load_head, save_checkpoint
+    from .probe import library_sample
 
     _, digest = config_digest(settings)
-    save_checkpoint(net, folder, {"trained_from": settings["model"], "inputs": settings["data"]["inputs"],
-                                  "train": {k: settings[k] for k in ("steps", "batch_size", "lr", "seed")},
-                                  "config_digest": digest, "versions": library_versions()})
-    loaded = load_checkpoint(folder).to(device).eval()
-    mine, theirs = net.state_dict(), loaded.state_dict()
-    differing = [k for k in mine if not torch.equal(mine[k], theirs[k])]
-    check = samples.subset(settings["check_samples"])
-    batch = check.batch(slice(None), device)
-    actions = [library_sample(m, batch, video_hiddens(m, batch), ROUND_TRIP_STEPS) for m in (net, loaded)]
+    hub_inputs = [{"role": e["role"], "repo": e["repo"], "repo_type": e["repo_type"], "commit": e["resolved_revision"]}
+                  for e in manifest.get("repos", [])]
+    save_checkpoint(net, folder, reference, {"trained_from": settings["model"], "hub_inputs": hub_inputs,
+                                             "train": {k: settings[k] for k in ("steps", "batch_size", "lr", "seed",
+                                                                                 "draws")},
+                                             "config_digest": digest, "versions": library_versions()})
+    loaded = load_head(folder, checks.hidden_width).to(device).eval()
+    mine, theirs = head_state(net), head_state(loaded)
+    differing = [k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k])]
+    batch = checks.batch(slice(None), device)
+    actions = [library_sample(m, batch, batch.hiddens, ROUND_TRIP_STEPS) for m in (net, loaded)]
     diff = float((actions[0] - actions[1]).abs().max())
-    if differing or not torch.equal(*actions):
+    if differing or set(mine) != set(theirs) or not torch.equal(*actions):
         raise CheckpointError(f"{folder}: the reloaded checkpoint differs from the trained model "
                               f"(weights {differing[:5]}, max action difference {diff:g})")
     log.info("checkpoint %s reloads bit for bit: %d tensors, actions of %d samples identical", folder, len(mine),
-             len(check))
-    return {"tensors": len(mine), "samples": len(check), "steps": ROUND_TRIP_STEPS, "max_abs_action_diff": diff,
+             len(checks))
+    return {"tensors": len(mine), "samples": len(checks), "steps": ROUND_TRIP_STEPS, "max_abs_action_diff": diff,
             "identical": True}

@@ -1,6 +1,9 @@
-"""Checks that the model runs, and that the probe reproduces MimicVideo.sample, before any probing."""
+"""Checks that the action head runs on the cached features, and that the probe reproduces MimicVideo.sample,
+before any probing. The backbone's own checks (tokenizer, finite hiddens) ran in the features stage and are
+copied from the features file."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -9,8 +12,7 @@ import torch
 from .hub import OFFLINE_FLAGS
 from .io import describe
 from .model import library_versions, net_dims, parameter_counts
-from .probe import library_sample, probe_trajectory, video_hiddens
-from .tokenizer import tokenizer_problems
+from .probe import library_sample, probe_trajectory
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +25,20 @@ def validate_model(net, device: torch.device, settings: dict, samples) -> dict:
         checks.append({"name": name, "passed": bool(passed), "detail": detail})
         log.info("%s %s: %s", "PASS" if passed else "FAIL", name, detail)
 
-    counts = parameter_counts(net)
+    meta = samples.meta
+    counts = parameter_counts(net, int(meta["backbone_parameters"]))
     check("parameters", counts["total"] == counts["action_head"] + counts["video_wrapper"] > 0,
           f"{counts['total']:,} = action head {counts['action_head']:,} + video wrapper {counts['video_wrapper']:,}")
-
-    tokenizer = net.video_predict_wrapper.tokenizer
-    prompts = settings["prompts"] if samples.source == "synthetic" else list(dict.fromkeys(samples.prompts))
-    problems = tokenizer_problems(tokenizer, prompts)
-    check("tokenizer", not problems, f"{type(tokenizer).__name__} with {len(tokenizer)} tokens: " + (
-        "; ".join(problems) or f"{len(prompts)} prompts tokenize to distinct, known ids"))
+    for backbone_check in json.loads(meta["checks_json"]):  # run by the features stage
+        check(backbone_check["name"], backbone_check["passed"], backbone_check["detail"])
+    check("head only", net.video_predict_wrapper is None,
+          "the action head was built alone: no transformer, VAE or T5 encoder in this job")
 
     off_device = sorted({str(p.device) for p in net.parameters()} - {str(device)})
     check("device", not off_device, f"all parameters on {device}" if not off_device else f"parameters on {off_device}")
 
     batch = samples.batch(slice(None), device)
-    hiddens = video_hiddens(net, batch)
+    hiddens = batch.hiddens
     trajectory, clean, _ = probe_trajectory(net, batch, hiddens, settings["steps"])
     reference = library_sample(net, batch, hiddens, settings["steps"])
     expected = (len(batch.seeds), *net.action_shape)
@@ -62,6 +63,8 @@ def validate_model(net, device: torch.device, settings: dict, samples) -> dict:
         "parameters": counts,
         "output_shape": list(reference.shape),
         "dimensions": net_dims(net),
+        "dtypes": {**json.loads(meta["dtypes_json"]), "action_head": "float32"},
+        "backbone": json.loads(meta["backbone_json"]),
         "samples": describe(samples.source, samples.seeds, samples.windows, samples.episodes, samples.prompts),
         "fidelity_max_abs_diff": diff,
         "versions": library_versions(),

@@ -1,0 +1,22 @@
+# The video backbone, run once: hiddens for every probe sample and training draws, read by the head stages.
+rule features:
+    input:
+        manifest=rules.prefetch.output.manifest,
+        data=backbone_data,
+        code=BACKBONE_CODE,
+    output:
+        inference=results("{preset}", "features/inference.safetensors"),
+        train=results("{preset}", "features/train.safetensors"),
+    params:
+        settings=lambda w: cfg.features_settings(config, w.preset),
+    threads: 2
+    benchmark:
+        results("{preset}", "benchmarks/features.tsv")
+    log:
+        results("{preset}", "logs/features.log"),
+    message:
+        "Run the video backbone of preset {wildcards.preset} once per sample window (and per training draw)"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/features.py"

@@ -1,0 +1,247 @@
+"""Video features: the backbone's hiddens, computed once per sample window and cached for the head-only stages.
+
+The backbone (a 7B Cosmos transformer, its VAE and T5 encoder) is the cost of every model stage; the action
+head only cross-attends to the hiddens of one (or more) of its transformer blocks. The `features` stage runs
+the backbone once and writes, per sample, what the head needs: the hiddens, the joint state, the sampler's
+initial noise and the ground truth, with the video-denoising time and video-noise seed of every hidden.
+
+Two kinds of rows, each computed exactly as mimic-video 0.5.8 computes them inside `MimicVideo.forward`
+(`library_video_hiddens` mirrors its video branch):
+  inference  one row per probe sample: video time 0 with one predicted future latent (what `MimicVideo.sample`
+             computes at every step), the future-latent noise drawn after `torch.manual_seed(sample seed)`.
+  train      `draws` rows per training window: the video-denoising time from the library's own
+             `logit_normal_sample(video_time_denoise_mu, video_time_denoise_sigma)` and the video noise, both
+             drawn after `torch.manual_seed(row seed)` in the order the library draws them, so a row equals
+             the hiddens `MimicVideo.forward(actions=..., video=...)` computes in training from that RNG state.
+
+File format (safetensors, no pickles; FEATURE_TENSORS and FEATURE_METADATA list every entry).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mimic-redundancy/features-v1"
+# Shapes: R = rows (samples, or training windows x draws), T = hidden tokens, H = hidden width,
+# L = extracted layers, N = action chunk length, D = action dimension, J = joint-state dimension.
+FEATURE_TENSORS = {
+    "hiddens.{l}": "[R, T, H] in the backbone's dtype: the hiddens of extracted layer l, as the head receives them "
+                   "(before its float32 cast)",
+    "video_time": "float32 [R, L]: the video-denoising time of each row's hiddens (0 = clean; inference rows: 0)",
+    "video_noise_seed": "int64 [R, L]: torch.manual_seed value before the row's backbone pass",
+    "joint_state": "float32 [R, J]",
+    "noise": "float32 [R, N, D]: the action sampler's initial x_0 of the row's sample",
+    "gt_actions": "float32 [R, N, D]: ground-truth action chunk; NaN where unknown",
+    "seed": "int64 [R]: the sample's seed",
+    "window": "int64 [R]: the input window (synthetic: the prompt index; train rows: the training window)",
+    "episode": "int64 [R]: the window's episode (-1: synthetic)",
+    "start": "int64 [R]: the window's first frame (-1: synthetic)",
+    "draw": "int64 [R]: the draw of the row's window (inference rows: 0)",
+}
+FEATURE_METADATA = {
+    "format": FORMAT, "kind": "inference or train", "config_json": "the features settings, JSON",
+    "config_digest": "sha256 of config_json: head stages refuse features whose digest differs from theirs",
+    "source": "input source", "prompts_json": "prompt of every row, JSON", "backbone_json": "the backbone spec",
+    "dtypes_json": "dtype of each backbone component", "backbone_parameters": "parameter count of the backbone",
+    "checks_json": "the backbone checks (tokenizer, finite hiddens)", "seconds_json": "backbone seconds per row",
+    "versions_json": "library versions", "device": "where the backbone ran", "draws": "draws per training window",
+}
+
+
+class FeaturesError(ValueError):
+    """A features file the head stages cannot use; the message names the file and how to rebuild it."""
+
+
+@dataclass
+class FeatureSet:
+    """Rows of a features file: what the action head needs, without the video."""
+    source: str
+    seeds: list[int]
+    prompts: list[str]
+    windows: list[int]
+    episodes: list[int]
+    starts: list[int]
+    draws: list[int]
+    hiddens: list[torch.Tensor]     # per layer (R, T, H), stored dtype
+    joint_state: torch.Tensor       # (R, J)
+    noise: torch.Tensor             # (R, N, D)
+    gt_actions: torch.Tensor        # (R, N, D)
+    video_time: torch.Tensor        # (R, L)
+    video_noise_seed: torch.Tensor  # (R, L)
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def hidden_width(self) -> int:
+        return int(self.hiddens[0].shape[-1])
+
+    def batch(self, index, device):
+        """A Batch (probe.Batch) of rows, hiddens in float32 on `device` (as MimicVideo casts them)."""
+        from .probe import Batch
+
+        index = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
+        return Batch([self.seeds[i] for i in index], [self.prompts[i] for i in index], None,
+                     self.joint_state[index].to(device), self.noise[index].to(device),
+                     hiddens=[h[index].to(device).float() for h in self.hiddens],
+                     video_time=self.video_time[index, 0].to(device))
+
+    def subset(self, n: int) -> "FeatureSet":
+        keep = slice(0, n)
+        return FeatureSet(self.source, self.seeds[keep], self.prompts[keep], self.windows[keep], self.episodes[keep],
+                          self.starts[keep], self.draws[keep], [h[keep] for h in self.hiddens], self.joint_state[keep],
+                          self.noise[keep], self.gt_actions[keep], self.video_time[keep], self.video_noise_seed[keep],
+                          self.meta)
+
+    def metadata(self) -> dict:
+        """The per-sample arrays every run NPZ carries (io.RUN_METADATA)."""
+        import numpy as np
+
+        return {"seed": np.asarray(self.seeds, dtype=np.int64), "prompt": list(self.prompts),
+                "window": np.asarray(self.windows, dtype=np.int64), "episode": np.asarray(self.episodes, dtype=np.int64),
+                "start": np.asarray(self.starts, dtype=np.int64), "source": self.source}
+
+
+# -- computing them --------------------------------------------------------------------------------------------
+
+def library_video_defaults() -> tuple[float, float]:
+    """mimic-video's training distribution of the video-denoising time: MimicVideo's own defaults of
+    (video_time_denoise_mu, video_time_denoise_sigma), read from its signature."""
+    import inspect
+
+    from mimic_video import MimicVideo
+
+    params = inspect.signature(MimicVideo.__init__).parameters
+    return params["video_time_denoise_mu"].default, params["video_time_denoise_sigma"].default
+
+
+@torch.no_grad()
+def library_video_hiddens(wrapper, video, prompts, video_time, future_latents: int, device) -> list[torch.Tensor]:
+    """The video branch of MimicVideo.forward (mimic-video 0.5.8, one view, no frame mask): the wrapper in
+    eval mode under no_grad (`eval_no_grad`, as with no_grad_video_model_forward), then `.to(device)` and
+    'b * d' packing. Returns one (b, T, H) tensor per extracted layer in the backbone's dtype."""
+    from einops import rearrange
+
+    from .model import autocast
+
+    was_training = wrapper.training
+    wrapper.eval()
+    try:
+        with autocast(wrapper):
+            out = wrapper(video, prompts=prompts, prompt_token_ids=None, timestep=video_time,
+                          predict_num_future_latents=future_latents, context_frames=0, video_frames_mask=None)
+    finally:
+        wrapper.train(was_training)
+    layers = out if isinstance(out, list) else [out]
+    return [rearrange(t.to(device), "b ... d -> b (...) d") for t in layers]
+
+
+def _timed_rows(wrapper, samples, device, row_specs):
+    """Run the backbone once per row spec (sample index, seed, draw time or None for inference)."""
+    from .timing import synchronize
+
+    mu, sigma = library_video_defaults()
+    hiddens, times, seconds = [], [], []
+    for n, (i, seed, _) in enumerate(row_specs):
+        batch = samples.batch([i], device)
+        synchronize(device)
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        if row_specs[n][2] is None:  # inference: video time 0, one predicted future latent
+            video_time, future = torch.zeros(1, device=device), 1
+        else:  # training: the library draws the time first, then the video noise (inside the wrapper)
+            video_time, future = torch.sigmoid(mu + sigma * torch.randn(1, device=device)), 0
+        layers = library_video_hiddens(wrapper, batch.video, batch.prompts, video_time, future, device)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        hiddens.append([h.cpu() for h in layers])
+        times.append(float(video_time))
+        if n == 0 or (n + 1) % max(1, len(row_specs) // 10) == 0:
+            log.info("backbone row %d/%d: %.3f s", n + 1, len(row_specs), seconds[-1])
+    return hiddens, times, seconds
+
+
+def compute_features(wrapper, samples, device, draws: int | None = None, draw_seed: int = 0) -> FeatureSet:
+    """Inference rows for every sample (draws None), or `draws` training rows per window, window-major."""
+    n_layers = len(wrapper.extract_layers)
+    if draws is None:
+        specs = [(i, samples.seeds[i], None) for i in range(len(samples))]
+    else:
+        generator = torch.Generator().manual_seed(draw_seed)
+        seeds = torch.randint(0, 2**62, (len(samples), draws), generator=generator).tolist()
+        specs = [(i, seeds[i][r], r) for i in range(len(samples)) for r in range(draws)]
+    hiddens, times, seconds = _timed_rows(wrapper, samples, device, specs) if specs else ([], [], [])
+    rows = [i for i, _, _ in specs]
+    layers = [torch.cat([h[l] for h in hiddens]) for l in range(n_layers)] if specs else \
+        [torch.zeros(0, 0, 0) for _ in range(n_layers)]
+    video_time = torch.tensor(times, dtype=torch.float32).reshape(-1, 1).repeat(1, n_layers)
+    noise_seed = torch.tensor([s for _, s, _ in specs], dtype=torch.int64).reshape(-1, 1).repeat(1, n_layers)
+    pick = lambda values: [values[i] for i in rows]
+    return FeatureSet(samples.source, pick(samples.seeds), pick(samples.prompts), pick(samples.windows),
+                      pick(samples.episodes), pick(samples.starts), [r or 0 for _, _, r in specs], layers,
+                      samples.joint_state[rows].float(), samples.noise[rows].float(), samples.gt_actions[rows].float(),
+                      video_time, noise_seed, {"seconds": seconds})
+
+
+# -- the file --------------------------------------------------------------------------------------------------
+
+def save_features(path, features: FeatureSet, kind: str, settings: dict, extra: dict) -> None:
+    """Write a features file atomically (safetensors: tensors plus string metadata)."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path, config_digest
+
+    text, digest = config_digest(settings)
+    tensors = {f"hiddens.{l}": h.contiguous() for l, h in enumerate(features.hiddens)}
+    tensors.update(video_time=features.video_time, video_noise_seed=features.video_noise_seed,
+                   joint_state=features.joint_state, noise=features.noise, gt_actions=features.gt_actions,
+                   **{name: torch.tensor(values, dtype=torch.int64).reshape(-1) for name, values in
+                      (("seed", features.seeds), ("window", features.windows), ("episode", features.episodes),
+                       ("start", features.starts), ("draw", features.draws))})
+    meta = {"format": FORMAT, "kind": kind, "config_json": text, "config_digest": digest, "source": features.source,
+            "prompts_json": json.dumps(features.prompts), "seconds_json": json.dumps(features.meta.get("seconds", [])),
+            **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in extra.items()}}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def load_features(path, expected_digest: str | None = None, kind: str | None = None) -> FeatureSet:
+    """Read a features file; a missing, damaged or foreign file (digest mismatch) raises FeaturesError
+    naming the file and the command that rebuilds it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    preset = path.parent.parent.name
+    fix = (f"rebuild it with `snakemake --profile profiles/local {path} --forcerun features` "
+           f"(the target first), or run the whole workflow")
+    if not path.is_file():
+        raise FeaturesError(f"{path}: features file not found; {fix}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:
+        raise FeaturesError(f"{path}: not a readable features file ({type(error).__name__}: {str(error)[:200]}); "
+                            f"{fix}") from None
+    if meta.get("format") != FORMAT:
+        raise FeaturesError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}; {fix}")
+    if kind and meta.get("kind") != kind:
+        raise FeaturesError(f"{path}: holds {meta.get('kind')!r} features, expected {kind!r}; {fix}")
+    if expected_digest and meta.get("config_digest") != expected_digest:
+        raise FeaturesError(f"{path}: computed for other settings (digest {meta.get('config_digest', '?')[:12]}, "
+                            f"this stage expects {expected_digest[:12]}: another backbone, dtype or sample set of "
+                            f"preset {preset}); {fix}")
+    layers = sorted((k for k in tensors if k.startswith("hiddens.")), key=lambda k: int(k.split(".")[1]))
+    ints = lambda k: tensors[k].tolist()
+    return FeatureSet(meta["source"], ints("seed"), json.loads(meta["prompts_json"]), ints("window"), ints("episode"),
+                      ints("start"), ints("draw"), [tensors[k] for k in layers], tensors["joint_state"],
+                      tensors["noise"], tensors["gt_actions"], tensors["video_time"], tensors["video_noise_seed"],
+                      meta)
