@@ -32,6 +32,8 @@ def validate_model(net, device: torch.device, settings: dict, samples) -> dict:
     problems = tokenizer_problems(tokenizer, prompts)
     check("tokenizer", not problems, f"{type(tokenizer).__name__} with {len(tokenizer)} tokens: " + (
         "; ".join(problems) or f"{len(prompts)} prompts tokenize to distinct, known ids"))
+    if problems:  # fail now: the sampling checks below take minutes on a real backbone and cannot fix this
+        return {"passed": False, "checks": checks, "preset": settings["model"]["preset"], "settings": settings}
 
     off_device = sorted({str(p.device) for p in net.parameters()} - {str(device)})
     check("device", not off_device, f"all parameters on {device}" if not off_device else f"parameters on {off_device}")
