@@ -37,7 +37,7 @@ def damaged(kind: str, path):
             np.savez(f, steps=np.arange(3))
     elif kind == "missing npz":
         pass
-    elif kind == "truncated json":
+    elif kind in ("truncated json", "truncated manifest"):
         path.write_text('{"steps": 10, "conv')
     elif kind == "json list":
         path.write_text("[1, 2]")
@@ -58,12 +58,13 @@ CASES = {  # kind: (file name under results/tiny/, reader, what the message must
     "missing npz": ("sweep.npz", lambda p: load_npz(p, PROBE_ARRAYS), "no such file"),
     "truncated json": ("convergence.json", read_json, "not valid JSON"),
     "json list": ("backbone.json", read_json, "holds a JSON list"),
+    "truncated manifest": ("prefetch.json", read_json, "not valid JSON"),
     "truncated csv": ("metrics.csv", read_csv, "the file was cut short"),
     "csv row cut short": ("metrics.csv", read_csv, "line 3 does not have the header's 2 cells"),
     "empty csv": ("sweep.csv", read_csv, "the file is empty"),
     "csv with text": ("metrics.csv", read_csv, "a cell is not a number"),
 }
-RULES = {"probe.npz": "probe", "sweep.npz": "sweep", "convergence.json": "metrics", "backbone.json": "backbone_metrics",
+RULES = {"prefetch.json": "prefetch", "probe.npz": "probe", "sweep.npz": "sweep", "convergence.json": "metrics", "backbone.json": "backbone_metrics",
          "metrics.csv": "metrics", "sweep.csv": "sweep_metrics"}
 
 
@@ -93,7 +94,10 @@ def small_run(tmp_path_factory):
     run up to metrics.csv."""
     workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL}))
+    smaller = {"seeds": [0], "prompts": ["pick up the red block"], "validate": {"fidelity_samples": 1,
+               "fidelity_tolerance": 1.0e-5}, "probe": {"steps": 4, "batch_size": 1},
+               "metrics": {"probe_steps": [2, 4], "convergence_thresholds": [0.9]}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL, **smaller}))
     run_ok(workdir, "results/tiny/metrics.csv")
     return workdir
 
@@ -135,7 +139,8 @@ def planned_rules(output: str) -> dict[str, int]:
 
 
 # commands the docs mention that this test does not run, and where they are run instead
-NOT_RUN_HERE = {"snakemake --report": "tests/test_workflow.py builds the report of a complete run"}
+NOT_RUN_HERE = {"snakemake --report": "tests/test_workflow.py builds the report of a complete run",
+                "snakemake --lint": "tests/test_workflow.py::test_lint_reports_nothing"}
 
 
 def test_every_documented_command_runs(small_run):
@@ -153,8 +158,12 @@ def test_every_documented_command_runs(small_run):
         (small_run / path).touch()
     (small_run / "my.yaml").write_text("seeds: [0, 1]\n")
     failures = []
-    for command in dict.fromkeys(commands):
+    runs = {}  # one run per distinct command line (`make run`, `.venv/bin/snakemake` and `snakemake` alike)
+    for command in commands:
         env, argv = as_argv(command.replace("<preset>", "tiny"))
+        runs.setdefault((tuple(sorted(env.items())), tuple(argv)), command)
+    for (env, argv), command in runs.items():
+        env, argv = dict(env), list(argv)
         if "--unlock" not in argv:
             argv.append("-n")
         result = subprocess.run(argv, cwd=small_run, capture_output=True, text=True, timeout=300,
