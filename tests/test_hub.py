@@ -206,3 +206,19 @@ def test_validate_refuses_a_degenerate_tokenizer_from_the_hub(tmp_path, workflow
     assert "validation failed: tokenizer" in log
     assert not re.search(r"(PASS|FAIL) (device|output shape|finite|fidelity)", log), "must fail at the tokenizer"
     assert not (workflow / "results/tiny-t5/validate.json").exists()
+
+
+def test_cached_files_are_checked_against_the_hubs_sha256_of_lfs_files(tmp_path):
+    """The loopback Hub lists no LFS files; the Hub gives an LFS file's sha256, which prefetch checks the same way."""
+    import hashlib
+
+    from mimic_redundancy.hub import _mismatch
+
+    data = b"weights" * 1000
+    (tmp_path / "model.safetensors").write_bytes(data)
+    entry = {"path": "model.safetensors", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert _mismatch(tmp_path, entry) is None
+    assert _mismatch(tmp_path, {**entry, "sha256": "0" * 64}).startswith("sha256 ")
+    assert _mismatch(tmp_path, {**entry, "sha256": "0" * 64}, hash_limit=100) is None  # jobs hash small files only
+    assert _mismatch(tmp_path, {**entry, "bytes": 5}) == f"{len(data)} bytes, the Hub's file has 5"
+    assert _mismatch(tmp_path, {**entry, "path": "gone.bin"}) == "missing"
