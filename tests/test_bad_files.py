@@ -196,3 +196,21 @@ def test_a_truncated_probe_npz_is_named_and_the_command_given_rebuilds_it(small_
     # the command, as given: only the probe runs, and then the tables rebuild from it
     assert executed_rules(run_ok(small_run, *shlex.split(fix)[3:])) == ["probe"]
     assert executed_rules(run_ok(small_run, "results/tiny/metrics.csv")) == ["metrics"]
+
+
+@pytest.mark.parametrize("name, reader, reader_target, problem", [
+    ("metrics.csv", "plot", "results/tiny/figures/convergence.png", "the last line has no line end"),
+    ("prefetch.json", "validate", "results/tiny/validate.json", "not valid JSON"),  # every model job's manifest
+], ids=["csv", "manifest"])
+def test_a_damaged_table_or_manifest_is_named_and_the_command_given_rebuilds_it(small_run, name, reader,
+                                                                                reader_target, problem):
+    path = small_run / "results/tiny" / name
+    path.write_text(path.read_text()[:-3])
+    result = snakemake(small_run, reader_target, "--forcerun", reader)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    fix = rebuild_command(f"results/tiny/{name}")
+    assert f"results/tiny/{name}: {problem}" in output and f"Rebuild it: {fix}" in output, output[-3000:]
+    assert not (small_run / reader_target).exists()
+    rule = fix.split()[-1]
+    assert executed_rules(run_ok(small_run, *shlex.split(fix)[3:])) == [rule]
