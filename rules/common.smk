@@ -66,9 +66,7 @@ def run_presets():
 
 def trained_from(preset):
     """The preset whose training writes this checkpoint preset's folder, or None if none does."""
-    folder = config["presets"][preset].get("checkpoint", "")
-    match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
-    return match.group(1) if match else None
+    return cfg.trained_from(config, preset)
 
 
 def all_targets():

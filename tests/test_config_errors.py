@@ -88,6 +88,9 @@ IN_PROCESS = {
                                            "sweep.steps (10); allowed: 11 to 10000"]),
     "thresholds that print alike": ({"metrics": {"convergence_thresholds": [0.9, 0.9000001]}},
                                     ["config key 'metrics.convergence_thresholds'", "print alike"]),
+    "probe seeds among the training seeds": ({"compare": ["trained"], "seeds": [0, 10003]},
+                                             ["config key 'seeds': [10003] are seeds of the training pool of preset "
+                                              "'trained' (10000 .. 10063, train.synthetic_samples)"]),
     "preset missing several keys": ({"presets": {"mine": {"dim": 64}}},
                                     ["config key 'presets.mine': 'backbone' is a required property",
                                      "'depth' is a required property", "'extract_layer' is a required property",

@@ -5,6 +5,7 @@ Each `*_settings` function returns exactly what its stage reads; the rules pass 
 """
 from __future__ import annotations
 
+import re
 import sys
 from itertools import product
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+TRAIN_SEED_BASE = 10_000  # synthetic training samples have seeds TRAIN_SEED_BASE + i
 
 
 class ConfigError(ValueError):
@@ -117,11 +119,26 @@ def _cross_key_problems(config: dict) -> list[str]:
         problems.append(f"config key 'sweep.reference_steps': {sweep['reference_steps']} is not larger than the "
                         f"largest sweep.steps ({max(sweep['steps'])}); allowed: {max(sweep['steps']) + 1} to 10000 "
                         f"(the fine reference every K is compared with)")
+    trained = [name for name in [config["preset"], *config["compare"]] if trained_from(config, name)]
+    if trained and config["inputs"]["source"] == "synthetic":  # the probe must not run on training samples
+        pool = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + config["train"]["synthetic_samples"])
+        overlap = [s for s in config["seeds"] if s in pool]
+        if overlap:
+            problems.append(f"config key 'seeds': {overlap} are seeds of the training pool of preset "
+                            f"'{trained[0]}' ({pool[0]} .. {pool[-1]}, train.synthetic_samples); allowed: seeds "
+                            f"below {pool[0]} or above {pool[-1]}")
     labels = [f"{t:g}" for t in config["metrics"]["convergence_thresholds"]]
     if len(set(labels)) != len(labels):  # comparison.csv names its columns convergence_step_<t:g>
         problems.append(f"config key 'metrics.convergence_thresholds': {config['metrics']['convergence_thresholds']} "
                         f"has thresholds that print alike ({labels}); allowed: distinct fractions between 0 and 1")
     return problems
+
+
+def trained_from(config: dict, preset: str) -> str | None:
+    """The preset whose train rule writes this checkpoint preset's folder, or None if none does."""
+    folder = config["presets"][preset].get("checkpoint", "")
+    match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
+    return match.group(1) if match else None
 
 
 def samples(config: dict) -> list[tuple[int, str]]:
@@ -198,7 +215,7 @@ def backbone_settings(config: dict, preset: str) -> dict:
 def train_settings(config: dict, preset: str) -> dict:
     """Training reads every window of the selected episodes (synthetic: a pool of its own seeds)."""
     train = config["train"]
-    pool = {"samples": list(zip(range(10_000, 10_000 + train["synthetic_samples"]),
+    pool = {"samples": list(zip(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + train["synthetic_samples"]),
                                 [config["prompts"][i % len(config["prompts"])]
                                  for i in range(train["synthetic_samples"])]))}
     inputs = input_settings(config)
