@@ -151,7 +151,10 @@ def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
                 folder = Path(snapshot_download(repo["repo"], repo_type=repo["repo_type"], revision=info.sha,
                                                 allow_patterns=repo["allow_patterns"], etag_timeout=timeout_s,
                                                 max_workers=1))
+                checked = time.perf_counter()
                 bad = {f["path"]: why for f in files if (why := _mismatch(folder, f))}
+                log.info("%s: %d cached files checked against the Hub's sizes and hashes in %.1f s", name,
+                         len(files), time.perf_counter() - checked)
                 if not bad:
                     break
                 log.warning("%s: cached files that do not match the Hub (%s)%s", name,
@@ -161,12 +164,14 @@ def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
                     _forget(folder, rel)
             else:
                 raise HubError(f"{name} (commit {info.sha}): files do not match the Hub's record after a fresh "
-                               f"download: {bad}. The Hub or the network delivers damaged files; run prefetch again")
+                               f"download: {bad}. The Hub or the network delivers damaged files; run the same command again "
+                               "later (no manifest was written, so prefetch reruns)")
         except HubError:
             raise
         except Exception as error:
             raise HubError(f"download of {name} (commit {info.sha}) failed: {type(error).__name__}: {error}. "
-                           f"Run prefetch again: finished files are kept, unfinished ones are redone") from None
+                           "Run the same command again (no manifest was written, so prefetch reruns): finished files are "
+                           "kept, unfinished ones are redone") from None
         total = sum(f["bytes"] for f in files)
         for f in files:
             log.info("  %s (%d bytes)", f["path"], f["bytes"])
