@@ -119,7 +119,8 @@ def _cross_key_problems(config: dict) -> list[str]:
         problems.append(f"config key 'sweep.reference_steps': {sweep['reference_steps']} is not larger than the "
                         f"largest sweep.steps ({max(sweep['steps'])}); allowed: {max(sweep['steps']) + 1} to 10000 "
                         f"(the fine reference every K is compared with)")
-    trained = [name for name in [config["preset"], *config["compare"]] if trained_from(config, name)]
+    trained = [name for name in [config["preset"], *config["compare"]]
+               if name in config["presets"] and trained_from(config, name)]  # unknown names: reported above
     if trained and config["inputs"]["source"] == "synthetic":  # the probe must not run on training samples
         pool = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + config["train"]["synthetic_samples"])
         overlap = [s for s in config["seeds"] if s in pool]
