@@ -146,9 +146,8 @@ def test_a_damaged_cached_file_is_detected_not_used_and_a_forced_prefetch_fetche
     assert executed_rules(ok(run_fix(workflow, hub.url, {"preset": "tiny-t5"}, log))) == ["prefetch"]
     prefetch_log = (workflow / "results/tiny-t5/logs/prefetch.log").read_text()
     assert "cached files that do not match the Hub" in prefetch_log and "fetching them again" in prefetch_log
-    for name, blob in blobs.items():
+    for name in blobs:  # whole again (validate then runs, as in the test above)
         assert (workflow / entry["snapshot"] / name).read_bytes() == (hub.repo_dir(T5) / name).read_bytes()
-    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json"))
 
 
 def test_an_interrupted_prefetch_is_redone_never_used(workflow, hub):
