@@ -49,7 +49,7 @@ def data_files(wildcards):
         return []
     import csv
 
-    with open(table, newline="") as f:
+    with open(table, newline="", encoding="utf-8-sig") as f:
         names = [row.get("video") or "" for row in csv.DictReader(f)]
     return [str(table)] + sorted({str(folder / n) for n in names if n and (folder / n).is_file()})
 

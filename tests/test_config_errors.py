@@ -1,9 +1,13 @@
 """Bad config fails while Snakemake builds the DAG: before any job, naming the key and what is allowed."""
 from __future__ import annotations
 
-import pytest
+import copy
 
-from conftest import SMALL, snakemake, write_config
+import pytest
+import yaml
+
+from conftest import REPO, SMALL, snakemake, write_config
+from mimic_redundancy import config as cfg
 
 CASES = {
     "zero steps": ({"probe": {"steps": 0}},
@@ -41,6 +45,9 @@ CASES = {
                                           ["config key 'presets.trained'", "'dim' was unexpected"]),
     "compare with an unknown preset": ({"compare": ["trained", "huge"]},
                                        ["config key 'compare'", "unknown preset 'huge'"]),
+    # JSON Schema's 'integer' accepts 50.0; the job then crashed in torch.linspace after deleting validate.json
+    "integer written as a float": ({"probe": {"steps": 10.0}},
+                                   ["config key 'probe.steps'", "10.0 is not of type 'integer'"]),
 }
 
 
@@ -55,3 +62,86 @@ def test_bad_config_fails_before_any_job(workflow, name):
     for fragment in fragments:
         assert fragment in output, f"{fragment!r} not in:\n{output[-2000:]}"
     assert not (workflow / "results").exists(), "no job may run on a bad config"
+
+
+# The same check in process (no Snakemake start-up): config.yaml merged with SMALL and the overrides,
+# as `--configfile` merges them. Each case: the overrides and fragments the message must contain.
+IN_PROCESS = {
+    "float steps": ({"probe": {"steps": 50.0}}, ["config key 'probe.steps'", "50.0 is not of type 'integer'"]),
+    "float seeds": ({"seeds": [0.0, 1.0]}, ["config key 'seeds.0'", "config key 'seeds.1'",
+                                            "1.0 is not of type 'integer'"]),
+    "float probe steps": ({"metrics": {"probe_steps": [5.0, 10.0]}},
+                          ["config key 'metrics.probe_steps.0'", "5.0 is not of type 'integer'"]),
+    "boolean seed": ({"seeds": [True]}, ["config key 'seeds.0'", "True is not of type 'integer'"]),
+    "float model seed": ({"model_seed": 1.0}, ["config key 'model_seed'", "1.0 is not of type 'integer'"]),
+    "float batch size": ({"train": {"batch_size": 8.0}}, ["config key 'train.batch_size'", "not of type 'integer'"]),
+    "float preset dim": ({"presets": {"tiny": {"dim": 512.0}}},
+                         ["config key 'presets.tiny.dim'", "512.0 is not of type 'integer'"]),
+    "seed beyond int64": ({"seeds": [2 ** 63]}, ["config key 'seeds.0'", "is greater than the maximum of "
+                                                 "9223372036854775807", "an int64"]),
+    "model seed beyond int64": ({"model_seed": 2 ** 64}, ["config key 'model_seed'", "greater than the maximum"]),
+    "huge batch": ({"probe": {"batch_size": 10 ** 6}}, ["config key 'probe.batch_size'", "greater than the maximum"]),
+    "reference coarser than the sweep": ({"sweep": {"steps": [1, 50], "reference_steps": 1}},
+                                         ["config key 'sweep.reference_steps'"]),
+    "reference no finer than the sweep": ({"sweep": {"steps": [1, 10], "reference_steps": 10}},
+                                          ["config key 'sweep.reference_steps'", "10 is not larger than the largest "
+                                           "sweep.steps (10); allowed: 11 to 10000"]),
+    "thresholds that print alike": ({"metrics": {"convergence_thresholds": [0.9, 0.9000001]}},
+                                    ["config key 'metrics.convergence_thresholds'", "print alike"]),
+    "probe seeds among the training seeds": ({"compare": ["trained"], "seeds": [0, 10003]},
+                                             ["config key 'seeds': [10003] are seeds of the training pool of preset "
+                                              "'trained' (10000 .. 10063, train.synthetic_samples)"]),
+    "preset missing several keys": ({"presets": {"mine": {"dim": 64}}},
+                                    ["config key 'presets.mine': 'backbone' is a required property",
+                                     "'depth' is a required property", "'extract_layer' is a required property",
+                                     "'tokenizer' is a required property"]),
+}
+
+
+def merged(*overrides: dict) -> dict:
+    def merge(a, b):
+        a = copy.deepcopy(a)
+        for key, value in b.items():
+            a[key] = merge(a[key], value) if isinstance(value, dict) and isinstance(a.get(key), dict) else value
+        return a
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for override in overrides:
+        config = merge(config, override)
+    return config
+
+
+@pytest.mark.parametrize("name", IN_PROCESS)
+def test_bad_config_is_refused_naming_the_key(name):
+    overrides, fragments = IN_PROCESS[name]
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.validate_config(merged(SMALL, overrides))
+    for fragment in fragments:
+        assert fragment in str(error.value), f"{fragment!r} not in:\n{error.value}"
+
+
+def test_seeds_and_counts_have_bounds_and_exact_types():
+    """Every integer in the schema is bounded above and below (counts, seeds, steps)."""
+    schema = yaml.safe_load(cfg.SCHEMA.read_text())
+    unbounded = []
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            if node.get("type") == "integer" and not ("minimum" in node and "maximum" in node):
+                unbounded.append(key)
+            for k, v in node.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+
+    walk(schema, "")
+    assert not unbounded, unbounded
+    assert cfg.validate_config(merged(SMALL, {"seeds": [0, 2 ** 63 - 1]}))["seeds"] == [0, 2 ** 63 - 1]
+
+
+def test_the_selected_preset_is_not_compared_with_itself(capsys):
+    config = cfg.validate_config(merged(SMALL, {"preset": "trained", "compare": ["trained", "tiny"]}))
+    assert config["compare"] == ["tiny"]
+    assert "preset 'trained' is also listed in 'compare'; it is run once and not compared with itself" \
+        in capsys.readouterr().err

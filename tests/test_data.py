@@ -122,8 +122,15 @@ def test_a_corrupt_video_names_the_file(tmp_path):
 def test_a_missing_video_names_the_file_and_the_table_row(tmp_path):
     folder = write_video_dir(tmp_path / "videos")
     (folder / "clip0.mp4").unlink()
-    with pytest.raises(DataError, match=r"clip0\.mp4: video file not found \(named by .*episodes\.csv row 1\)"):
+    with pytest.raises(DataError, match=r"clip0\.mp4: video file not found \(named by .*episodes\.csv row 1 \(inputs\.episodes index 0\)\)"):
         real_samples(read_video_dir(folder), [0], {**INPUTS, "source": "video_dir"}, DIMS, 1)
+
+
+def test_a_table_saved_as_excel_csv_utf8_is_read(tmp_path):
+    folder = write_video_dir(tmp_path / "videos")
+    plain = read_video_dir(folder)
+    _rewrite_table(folder, lambda text: "\ufeff" + text)  # Excel's "CSV UTF-8" starts with a byte order mark
+    assert [(e.prompt, e.video) for e in read_video_dir(folder)] == [(e.prompt, e.video) for e in plain]
 
 
 def test_a_table_with_missing_columns_names_them(tmp_path):
@@ -148,7 +155,7 @@ def test_ragged_actions_name_the_row(tmp_path):
     lines = (folder / "episodes.csv").read_text().splitlines()
     lines[2] = lines[2].replace(";", "; 1.0", 1)  # row 2: one action row longer than the others
     (folder / "episodes.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"episodes\.csv row 2: column 'actions' has rows of different lengths \[7, 8\]"):
+    with pytest.raises(DataError, match=r"episodes\.csv row 2 \(inputs\.episodes index 1\): column 'actions' has rows of different lengths \[7, 8\]"):
         read_video_dir(folder)
 
 
@@ -170,5 +177,6 @@ def test_dimensions_come_from_the_data_and_mismatches_name_both_sides(lerobot):
 def test_episodes_that_disagree_on_a_dimension_are_named(tmp_path):
     folder = write_video_dir(tmp_path / "videos")
     _rewrite_table(folder, lambda text: text.replace("clip1.mp4,put the bowl on the plate,", "clip1.mp4,put the bowl on the plate,9 "))
-    with pytest.raises(DataError, match=r"episodes disagree on joint_dim: 8 in .*row 1, 9 in .*row 2"):
+    with pytest.raises(DataError, match=r"episodes disagree on joint_dim: 8 in .*row 1 \(inputs\.episodes index 0\), "
+                                          r"9 in .*row 2 \(inputs\.episodes index 1\)"):
         data_dims(read_video_dir(folder))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import time
@@ -47,6 +49,15 @@ def run(workdir, endpoint: str, overrides: dict, *targets: str, timeout: int = 6
 def ok(result):
     assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
+
+
+def run_fix(workdir, endpoint: str, overrides: dict, log: str):
+    """Run the command an error message gives (`snakemake --profile profiles/local ...`), as given, with the
+    test's config file added."""
+    [command] = set(re.findall(r"`(snakemake [^`]+)`", log))  # the message and its traceback
+    words = shlex.split(command)
+    assert words[:3] == ["snakemake", "--profile", "profiles/local"], command
+    return run(workdir, endpoint, overrides, *words[3:])
 
 
 def hub_requests(server: HubServer) -> list[str]:
@@ -107,17 +118,37 @@ def test_a_job_whose_repo_is_not_in_the_cache_fails_at_once(workflow, hub):
     assert "prefetch" in log and "where the Hub is reachable" in log
     assert not (workflow / "results/tiny-t5/features/inference.safetensors").exists()
     assert not (workflow / "results/tiny-t5/validate.json").exists()
+    # the advice works: the manifest is up to date, so it must force prefetch (the target before --forcerun)
+    assert "`snakemake --profile profiles/local results/tiny-t5/prefetch.json --forcerun prefetch`" in log
+    assert executed_rules(ok(run_fix(workflow, hub.url, {"preset": "tiny-t5"}, log))) == ["prefetch"]
+    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json"))
 
 
-def test_a_damaged_cached_file_is_detected_not_used(workflow, hub):
+def test_a_damaged_cached_file_is_detected_not_used_and_a_forced_prefetch_fetches_it_again(workflow, hub):
     ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/prefetch.json"))
     entry = json.loads((workflow / "results/tiny-t5/prefetch.json").read_text())["repos"][0]
-    target = (workflow / entry["snapshot"] / "tokenizer.json").resolve()  # the blob behind the snapshot link
-    target.write_bytes(target.read_bytes()[:100])
+    served = hub.files(T5)
+    # the manifest records the Hub's size and hash (git blob sha1 of a non-LFS file), not what is on disk
+    assert {f["path"]: (f["bytes"], f["git_sha1"]) for f in entry["files"]} == \
+        {p: v for p, v in served.items() if p != ".gitattributes"}
+    blobs = {name: (workflow / entry["snapshot"] / name).resolve() for name in ("tokenizer.json",
+                                                                                  "tokenizer_config.json")}
+    blobs["tokenizer.json"].write_bytes(blobs["tokenizer.json"].read_bytes()[:100])  # cut short
+    config = bytearray(blobs["tokenizer_config.json"].read_bytes())
+    config[-2] ^= 0x20  # same size, other content
+    blobs["tokenizer_config.json"].write_bytes(bytes(config))
     result = run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json")
     assert result.returncode != 0
     log = (workflow / "results/tiny-t5/logs/features.log").read_text()
-    assert "is incomplete in the Hub cache" in log and "tokenizer.json" in log
+    assert "is incomplete or damaged in the Hub cache" in log
+    assert f"tokenizer.json: 100 bytes, the Hub's file has {served['tokenizer.json'][0]}" in log
+    assert "tokenizer_config.json: git_sha1" in log
+    # the forced prefetch the message gives checks the cache against the Hub and fetches the damaged files again
+    assert executed_rules(ok(run_fix(workflow, hub.url, {"preset": "tiny-t5"}, log))) == ["prefetch"]
+    prefetch_log = (workflow / "results/tiny-t5/logs/prefetch.log").read_text()
+    assert "cached files that do not match the Hub" in prefetch_log and "fetching them again" in prefetch_log
+    for name in blobs:  # whole again (validate then runs, as in the test above)
+        assert (workflow / entry["snapshot"] / name).read_bytes() == (hub.repo_dir(T5) / name).read_bytes()
 
 
 def test_an_interrupted_prefetch_is_redone_never_used(workflow, hub):
@@ -176,6 +207,22 @@ def test_features_refuse_a_degenerate_tokenizer_from_the_hub(tmp_path, workflow)
     assert not (workflow / "results/tiny-t5/features/inference.safetensors").exists()
     assert not (workflow / "results/tiny-t5/validate.json").exists()
 
+
+
+def test_cached_files_are_checked_against_the_hubs_sha256_of_lfs_files(tmp_path):
+    """The loopback Hub lists no LFS files; the Hub gives an LFS file's sha256, which prefetch checks the same way."""
+    import hashlib
+
+    from mimic_redundancy.hub import _mismatch
+
+    data = b"weights" * 1000
+    (tmp_path / "model.safetensors").write_bytes(data)
+    entry = {"path": "model.safetensors", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert _mismatch(tmp_path, entry) is None
+    assert _mismatch(tmp_path, {**entry, "sha256": "0" * 64}).startswith("sha256 ")
+    assert _mismatch(tmp_path, {**entry, "sha256": "0" * 64}, hash_limit=100) is None  # jobs hash small files only
+    assert _mismatch(tmp_path, {**entry, "bytes": 5}) == f"{len(data)} bytes, the Hub's file has 5"
+    assert _mismatch(tmp_path, {**entry, "path": "gone.bin"}) == "missing"
 
 # the cosmos preset in bf16, trained on its cached features: a second preset reads the trained checkpoint
 TRAINED_COSMOS = {"presets": {"cosmos": {**COSMOS["presets"]["cosmos"], "dtype": "bfloat16"},

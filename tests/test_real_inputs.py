@@ -146,7 +146,7 @@ def test_video_dir_with_mismatched_dimensions_fails_naming_both(video_run):
     result = run(workdir, {**overrides, "presets": {"tiny": tiny}}, *TARGETS)
     assert result.returncode != 0
     log = (workdir / "results/tiny/logs/validate.log").read_text()
-    assert ("DimensionError: action_dim mismatch: " in log and "episodes.csv row 1 has 7, but config "
+    assert ("DimensionError: action_dim mismatch: " in log and "episodes.csv row 1 (inputs.episodes index 0) has 7, but config "
             "presets.tiny.action_dim says 20; remove presets.tiny.action_dim" in log), log[-2000:]
     assert not (workdir / "results/tiny/validate.json").exists()
 

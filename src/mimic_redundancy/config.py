@@ -5,12 +5,15 @@ Each `*_settings` function returns exactly what its stage reads; the rules pass 
 """
 from __future__ import annotations
 
+import re
+import sys
 from itertools import product
 from pathlib import Path
 
 import yaml
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+TRAIN_SEED_BASE = 10_000  # synthetic training samples have seeds TRAIN_SEED_BASE + i
 
 
 class ConfigError(ValueError):
@@ -31,7 +34,17 @@ def _describe(error) -> str:
         for sub in error.context:
             branches.setdefault(sub.relative_schema_path[0], []).append(sub)
         fitting = [subs for subs in branches.values() if not any(e.validator == "required" for e in subs)]
-        return _describe(best_match(fitting[0] if len(fitting) == 1 else error.context))
+        if len(fitting) == 1:
+            return _describe(best_match(fitting[0]))
+        # none fits: the branch that knows most of the given keys is the one meant; report all its problems at once
+        def known_keys(index):
+            branch = error.schema["oneOf"][index]
+            if "$ref" in branch:  # "#/$defs/<name>"
+                branch = _schema()["$defs"][branch["$ref"].rsplit("/", 1)[1]]
+            return len(set(error.instance) & set(branch.get("properties", {})))
+
+        meant = branches[max(branches, key=lambda index: (known_keys(index), -len(branches[index])))]
+        return "\n  ".join(_describe(e) for e in sorted(meant, key=lambda e: (list(e.absolute_path), e.message)))
     key = _key(error.absolute_path)
     schema = error.schema
     if error.validator == "additionalProperties":
@@ -45,13 +58,26 @@ def _describe(error) -> str:
     return f"config key '{key}': {error.message}" + (f" (expected: {hint})" if hint else "")
 
 
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def _exact_validator():
+    """Draft 2020-12 with exact integers: JSON Schema's 'integer' accepts 50.0 (and YAML's `50.0` is a float),
+    which then crashes a job (torch.linspace, manual_seed, indexing) after deleting its old outputs."""
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return validators.extend(Draft202012Validator, type_checker=checker)
+
+
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (filling schema defaults) and return it; raise ConfigError on any problem."""
-    from jsonschema import Draft202012Validator
     from snakemake.utils import validate
 
-    schema = yaml.safe_load(SCHEMA.read_text())
-    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    schema = _schema()
+    errors = sorted(_exact_validator()(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:  # listed one per line with key and allowed values, before Snakemake's own check
         raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e) for e in errors))
     validate(config, str(SCHEMA))  # Snakemake's check, which also fills the schema's defaults
@@ -70,14 +96,43 @@ def validate_config(config: dict) -> dict:
             problems.append(f"config key 'presets.{name}.tokenizer': "
                             + ("a pretrained backbone brings its own tokenizer; allowed: pipeline" if pretrained
                                else "'pipeline' needs a pretrained backbone repo; allowed: builtin or a Hub repo"))
+    problems += _cross_key_problems(config)
+    if config["preset"] in config["compare"]:  # e.g. --config preset=trained with the default compare: [trained]
+        config["compare"] = [name for name in config["compare"] if name != config["preset"]]
+        print(f"config note: preset '{config['preset']}' is also listed in 'compare'; it is run once and not "
+              f"compared with itself (compare: {config['compare']})", file=sys.stderr)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def _cross_key_problems(config: dict) -> list[str]:
+    """Constraints between keys that the analyses assume (the schema checks each key alone)."""
+    problems = []
     steps = config["probe"]["steps"]
     too_large = [s for s in config["metrics"]["probe_steps"] if s > steps]
     if too_large:
         problems.append(f"config key 'metrics.probe_steps': {too_large} exceed probe.steps ({steps}); "
                         f"allowed: integers from 1 to {steps}")
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-    return config
+    sweep = config["sweep"]
+    if sweep["reference_steps"] <= max(sweep["steps"]):  # else the 'reference' is no finer than what it judges
+        problems.append(f"config key 'sweep.reference_steps': {sweep['reference_steps']} is not larger than the "
+                        f"largest sweep.steps ({max(sweep['steps'])}); allowed: {max(sweep['steps']) + 1} to 10000 "
+                        f"(the fine reference every K is compared with)")
+    trained = [name for name in [config["preset"], *config["compare"]]
+               if name in config["presets"] and trained_from(config, name)]  # unknown names: reported above
+    if trained and config["inputs"]["source"] == "synthetic":  # the probe must not run on training samples
+        pool = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + config["train"]["synthetic_samples"])
+        overlap = [s for s in config["seeds"] if s in pool]
+        if overlap:
+            problems.append(f"config key 'seeds': {overlap} are seeds of the training pool of preset "
+                            f"'{trained[0]}' ({pool[0]} .. {pool[-1]}, train.synthetic_samples); allowed: seeds "
+                            f"below {pool[0]} or above {pool[-1]}")
+    labels = [f"{t:g}" for t in config["metrics"]["convergence_thresholds"]]
+    if len(set(labels)) != len(labels):  # comparison.csv names its columns convergence_step_<t:g>
+        problems.append(f"config key 'metrics.convergence_thresholds': {config['metrics']['convergence_thresholds']} "
+                        f"has thresholds that print alike ({labels}); allowed: distinct fractions between 0 and 1")
+    return problems
 
 
 def default_config() -> dict:
@@ -120,8 +175,6 @@ def model_settings(config: dict, preset: str) -> dict:
 
 def trained_from(config: dict, preset: str) -> str | None:
     """The preset whose train rule writes this checkpoint preset's folder (results/<p>/train/checkpoint)."""
-    import re
-
     folder = config["presets"][preset].get("checkpoint", "")
     match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
     return match.group(1) if match and match.group(1) in config["presets"] else None
@@ -168,7 +221,7 @@ def train_data_settings(config: dict) -> dict:
     train = config["train"]
     inputs = input_settings(config)
     if inputs["source"] == "synthetic":
-        return {"inputs": inputs, "samples": list(zip(range(10_000, 10_000 + train["synthetic_samples"]),
+        return {"inputs": inputs, "samples": list(zip(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + train["synthetic_samples"]),
                                                       [config["prompts"][i % len(config["prompts"])]
                                                        for i in range(train["synthetic_samples"])]))}
     episodes = inputs.get("episodes") if train["episodes"] == "inputs" else train["episodes"]

@@ -148,7 +148,7 @@ def read_video_dir(folder: Path) -> list[Episode]:
     if not table.is_file():
         raise DataError(f"{table}: no such file; inputs.video_dir needs a table {VIDEO_DIR_TABLE} with columns "
                         f"{VIDEO_DIR_COLUMNS} (and optionally actions) beside the videos")
-    with open(table, newline="") as f:
+    with open(table, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in VIDEO_DIR_COLUMNS if c not in header]
@@ -160,7 +160,7 @@ def read_video_dir(folder: Path) -> list[Episode]:
         raise DataError(f"{table}: the table has no rows")
     episodes = []
     for i, row in enumerate(rows):
-        where = f"{table} row {i + 1}"
+        where = f"{table} row {i + 1} (inputs.episodes index {i})"  # rows count from 1, episodes from 0
         if not (row["prompt"] or "").strip():
             raise DataError(f"{where}: empty prompt")
         joint = _floats(row["joint_state"] or "", where, "joint_state")

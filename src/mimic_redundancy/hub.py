@@ -88,9 +88,65 @@ def go_online() -> None:
         os.environ.pop(flag, None)
 
 
-def _snapshot_files(folder: Path) -> list[dict]:
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
-    return [{"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size} for p in files]
+# Hashing a file above this size when a job starts costs more than it saves; prefetch hashes every file.
+HASH_AT_LOAD_BYTES = 16 << 20
+
+
+def _hub_files(api, repo: dict, commit: str) -> list[dict]:
+    """What the Hub says the allowed files of `repo` at `commit` are: path, bytes and, where the Hub gives
+    one, the hash (sha256 of an LFS file, else the git blob sha1)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    listing = [f for f in api.list_repo_tree(repo["repo"], repo_type=repo["repo_type"], revision=commit,
+                                             recursive=True) if hasattr(f, "blob_id")]  # files, not folders
+    files = []
+    for f in filter_repo_objects(listing, allow_patterns=repo["allow_patterns"], key=lambda f: f.path):
+        entry = {"path": f.path, "bytes": f.size}
+        if f.lfs is not None:
+            entry["sha256"] = f.lfs.sha256
+        elif f.blob_id:
+            entry["git_sha1"] = f.blob_id
+        files.append(entry)
+    return sorted(files, key=lambda f: f["path"])
+
+
+def _digest(path: Path, entry: dict) -> tuple[str, str] | None:
+    """(kind, hex) of the file's content in the kind of hash the Hub gave for it, or None if it gave none."""
+    import hashlib
+
+    if "sha256" in entry:
+        kind, digest = "sha256", hashlib.sha256()
+    elif "git_sha1" in entry:
+        kind, digest = "git_sha1", hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    else:
+        return None
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return kind, digest.hexdigest()
+
+
+def _mismatch(folder: Path, entry: dict, hash_limit: int | None = None) -> str | None:
+    """Why the cached file does not match the Hub's record of it, or None if it does."""
+    path = folder / entry["path"]
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"{size} bytes, the Hub's file has {entry['bytes']}"
+    if hash_limit is None or size <= hash_limit:
+        got = _digest(path, entry)
+        if got and got[1] != entry[got[0]]:
+            return f"{got[0]} {got[1][:12]}..., the Hub's file has {entry[got[0]][:12]}..."
+    return None
+
+
+def _forget(folder: Path, rel: str) -> None:
+    """Remove a cached file (the snapshot's link and the blob behind it), so the next download fetches it anew."""
+    link = folder / rel
+    if link.is_symlink():
+        link.resolve().unlink(missing_ok=True)
+    link.unlink(missing_ok=True)
 
 
 def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
@@ -113,19 +169,40 @@ def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
                               if repo["role"].startswith("guardrail") else "")) from None
         log.info("%s -> commit %s; downloading %s", name, info.sha, repo["allow_patterns"])
         try:
-            folder = Path(snapshot_download(repo["repo"], repo_type=repo["repo_type"], revision=info.sha,
-                                            allow_patterns=repo["allow_patterns"], etag_timeout=timeout_s,
-                                            max_workers=1))
+            files = _hub_files(api, repo, info.sha)
+            if not files:
+                raise HubError(f"{name}: no file matches allow_patterns {repo['allow_patterns']}")
+            # a cached file is not fetched again, even when damaged: check every one against the Hub's
+            # size and hash, and fetch anew what does not match (once)
+            for attempt in (1, 2):
+                folder = Path(snapshot_download(repo["repo"], repo_type=repo["repo_type"], revision=info.sha,
+                                                allow_patterns=repo["allow_patterns"], etag_timeout=timeout_s,
+                                                max_workers=1))
+                checked = time.perf_counter()
+                bad = {f["path"]: why for f in files if (why := _mismatch(folder, f))}
+                log.info("%s: %d cached files checked against the Hub's sizes and hashes in %.1f s", name,
+                         len(files), time.perf_counter() - checked)
+                if not bad:
+                    break
+                log.warning("%s: cached files that do not match the Hub (%s)%s", name,
+                            "; ".join(f"{p}: {why}" for p, why in bad.items()),
+                            ": fetching them again" if attempt == 1 else "")
+                for rel in bad:
+                    _forget(folder, rel)
+            else:
+                raise HubError(f"{name} (commit {info.sha}): files do not match the Hub's record after a fresh "
+                               f"download: {bad}. The Hub or the network delivers damaged files; run the same command again "
+                               "later (no manifest was written, so prefetch reruns)")
+        except HubError:
+            raise
         except Exception as error:
             raise HubError(f"download of {name} (commit {info.sha}) failed: {type(error).__name__}: {error}. "
-                           f"Run prefetch again: finished files are kept, unfinished ones are redone") from None
+                           "Run the same command again (no manifest was written, so prefetch reruns): finished files are "
+                           "kept, unfinished ones are redone") from None
         if repo.get("write_ref"):  # its loader asks for the branch by name, offline: point refs/ at the commit
             ref = folder.parent.parent / "refs" / repo["revision"]
             ref.parent.mkdir(parents=True, exist_ok=True)
             ref.write_text(info.sha)
-        files = _snapshot_files(folder)
-        if not files:
-            raise HubError(f"{name}: no file matches allow_patterns {repo['allow_patterns']}")
         total = sum(f["bytes"] for f in files)
         for f in files:
             log.info("  %s (%d bytes)", f["path"], f["bytes"])
@@ -135,27 +212,31 @@ def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
     return entries
 
 
-def local_snapshot(entry: dict) -> Path:
-    """The cached snapshot folder of a manifest entry, offline; every manifest file present and whole."""
+def local_snapshot(entry: dict, preset: str = "<preset>") -> Path:
+    """The cached snapshot folder of a manifest entry, offline; every manifest file present and whole (size;
+    small files also their hash)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    from .io import rebuild_command
+
     name = f"{entry['repo_type']} {entry['repo']}@{entry['resolved_revision']}"
-    fix = ("run `snakemake --profile profiles/local prefetch` (or the whole workflow) where the Hub is "
-           "reachable, with the same hub.cache_dir")
+    # the manifest is up to date, so a plain run would not redo prefetch: force it
+    fix = (f"fetch it again with `{rebuild_command(f'results/{preset}/prefetch.json')}` where the Hub is "
+           "reachable, with the same hub.cache_dir, then rerun")
     try:
         folder = Path(snapshot_download(entry["repo"], repo_type=entry["repo_type"],
                                         revision=entry["resolved_revision"], local_files_only=True,
                                         allow_patterns=entry["allow_patterns"]))
     except LocalEntryNotFoundError:
         raise HubError(f"{name} is not in the Hub cache {os.environ.get('HF_HUB_CACHE')}: {fix}") from None
-    broken = [f["path"] for f in entry["files"]
-              if not (folder / f["path"]).is_file() or (folder / f["path"]).stat().st_size != f["bytes"]]
+    broken = {f["path"]: why for f in entry["files"] if (why := _mismatch(folder, f, HASH_AT_LOAD_BYTES))}
     if broken:
-        raise HubError(f"{name} is incomplete in the Hub cache {folder} (missing or wrong size: {broken}): {fix}")
+        raise HubError(f"{name} is incomplete or damaged in the Hub cache {folder} "
+                       f"({'; '.join(f'{p}: {why}' for p, why in broken.items())}): {fix}")
     return folder
 
 
 def local_snapshots(manifest: dict) -> dict[str, Path]:
     """Role -> verified snapshot folder for every repo in a prefetch manifest."""
-    return {entry["role"]: local_snapshot(entry) for entry in manifest["repos"]}
+    return {entry["role"]: local_snapshot(entry, manifest.get("preset", "<preset>")) for entry in manifest["repos"]}

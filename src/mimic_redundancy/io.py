@@ -58,6 +58,37 @@ BACKBONE_ARRAYS = {
 }
 
 
+class InputFileError(ValueError):
+    """A file a stage reads is missing, damaged or of the wrong kind; the message names it, what is wrong,
+    and the command that rebuilds it."""
+
+
+# The rule that writes each file under results/<preset>/, for the command that rebuilds it.
+WRITTEN_BY = {
+    "prefetch.json": "prefetch", "validate.json": "validate", "probe.npz": "probe", "sweep.npz": "sweep",
+    "backbone.npz": "backbone", "metrics.csv": "metrics", "early_exit.csv": "metrics", "convergence.csv": "metrics",
+    "convergence_by_part.csv": "metrics", "convergence.json": "metrics", "sweep.csv": "sweep_metrics",
+    "backbone.csv": "backbone_metrics", "backbone.json": "backbone_metrics", "train/loss.csv": "train",
+    "train/summary.json": "train",
+}
+
+
+def rebuild_command(path) -> str:
+    """The command that rebuilds one results file. The target comes first: `--forcerun` takes every word
+    after it as a rule, so `--forcerun probe results/tiny/probe.npz` would rerun the whole workflow."""
+    parts = Path(path).as_posix().split("/")
+    if "results" in parts:
+        rel = parts[len(parts) - 1 - parts[::-1].index("results"):]  # results/<preset>/<name>
+        rule = WRITTEN_BY.get("/".join(rel[2:]))
+        if rule:
+            return f"snakemake --profile profiles/local {'/'.join(rel)} --forcerun {rule}"
+    return f"snakemake --profile profiles/local --force {path}"
+
+
+def input_error(path, problem: str) -> InputFileError:
+    return InputFileError(f"{path}: {problem}. Rebuild it: {rebuild_command(path)}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -88,7 +119,16 @@ def write_json(path, obj) -> None:
 
 
 def read_json(path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON object this pipeline wrote; errors name the file and the command that rebuilds it."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise input_error(path, "no such file") from None
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise input_error(path, f"not valid JSON ({error}); it is damaged or was cut short") from None
+    if not isinstance(obj, dict):
+        raise input_error(path, f"holds a JSON {type(obj).__name__}, not the object this pipeline writes")
+    return obj
 
 
 def config_digest(settings: dict) -> tuple[str, str]:
@@ -110,12 +150,18 @@ def save_npz(path, arrays: dict, contract: dict) -> None:
 
 
 def load_npz(path, contract: dict) -> dict[str, np.ndarray]:
-    """Read an NPZ without pickles; errors name the file and the missing arrays."""
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    """Read an NPZ without pickles; errors name the file, what is wrong, and the command that rebuilds it."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise input_error(path, "no such file") from None
+    except Exception as error:  # BadZipFile, zlib.error, EOFError, ValueError (pickles, bad headers), OSError
+        raise input_error(path, f"not a readable NPZ ({type(error).__name__}: {error}); "
+                                "it is damaged or was cut short") from None
     missing = sorted(set(contract) - set(arrays))
     if missing:
-        raise ValueError(f"{path}: missing arrays {missing} (is it the right kind of NPZ?)")
+        raise input_error(path, f"missing arrays {missing} (is it the right kind of NPZ?)")
     return arrays
 
 
@@ -134,9 +180,9 @@ def load_probe(path) -> dict[str, np.ndarray]:
     }
     for key, shape in expected.items():
         if probe[key].shape != shape:
-            raise ValueError(f"{path}: array '{key}' has shape {probe[key].shape}, expected {shape}")
+            raise input_error(path, f"array '{key}' has shape {probe[key].shape}, expected {shape}")
     if traj.ndim != 4 or clean.dtype != np.float32 or traj.dtype != np.float32:
-        raise ValueError(f"{path}: trajectory/clean_prediction must be float32 [K+1|K, S, N, D]")
+        raise input_error(path, "trajectory/clean_prediction must be float32 [K+1|K, S, N, D]")
     return probe
 
 

@@ -101,10 +101,32 @@ def write_csv(path, rows: list[dict]) -> None:
 
 
 def read_csv(path) -> dict[str, np.ndarray]:
-    """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {c: np.array([float(r[c]) if r[c] not in ("", "None") else np.nan for r in rows]) for c in rows[0]}
+    """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN); errors name the file,
+    what is wrong, and the command that rebuilds it."""
+    from .io import input_error
+
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+        reader = csv.DictReader(text.splitlines())
+        rows = list(reader)
+        header = reader.fieldnames or []
+    except FileNotFoundError:
+        raise input_error(path, "no such file") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise input_error(path, f"not a readable CSV ({error})") from None
+    if not rows:
+        raise input_error(path, "the table has no rows" if header else "the file is empty")
+    if not text.endswith("\n"):  # write_csv ends every line; a last row cut mid-number still parses
+        raise input_error(path, "the last line has no line end: the file was cut short")
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if None in row or None in row.values():
+            raise input_error(path, f"line {line} does not have the header's {len(header)} cells; "
+                                    "the file is damaged or was cut short")
+    try:
+        return {c: np.array([float(r[c]) if r[c] not in ("", "None") else np.nan for r in rows]) for c in header}
+    except ValueError as error:
+        raise input_error(path, f"a cell is not a number ({error})") from None
 
 
 def write_metrics(npz_path, settings: dict, out: dict) -> None:

@@ -1,0 +1,216 @@
+"""A damaged file a stage reads is named, with what is wrong and the command that rebuilds it; the README's and
+the troubleshooting guide's commands run as written."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, run_ok, snakemake
+from mimic_redundancy import config as cfg
+from mimic_redundancy.io import PROBE_ARRAYS, InputFileError, load_npz, load_probe, read_json, rebuild_command
+from mimic_redundancy.metrics import read_csv, write_csv
+
+
+def test_the_rebuild_command_puts_the_target_before_forcerun():
+    assert rebuild_command("results/tiny/probe.npz") == \
+        "snakemake --profile profiles/local results/tiny/probe.npz --forcerun probe"
+    assert rebuild_command("/abs/work/results/tiny-t5/train/summary.json").endswith(
+        "results/tiny-t5/train/summary.json --forcerun train")
+    assert rebuild_command("elsewhere/file.csv") == "snakemake --profile profiles/local --force elsewhere/file.csv"
+
+
+def damaged(kind: str, path):
+    """Write a damaged file of `kind` at `path`."""
+    if kind == "truncated npz":
+        with open(path, "wb") as f:
+            np.savez(f, trajectory=np.zeros((3, 2, 4, 5), np.float32))
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "npz of another kind":
+        with open(path, "wb") as f:
+            np.savez(f, steps=np.arange(3))
+    elif kind == "missing npz":
+        pass
+    elif kind in ("truncated json", "truncated manifest"):
+        path.write_text('{"steps": 10, "conv')
+    elif kind == "json list":
+        path.write_text("[1, 2]")
+    elif kind == "truncated csv":
+        write_csv(path, [{"step": s, "mse_vs_final": 0.5} for s in range(1, 5)])
+        path.write_text(path.read_text()[:-3])  # "4,0.5" -> "4,0", a number still
+    elif kind == "csv row cut short":
+        path.write_text("step,mse_vs_final\n1,0.5\n2\n")
+    elif kind == "empty csv":
+        path.write_text("")
+    elif kind == "csv with text":
+        path.write_text("step,mse_vs_final\n1,abc\n")
+
+
+CASES = {  # kind: (file name under results/tiny/, reader, what the message must say)
+    "truncated npz": ("probe.npz", lambda p: load_probe(p), "not a readable NPZ (BadZipFile"),
+    "npz of another kind": ("probe.npz", lambda p: load_probe(p), "missing arrays"),
+    "missing npz": ("sweep.npz", lambda p: load_npz(p, PROBE_ARRAYS), "no such file"),
+    "truncated json": ("convergence.json", read_json, "not valid JSON"),
+    "json list": ("backbone.json", read_json, "holds a JSON list"),
+    "truncated manifest": ("prefetch.json", read_json, "not valid JSON"),
+    "truncated csv": ("metrics.csv", read_csv, "the file was cut short"),
+    "csv row cut short": ("metrics.csv", read_csv, "line 3 does not have the header's 2 cells"),
+    "empty csv": ("sweep.csv", read_csv, "the file is empty"),
+    "csv with text": ("metrics.csv", read_csv, "a cell is not a number"),
+}
+RULES = {"prefetch.json": "prefetch", "probe.npz": "probe", "sweep.npz": "sweep", "convergence.json": "metrics", "backbone.json": "backbone_metrics",
+         "metrics.csv": "metrics", "sweep.csv": "sweep_metrics"}
+
+
+@pytest.mark.parametrize("kind", CASES)
+def test_a_damaged_file_is_named_with_the_fix(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)  # stages see paths relative to the workflow folder, as Snakemake gives them
+    name, reader, problem = CASES[kind]
+    path = tmp_path / "results" / "tiny" / name
+    path.parent.mkdir(parents=True)
+    damaged(kind, path)
+    with pytest.raises(InputFileError) as error:
+        reader(f"results/tiny/{name}")
+    message = str(error.value)
+    assert message.startswith(f"results/tiny/{name}: ") and problem in message, message
+    assert message.endswith(f"Rebuild it: snakemake --profile profiles/local results/tiny/{name} "
+                            f"--forcerun {RULES[name]}"), message
+    json.dumps(message)  # one line of plain text
+
+
+# -- through real Snakemake runs: one small run shared by the tests below --------------------------------------
+DOCS = [REPO / "README.md", REPO / "docs" / "troubleshooting.md"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """The tiny preset's SMALL config written into config.yaml itself (so the docs' commands run as written),
+    run up to metrics.csv."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    smaller = {"seeds": [0], "prompts": ["pick up the red block"], "validate": {"fidelity_samples": 1,
+               "fidelity_tolerance": 1.0e-5}, "probe": {"steps": 4, "batch_size": 1},
+               "metrics": {"probe_steps": [2, 4], "convergence_thresholds": [0.9]}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL, **smaller}))
+    run_ok(workdir, "results/tiny/metrics.csv")
+    return workdir
+
+
+def doc_commands(text: str) -> list[str]:
+    """Every snakemake command in a markdown text (code block lines and inline code), and `make run [SMK=...]`."""
+    found, in_block = [], False
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            in_block = not in_block
+            continue
+        for candidate in [line] if in_block else re.findall(r"`([^`]+)`", line):
+            try:
+                words = shlex.split(candidate, comments=True)
+            except ValueError:
+                continue
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value prefixes
+                words = words[1:]
+            if words[:1] in (["snakemake"], [".venv/bin/snakemake"]) or words[:2] == ["make", "run"]:
+                found.append(" ".join(shlex.quote(w) for w in shlex.split(candidate, comments=True)))
+    return found
+
+
+def as_argv(command: str) -> tuple[dict, list[str]]:
+    """(environment additions, argv) of a documented command; `make run SMK=...` is the snakemake it runs."""
+    words, env = shlex.split(command), {}
+    while re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    if words[:2] == ["make", "run"]:
+        smk = [w.split("=", 1)[1] for w in words[2:] if w.startswith("SMK=")]
+        words = ["snakemake", "--profile", "profiles/local", *(shlex.split(smk[0]) if smk else [])]
+    return env, [str(SNAKEMAKE), *words[1:]]
+
+
+def planned_rules(output: str) -> dict[str, int]:
+    stats = output.split("Job stats:", 1)[1].split("total", 1)[0] if "Job stats:" in output else ""
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
+
+
+# commands the docs mention that this test does not run, and where they are run instead
+NOT_RUN_HERE = {"snakemake --report": "tests/test_workflow.py builds the report of a complete run",
+                "snakemake --lint": "tests/test_workflow.py::test_lint_reports_nothing"}
+
+
+def test_every_documented_command_runs(small_run):
+    """Each snakemake command of the README and the troubleshooting guide, run as written: as a dry run (-n), except
+    --unlock; a named target plans no 'all', and `<target> --forcerun <rule>` plans exactly that rule. (The fix
+    commands are also run for real: probe.npz below, prefetch.json in tests/test_hub.py.)"""
+    commands = [c for doc in DOCS for c in doc_commands(doc.read_text())]
+    assert set(NOT_RUN_HERE) <= set(commands), "a skipped command is no longer in the docs: drop it from the list"
+    commands = [c for c in commands if c not in NOT_RUN_HERE]
+    assert ".venv/bin/snakemake --profile profiles/local results/tiny/probe.npz --forcerun probe" in commands
+    assert len(commands) >= 12, commands
+    # what the documented commands point at: a folder of the user's own
+    for path in cfg.checkpoint_files(yaml.safe_load((small_run / "config.yaml").read_text()), "checkpoint"):
+        (small_run / path).parent.mkdir(parents=True, exist_ok=True)
+        (small_run / path).touch()
+    (small_run / "my.yaml").write_text("seeds: [0, 1]\n")
+    failures = []
+    runs = {}  # one run per distinct command line (`make run`, `.venv/bin/snakemake` and `snakemake` alike)
+    for command in commands:
+        env, argv = as_argv(command.replace("<preset>", "tiny"))
+        runs.setdefault((tuple(sorted(env.items())), tuple(argv)), command)
+    for (env, argv), command in runs.items():
+        env, argv = dict(env), list(argv)
+        if "--unlock" not in argv:
+            argv.append("-n")
+        result = subprocess.run(argv, cwd=small_run, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, **env})
+        output = result.stdout + result.stderr
+        planned = planned_rules(output)
+        targets = [w for w in argv[1:] if w.startswith("results/")]
+        forced = argv[argv.index("--forcerun") + 1:] if "--forcerun" in argv else []
+        forced = forced[:next((i for i, w in enumerate(forced) if w.startswith("-")), len(forced))]
+        if result.returncode != 0:
+            failures.append(f"{command}: exit {result.returncode}\n{output[-1500:]}")
+        elif targets and "all" in planned:
+            failures.append(f"{command}: plans the whole workflow ({planned}), not {targets}")
+        elif forced and set(planned) != set(forced):
+            failures.append(f"{command}: plans {planned}, not only {forced}")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_a_truncated_probe_npz_is_named_and_the_command_given_rebuilds_it(small_run):
+    probe = small_run / "results/tiny/probe.npz"
+    probe.write_bytes(probe.read_bytes()[:1000])
+    result = snakemake(small_run, "results/tiny/metrics.csv", "--forcerun", "metrics")
+    assert result.returncode != 0
+    log = (small_run / "results/tiny/logs/metrics.log").read_text()
+    fix = "snakemake --profile profiles/local results/tiny/probe.npz --forcerun probe"
+    assert "InputFileError: results/tiny/probe.npz: not a readable NPZ (BadZipFile" in log, log[-2000:]
+    assert f"Rebuild it: {fix}" in log
+    assert fix.replace("tiny", "<preset>", 1) in (REPO / "docs/troubleshooting.md").read_text()
+    assert not (small_run / "results/tiny/metrics.csv").exists(), "no stale table beside a failed metrics job"
+    # the command, as given: only the probe runs, and then the tables rebuild from it
+    assert executed_rules(run_ok(small_run, *shlex.split(fix)[3:])) == ["probe"]
+    assert executed_rules(run_ok(small_run, "results/tiny/metrics.csv")) == ["metrics"]
+
+
+@pytest.mark.parametrize("name, reader, reader_target, problem", [
+    ("metrics.csv", "plot", "results/tiny/figures/convergence.png", "the last line has no line end"),
+    ("prefetch.json", "validate", "results/tiny/validate.json", "not valid JSON"),  # every model job's manifest
+], ids=["csv", "manifest"])
+def test_a_damaged_table_or_manifest_is_named_and_the_command_given_rebuilds_it(small_run, name, reader,
+                                                                                reader_target, problem):
+    path = small_run / "results/tiny" / name
+    path.write_text(path.read_text()[:-3])
+    result = snakemake(small_run, reader_target, "--forcerun", reader)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    fix = rebuild_command(f"results/tiny/{name}")
+    assert f"results/tiny/{name}: {problem}" in output and f"Rebuild it: {fix}" in output, output[-3000:]
+    assert not (small_run / reader_target).exists()
+    rule = fix.split()[-1]
+    assert executed_rules(run_ok(small_run, *shlex.split(fix)[3:])) == [rule]
