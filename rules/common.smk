@@ -31,7 +31,7 @@ def code(*modules):
     return [f"src/mimic_redundancy/{m}.py" for m in modules]
 
 
-MODEL_CODE = code("stages", "hub", "model", "tokenizer", "probe", "io", "data")
+MODEL_CODE = code("stages", "hub", "model", "tokenizer", "probe", "io", "readers", "lerobot", "samples")
 
 
 def data_files(wildcards):

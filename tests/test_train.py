@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mimic_redundancy.data import synthetic_samples
+from mimic_redundancy.samples import synthetic_samples
 from mimic_redundancy.model import (CheckpointError, DimensionError, build_model, load_checkpoint, net_dims,
                                     resolve_dims, save_checkpoint)
 from mimic_redundancy.probe import library_sample, video_hiddens
@@ -108,7 +108,7 @@ def test_broken_checkpoints_name_the_file(trained, tmp_path):
 
 
 def test_train_refuses_windows_without_ground_truth(trained):
-    from mimic_redundancy.data import DataError
+    from mimic_redundancy.readers import DataError
 
     samples = pool(2)
     samples.gt_actions[1] = float("nan")

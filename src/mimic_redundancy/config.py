@@ -89,7 +89,8 @@ def input_settings(config: dict) -> dict:
     """The inputs keys the selected source reads (so editing another source's keys reruns nothing)."""
     inputs = config["inputs"]
     keys = {"synthetic": ["frames", "height", "width"],
-            "lerobot": ["frames", "height", "width", "frame_skip", "episodes", "windows_per_episode", "lerobot"],
+            "lerobot": ["frames", "height", "width", "frame_skip", "episodes", "windows_per_episode", "lerobot",
+                        "camera", "state_key", "action_key", "prompt"],
             "video_dir": ["frames", "height", "width", "frame_skip", "episodes", "video_dir"]}[inputs["source"]]
     return {"source": inputs["source"], **{k: inputs[k] for k in keys},
             **({"windows_per_episode": 1} if inputs["source"] == "video_dir" else {})}

@@ -11,7 +11,7 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .data import synthetic_samples
+from .samples import synthetic_samples
 from .model import build_model, net_dims, resolve_device
 from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
 from .timing import timed

@@ -22,9 +22,10 @@ ALLOW_PATTERNS = {
     # diffusers checks every component model_index.json names, safety_checker included, when loading offline
     "backbone": ["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
                  "safety_checker/*"],
-    # a LeRobot dataset: what mimic-video's LiberoDataset downloads
+    # a LeRobot v1.6 dataset: what mimic-video's LiberoDataset downloads (v2.x, v3.0: lerobot.plan_fetch picks)
     "dataset": ["data/*.parquet", "data/**/*.parquet", "videos/**/*", "meta_data/*"],
 }
+DATASET_SELECT = ("episodes", "camera", "state_key", "action_key", "prompt")
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
@@ -46,7 +47,9 @@ def required_repos(preset: dict, inputs: dict | None = None) -> list[dict]:
         spec = inputs["lerobot"]
         repos.append({"role": "dataset", "repo": spec["repo"], "repo_type": "dataset",
                       "revision": spec.get("revision", "main"),
-                      "allow_patterns": spec.get("allow_patterns", ALLOW_PATTERNS["dataset"])})
+                      "allow_patterns": spec.get("allow_patterns", ALLOW_PATTERNS["dataset"]),
+                      # what prefetch checks in the metadata and fetches the files of (lerobot.plan_fetch)
+                      "select": {k: inputs[k] for k in DATASET_SELECT if k in inputs}})
     for role in ("backbone", "tokenizer"):
         spec = preset.get(role)
         if isinstance(spec, dict):

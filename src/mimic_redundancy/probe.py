@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
+
+from .samples import Batch
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Batch:
-    """Inputs of a batch of samples; tensors on the model's device."""
-    seeds: list[int]
-    prompts: list[str]
-    video: torch.Tensor        # (b, frames, 3, h, w) in [0, 1]
-    joint_state: torch.Tensor  # (b, dim_joint_state)
-    noise: torch.Tensor        # (b, chunk_len, dim_action): the sampler's initial x_0
-
-
 def synthetic_batch(net, pairs: list[tuple[int, str]], inputs: dict, device) -> Batch:
-    """A batch of synthetic samples for `net`'s dimensions (data.synthetic_samples)."""
-    from .data import synthetic_samples
+    """A batch of synthetic samples for `net`'s dimensions (samples.synthetic_samples)."""
     from .model import net_dims
+    from .samples import synthetic_samples
 
     return synthetic_samples(pairs, inputs, net_dims(net)).batch(slice(None), device)
 
@@ -85,7 +76,7 @@ def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int) -
 
 
 def run_probe(net, samples, steps: int, batch_size: int, device) -> dict:
-    """Probe every sample (a data.SampleSet) in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS),
+    """Probe every sample (a samples.SampleSet) in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS),
     less the per-sample metadata (SampleSet.metadata)."""
     trajectories, cleans = [], []
     n_batches = -(-len(samples) // batch_size)

@@ -20,10 +20,11 @@ def _prepare(settings: dict, manifest_path, threads: int, limit: int | None = No
     from the model config and the data (a mismatch stops here, naming both), build the model, load samples."""
     import torch
 
-    from .data import data_dims, load_samples, read_episodes
     from .hub import local_snapshots
     from .io import read_json
     from .model import build_model, net_dims, resolve_device, resolve_dims
+    from .readers import data_dims, read_episodes
+    from .samples import load_samples
 
     torch.set_num_threads(max(1, threads))
     model, data = settings["model"], settings["data"]
@@ -64,7 +65,9 @@ def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> No
     hub.go_online()
     repos = settings["repos"]
     if repos:
-        entries = hub.fetch(repos, timeout_s)
+        from .lerobot import fetch  # hub.fetch, a dataset's metadata checked first (layout, episodes, keys)
+
+        entries = fetch(repos, timeout_s)
         note = f"fetched {len(entries)} repo(s) into {os.environ.get('HF_HUB_CACHE')}"
     else:
         entries, note = [], f"preset '{preset}' needs nothing from the Hugging Face Hub: nothing to download"

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .data import DataError
+from .readers import DataError
 
 log = logging.getLogger(__name__)
 ROUND_TRIP_STEPS = 10
