@@ -35,6 +35,7 @@ SUPPORTED = ("v1.6", "v2.0", "v2.1", "v3.0")
 SUPPORTED_TEXT = "supported layouts: v1.6 (meta_data/, mimic-video's LiberoDataset), v2.0, v2.1, v3.0 (meta/info.json)"
 INFO = "meta/info.json"
 DEFAULT_CAMERA = "observation.images.image"
+BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")  # features of every dataset
 V16_PROMPT = "language_instruction"
 # the metadata of every layout: small files, fetched first
 METADATA_PATTERNS = {"v1.6": ["meta_data/*"], "v2.0": ["meta/info.json", "meta/episodes.jsonl", "meta/tasks.jsonl"],
@@ -157,7 +158,8 @@ def resolve_keys(layout: Layout, inputs: dict) -> dict:
     if camera not in cameras:
         raise DataError(f"{info}: camera {camera!r} (config key 'inputs.camera') is not in the dataset; its cameras: "
                         f"{cameras}. Set inputs.camera to one of them {_context(layout.version)}")
-    numeric = [k for k, f in features.items() if isinstance(f, dict) and str(f.get("dtype", "")).startswith("float")]
+    numeric = [k for k, f in features.items() if isinstance(f, dict) and str(f.get("dtype", "")).startswith("float")
+               and k not in BOOKKEEPING]
     for role, key in keys.items():
         if key not in features:
             raise DataError(f"{info}: {role} key {key!r} (config key 'inputs.{role}_key') is not a feature of the "
@@ -169,8 +171,9 @@ def resolve_keys(layout: Layout, inputs: dict) -> dict:
         raise DataError(f"{info}: inputs.prompt 'task_index' needs a task_index feature and a tasks table; set "
                         f"inputs.prompt to a text column {_context(layout.version)}")
     if prompt != "task_index" and prompt not in features:
+        text = [k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") == "string"]
         raise DataError(f"{info}: prompt column {prompt!r} (config key 'inputs.prompt') is not a feature of the "
-                        f"dataset; use 'task_index' (the tasks table) or one of {sorted(features)} "
+                        f"dataset; use 'task_index' (the tasks table) or a text column: {text or 'none here'} "
                         f"{_context(layout.version)}")
     return {**keys, "camera": camera, "camera_dtype": features[camera]["dtype"], "prompt": prompt}
 
@@ -260,19 +263,20 @@ def plan_fetch(repo: dict, timeout_s: float) -> dict:
     [entry] = hub.fetch([{**pinned, "allow_patterns": metadata}], timeout_s)
     try:
         layout = read_layout(Path(entry["snapshot"]))
-    except DataError as error:
+        version = layout.version
+        if version == "v1.6":  # its metadata lists no episodes: fetched whole, checked by check_snapshot
+            return {**pinned, "allow_patterns": repo.get("allow_patterns", V16_PATTERNS),
+                    "layout": {"codebase_version": version}}
+        select = repo.get("select", {})
+        keys = resolve_keys(layout, select)
+        episodes = select_episodes(list(layout.episodes), select.get("episodes", "all"), layout.episodes_file(),
+                                   version)
+        needed = []
+        for index in episodes:
+            files = episode_files(layout, keys, index)
+            needed += [f for f in (files["data"], files["video"]) if f and f not in needed]
+    except DataError as error:  # the message names the cached file; say which repo it came from
         raise DataError(f"{name}: {error}") from None
-    version = layout.version
-    if version == "v1.6":  # its metadata lists no episodes: fetched whole, checked by check_snapshot
-        return {**pinned, "allow_patterns": repo.get("allow_patterns", V16_PATTERNS),
-                "layout": {"codebase_version": version}}
-    select = repo.get("select", {})
-    keys = resolve_keys(layout, select)
-    episodes = select_episodes(list(layout.episodes), select.get("episodes", "all"), layout.episodes_file(), version)
-    needed = []
-    for index in episodes:
-        files = episode_files(layout, keys, index)
-        needed += [f for f in (files["data"], files["video"]) if f and f not in needed]
     missing = [f for f in needed if f not in listed]
     if missing:
         raise DataError(f"{name}: files the metadata names for the selected episodes are not in the repo: "
