@@ -78,6 +78,16 @@ def _read_parquet(path: Path, columns: list[str] | None = None):
                         "(rerun prefetch)") from None
 
 
+def _column_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except Exception as error:
+        raise DataError(f"{path}: cannot read the parquet file ({type(error).__name__}: {error}); fetch it again "
+                        "(rerun prefetch)") from None
+
+
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: not found; a LeRobot v2.x dataset lists its episodes and tasks there "
@@ -311,6 +321,9 @@ def check_snapshot(entry: dict) -> None:
 def read_lerobot(root: Path, inputs: dict, frames: bool = True) -> list[Episode]:
     """The selected episodes (inputs.episodes) of a dataset snapshot, in that order ('all': by episode_index);
     rows in file order within each. `frames=False` skips collecting the in-parquet images (checks only)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     layout = read_layout(root)
     keys = resolve_keys(layout, inputs)
     if layout.version == "v1.6":
@@ -327,15 +340,18 @@ def read_lerobot(root: Path, inputs: dict, frames: bool = True) -> list[Episode]
         if not path.is_file():
             raise DataError(f"{path}: not found; prefetch fetches the files of the selected episodes: rerun it "
                             "after changing inputs.episodes or the keys")
-        table = _read_parquet(path)
-        missing = [c for c in columns if c not in table.column_names]
+        names = _column_names(path)
+        missing = [c for c in columns if c not in names]
         if missing:
-            raise DataError(f"{path}: missing columns {missing} that info.json lists (found {table.column_names}) "
+            raise DataError(f"{path}: missing columns {missing} that info.json lists (found {names}) "
                             f"{_context(layout.version)}")
         wanted = {i for i, p in plans.items() if p["data"] == data}
-        for row in table.select(list(dict.fromkeys(columns))).to_pylist():
-            if row["episode_index"] in wanted:
-                rows.setdefault(row["episode_index"], []).append(row)
+        # only the columns and rows used: a v3.0 file holds other episodes, and other cameras' images
+        table = _read_parquet(path, list(dict.fromkeys(columns)))
+        table = table.filter(pc.is_in(table.column("episode_index"), pa.array(sorted(wanted), table.schema.field(
+            "episode_index").type)))
+        for row in table.to_pylist():
+            rows.setdefault(row["episode_index"], []).append(row)
     episodes = []
     for index in indices:
         plan, frames_ = plans[index], rows.get(index, [])
