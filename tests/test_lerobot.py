@@ -29,7 +29,7 @@ DIMS = {"chunk_len": 32, "action_dim": ACTION_DIM, "joint_dim": JOINT_DIM}
 SUPPORTED = r"supported layouts: v1\.6 \(meta_data/, mimic-video's LiberoDataset\), v2\.0, v2\.1, v3\.0"
 # repo -> (writer arguments, the inputs keys that read it); all hold the 3 episodes of the v1.6 repo
 LAYOUTS = {
-    "test-org/libero-v21": ({"version": "v2.1"}, {"episodes": [0, 2]}),
+    "test-org/libero-v21": ({"version": "v2.1"}, {"episodes": [0, 2], "train_episodes": [1]}),
     # physical-intelligence/libero's keys: cameras image + wrist_image in the parquet, state, actions
     "test-org/libero-v21-images": ({"version": "v2.1", "frames": "image", "camera": "image", "wrist": "wrist_image",
                                     "state_key": "state", "action_key": "actions"},
@@ -52,7 +52,10 @@ FAILING = {  # case -> (repo, inputs keys, the message it must fail with)
                r"dataset; its numeric features: \['observation\.state', 'action'\]"),
     "version": ("test-org/libero-v99", {}, r"meta/info\.json: codebase_version 'v9\.9' is not a layout"),
     "no-info": ("test-org/not-lerobot", {}, r"meta/info\.json not found \(nor a v1\.6 meta_data/ folder\)"),
+    "train-episode": (BAD, {"train_episodes": [9]},
+                      r"config key 'train\.episodes': episodes \[9\] are not in the data \(it has 0-2"),
     "v16-episode": (V16, {"episodes": [5]}, r"config key 'inputs\.episodes': episodes \[5\] are not in the data"),
+    "v16-train-episode": (V16, {"train_episodes": [0, 4]}, r"config key 'train\.episodes': episodes \[4\] are not"),
 }
 
 # In a fresh process (HF_ENDPOINT is read when huggingface_hub is imported): the pipeline's prefetch of each repo
@@ -149,10 +152,9 @@ def test_prefetch_fetches_only_what_the_selected_episodes_need(fetched):
     results = fetched[1]
     files = {name: sorted(f["path"] for f in results[name]["entry"]["files"]) for name in LAYOUTS}
     meta21 = ["meta/episodes.jsonl", "meta/info.json", "meta/tasks.jsonl"]
-    assert files["test-org/libero-v21"] == [
-        "data/chunk-000/episode_000000.parquet", "data/chunk-000/episode_000002.parquet", *meta21,
-        "videos/chunk-000/observation.images.image/episode_000000.mp4",
-        "videos/chunk-000/observation.images.image/episode_000002.mp4"]
+    # episodes 0 and 2 are probed, 1 is trained on (train.episodes)
+    assert files["test-org/libero-v21"] == [f"data/chunk-000/episode_00000{e}.parquet" for e in range(3)] + meta21 + [
+        f"videos/chunk-000/observation.images.image/episode_00000{e}.mp4" for e in range(3)]
     assert files["test-org/libero-v21-images"] == [f"data/chunk-000/episode_00000{e}.parquet" for e in range(3)] + meta21
     meta30 = ["meta/episodes/chunk-000/file-000.parquet", "meta/info.json", "meta/tasks.parquet"]
     # episodes 0 and 1 share file-000; file-001 (episode 2) and the other camera's videos stay on the Hub

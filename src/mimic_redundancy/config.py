@@ -124,8 +124,9 @@ def prefetch_settings(config: dict, preset: str) -> dict:
     """What decides the manifest's content; the timeout is left out on purpose (no rerun for it)."""
     from .hub import required_repos
 
-    return {"repos": required_repos(config["presets"][preset], config["inputs"]),
-            "cache_dir": config["hub"]["cache_dir"]}
+    # a dataset's files are fetched for the episodes that are probed and those that are trained on
+    inputs = {**config["inputs"], "train_episodes": config["train"]["episodes"]}
+    return {"repos": required_repos(config["presets"][preset], inputs), "cache_dir": config["hub"]["cache_dir"]}
 
 
 def validate_settings(config: dict, preset: str) -> dict:

@@ -25,7 +25,7 @@ ALLOW_PATTERNS = {
     # a LeRobot v1.6 dataset: what mimic-video's LiberoDataset downloads (v2.x, v3.0: lerobot.plan_fetch picks)
     "dataset": ["data/*.parquet", "data/**/*.parquet", "videos/**/*", "meta_data/*"],
 }
-DATASET_SELECT = ("episodes", "camera", "state_key", "action_key", "prompt")
+DATASET_SELECT = ("episodes", "train_episodes", "camera", "state_key", "action_key", "prompt")
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 

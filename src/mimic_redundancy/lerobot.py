@@ -105,7 +105,10 @@ def read_layout(root: Path) -> Layout:
     if not info_path.is_file():
         if (root / "meta_data").is_dir():
             legacy = root / "meta_data/info.json"
-            info = json.loads(legacy.read_text()) if legacy.is_file() else {}
+            try:
+                info = json.loads(legacy.read_text()) if legacy.is_file() else {}
+            except json.JSONDecodeError as error:
+                raise DataError(f"{legacy}: not JSON ({error}); fetch it again (rerun prefetch)") from None
             version = info.get("codebase_version", "v1.6")
             if version != "v1.6":
                 raise DataError(f"{legacy}: codebase_version {version!r} in a meta_data/ folder is not a layout this "
@@ -201,12 +204,12 @@ def _ranges(indices: list[int]) -> str:
     return ", ".join(parts) or "none"
 
 
-def select_episodes(available: list[int], wanted, where: str, version: str) -> list[int]:
+def select_episodes(available: list[int], wanted, where: str, version: str, key: str = "inputs.episodes") -> list[int]:
     if wanted == "all":
         return sorted(available)
     unknown = [i for i in wanted if i not in set(available)]
     if unknown:
-        raise DataError(f"config key 'inputs.episodes': episodes {unknown} are not in the data (it has "
+        raise DataError(f"config key '{key}': episodes {unknown} are not in the data (it has "
                         f"{_ranges(available)}, listed in {where}); select existing episode_index values "
                         f"{_context(version)}")
     return list(wanted)
@@ -281,6 +284,10 @@ def plan_fetch(repo: dict, timeout_s: float) -> dict:
         keys = resolve_keys(layout, select)
         episodes = select_episodes(list(layout.episodes), select.get("episodes", "all"), layout.episodes_file(),
                                    version)
+        if select.get("train_episodes", "inputs") != "inputs":  # the train rule reads these too
+            episodes += [e for e in select_episodes(list(layout.episodes), select["train_episodes"],
+                                                    layout.episodes_file(), version, "train.episodes")
+                         if e not in episodes]
         needed = []
         for index in episodes:
             files = episode_files(layout, keys, index)
@@ -313,12 +320,16 @@ def check_snapshot(entry: dict) -> None:
     """After the download: the selected episodes and keys read from the fetched files (v1.6 is checked only here,
     its metadata listing no episodes); raises DataError naming the key."""
     if entry.get("role") == "dataset" and entry.get("layout", {}).get("codebase_version") == "v1.6":
-        read_lerobot(Path(entry["snapshot"]), {"episodes": "all", **entry.get("select", {})}, frames=False)
+        select = entry.get("select", {})
+        read_lerobot(Path(entry["snapshot"]), {"episodes": "all", **select}, frames=False)
+        if select.get("train_episodes", "inputs") != "inputs":
+            read_lerobot(Path(entry["snapshot"]), {**select, "episodes": select["train_episodes"]}, frames=False,
+                         key="train.episodes")
 
 
 # -- reading episodes ---------------------------------------------------------------------------------------------
 
-def read_lerobot(root: Path, inputs: dict, frames: bool = True) -> list[Episode]:
+def read_lerobot(root: Path, inputs: dict, frames: bool = True, key: str = "inputs.episodes") -> list[Episode]:
     """The selected episodes (inputs.episodes) of a dataset snapshot, in that order ('all': by episode_index);
     rows in file order within each. `frames=False` skips collecting the in-parquet images (checks only)."""
     import pyarrow as pa
@@ -327,9 +338,9 @@ def read_lerobot(root: Path, inputs: dict, frames: bool = True) -> list[Episode]
     layout = read_layout(root)
     keys = resolve_keys(layout, inputs)
     if layout.version == "v1.6":
-        return _read_v16(layout, keys, inputs.get("episodes", "all"))
+        return _read_v16(layout, keys, inputs.get("episodes", "all"), key)
     indices = select_episodes(list(layout.episodes), inputs.get("episodes", "all"), layout.episodes_file(),
-                              layout.version)
+                              layout.version, key)
     plans = {i: episode_files(layout, keys, i) for i in indices}
     columns = ["episode_index", keys["state"], keys["action"]]
     columns += [keys["prompt"]] if keys["prompt"] != "task_index" else ["task_index"]
@@ -386,7 +397,7 @@ def _image_bytes(value, where: str, camera: str) -> bytes:
                     "feature dtype 'image' says; the file does not match info.json")
 
 
-def _read_v16(layout: Layout, keys: dict, wanted) -> list[Episode]:
+def _read_v16(layout: Layout, keys: dict, wanted, key: str = "inputs.episodes") -> list[Episode]:
     """The layout mimic-video's LiberoDataset reads: every data/**/*.parquet, rows grouped by episode_index."""
     from mimic_video.libero import clean_instruction
 
@@ -408,7 +419,7 @@ def _read_v16(layout: Layout, keys: dict, wanted) -> list[Episode]:
                             f"config keys to columns of the dataset {_context('v1.6')}")
         for image, state, action, text, episode in zip(*(table.column(c).to_pylist() for c in columns)):
             rows.setdefault(int(episode), []).append((image, state, action, text, path))
-    indices = select_episodes(list(rows), wanted, "data/**/*.parquet", "v1.6")
+    indices = select_episodes(list(rows), wanted, "data/**/*.parquet", "v1.6", key)
     episodes = []
     for index in indices:
         frames = rows[index]
