@@ -10,7 +10,7 @@ rule train:
         manifest=rules.prefetch.output.manifest,
         features=rules.features.output.train,
         check=rules.features.output.inference,
-        code=HEAD_CODE + code("train", "metrics", "data"),
+        code=HEAD_CODE + code("train", "metrics", "readers"),
     output:
         weights=results("{preset}", "train/checkpoint/model.safetensors"),
         config=results("{preset}", "train/checkpoint/config.json"),

@@ -14,7 +14,9 @@ import torch
 
 from datasets import ACTION_DIM, JOINT_DIM, write_lerobot, write_video_dir
 from hub_server import HubServer
-from mimic_redundancy.data import DataError, data_dims, read_episodes, read_lerobot, read_video_dir, real_samples
+from mimic_redundancy.lerobot import read_lerobot
+from mimic_redundancy.readers import DataError, data_dims, read_episodes, read_video_dir
+from mimic_redundancy.samples import real_samples
 from mimic_redundancy.model import DimensionError, resolve_dims
 
 REPO = "test-org/libero-tiny"
@@ -26,11 +28,12 @@ DIMS = {"chunk_len": 32, "action_dim": ACTION_DIM, "joint_dim": JOINT_DIM}
 # and offline read of the dataset, and mimic-video's LiberoDataset on the same repo; saves both side by side.
 COMPARE = """
 import json, sys, numpy as np, torch
-from mimic_redundancy import hub
-from mimic_redundancy.data import read_episodes, real_samples
+from mimic_redundancy import hub, lerobot
+from mimic_redundancy.readers import read_episodes
+from mimic_redundancy.samples import real_samples
 from mimic_video.libero import LiberoDataset
 inputs, dims, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-entries = hub.fetch(hub.required_repos({}, {"source": "lerobot", "lerobot": {"repo": sys.argv[4]}}), 10)
+entries = lerobot.fetch(hub.required_repos({}, {"source": "lerobot", "lerobot": {"repo": sys.argv[4]}}), 10)
 episodes = read_episodes(inputs, hub.local_snapshots({"repos": entries}))
 ours = real_samples(episodes, [0], inputs, dims, None)
 theirs = LiberoDataset(sys.argv[4], num_frames=inputs["frames"], action_chunk_len=dims["chunk_len"],
@@ -75,7 +78,7 @@ def test_lerobot_windows_equal_mimic_videos_libero_dataset(lerobot, tmp_path):
 
 
 def test_probe_windows_are_evenly_spaced_and_seed_major(lerobot):
-    samples = real_samples(read_lerobot(lerobot), [3, 4], INPUTS, DIMS, per_episode=3)
+    samples = real_samples(read_lerobot(lerobot, INPUTS), [3, 4], INPUTS, DIMS, per_episode=3)
     assert samples.starts == [0, 4, 8] * 4 and samples.episodes == [0, 0, 0, 1, 1, 1] * 2
     assert samples.seeds == [3] * 6 + [4] * 6 and samples.windows == list(range(6)) * 2
     # the same window gets the same data under every seed, and a seed's noise does not depend on the window
@@ -85,7 +88,7 @@ def test_probe_windows_are_evenly_spaced_and_seed_major(lerobot):
 
 def test_episode_selection(lerobot):
     assert [e.index for e in read_episodes({**INPUTS, "episodes": [1]}, {"dataset": lerobot})] == [1]
-    with pytest.raises(DataError, match=r"inputs.episodes': episodes \[5\] are not in the data \(it has \[0, 1\]\)"):
+    with pytest.raises(DataError, match=r"inputs.episodes': episodes \[5\] are not in the data \(it has 0-1, "):
         read_episodes({**INPUTS, "episodes": [0, 5]}, {"dataset": lerobot})
 
 
@@ -147,7 +150,7 @@ def test_a_lerobot_file_with_missing_columns_names_it(tmp_path):
     path = root / "data/chunk-000/episode_000001.parquet"
     pq.write_table(pq.read_table(path).drop_columns(["action"]), path)
     with pytest.raises(DataError, match=r"episode_000001\.parquet: missing columns \['action'\]"):
-        read_lerobot(root)
+        read_lerobot(root, INPUTS)
 
 
 def test_ragged_actions_name_the_row(tmp_path):
@@ -161,11 +164,11 @@ def test_ragged_actions_name_the_row(tmp_path):
 
 def test_too_short_episodes_say_what_a_window_needs(lerobot):
     with pytest.raises(DataError, match=r"episode 0\): 40 frames, but a window needs 64 \(chunk_len 64"):
-        real_samples(read_lerobot(lerobot), [0], INPUTS, {**DIMS, "chunk_len": 64}, 1)
+        real_samples(read_lerobot(lerobot, INPUTS), [0], INPUTS, {**DIMS, "chunk_len": 64}, 1)
 
 
 def test_dimensions_come_from_the_data_and_mismatches_name_both_sides(lerobot):
-    dims = data_dims(read_lerobot(lerobot))
+    dims = data_dims(read_lerobot(lerobot, INPUTS))
     model = {"preset": "tiny", "dim": 64, "depth": 1}
     assert resolve_dims(model, dims) == {"chunk_len": 32, "action_dim": ACTION_DIM, "joint_dim": JOINT_DIM}
     assert resolve_dims({**model, "chunk_len": 16}, dims)["chunk_len"] == 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimic_redundancy.data import synthetic_samples
+from mimic_redundancy.samples import synthetic_samples
 from mimic_redundancy.features import FeaturesError, compute_features, library_video_defaults, load_features, save_features
 from mimic_redundancy.model import build_backbone, build_model, net_dims
 from mimic_redundancy.probe import video_hiddens

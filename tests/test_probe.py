@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimic_redundancy.data import synthetic_samples
 from mimic_redundancy.features import compute_features
+from mimic_redundancy.samples import synthetic_samples
 from mimic_redundancy.model import build_model, net_dims
 from mimic_redundancy.probe import library_sample, probe_trajectory, run_probe, synthetic_batch, video_hiddens
 from mimic_redundancy.tokenizer import builtin_tokenizer, tokenizer_problems

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mimic_redundancy.checkpoints import FORMAT_V1
-from mimic_redundancy.data import synthetic_samples
 from mimic_redundancy.features import compute_features
+from mimic_redundancy.samples import synthetic_samples
 from mimic_redundancy.model import (CheckpointError, DimensionError, build_backbone, build_head, build_model,
                                     head_parameters, load_head, net_dims, resolve_dims, save_checkpoint)
 from mimic_redundancy.probe import library_sample, video_hiddens
@@ -187,7 +187,7 @@ def test_a_checkpoints_dimensions_are_checked_against_the_data(trained):
 
 
 def test_train_refuses_windows_without_ground_truth(trained, backbone):
-    from mimic_redundancy.data import DataError
+    from mimic_redundancy.readers import DataError
 
     rows = compute_features(backbone, pool(2), "cpu", draws=1)
     rows.gt_actions[1] = float("nan")

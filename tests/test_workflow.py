@@ -275,7 +275,7 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     import os
 
     from mimic_redundancy import config as cfg
-    from mimic_redundancy.data import synthetic_samples
+    from mimic_redundancy.samples import synthetic_samples
     from mimic_redundancy.model import build_model
     from mimic_redundancy.probe import probe_trajectory, video_hiddens
     from mimic_redundancy.sweep import run_sweep

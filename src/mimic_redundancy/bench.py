@@ -105,7 +105,7 @@ def training_from_features(steps: int, draws: int, seeds: list[int], out: Path |
     import torch
 
     from . import config as cfg
-    from .data import synthetic_samples
+    from .samples import synthetic_samples
     from .features import compute_features
     from .metrics import write_csv
     from .model import attach_backbone, build_backbone, build_head

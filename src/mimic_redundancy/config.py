@@ -149,7 +149,8 @@ def input_settings(config: dict) -> dict:
     """The inputs keys the selected source reads (so editing another source's keys reruns nothing)."""
     inputs = config["inputs"]
     keys = {"synthetic": ["frames", "height", "width"],
-            "lerobot": ["frames", "height", "width", "frame_skip", "episodes", "windows_per_episode", "lerobot"],
+            "lerobot": ["frames", "height", "width", "frame_skip", "episodes", "windows_per_episode", "lerobot",
+                        "camera", "state_key", "action_key", "prompt"],
             "video_dir": ["frames", "height", "width", "frame_skip", "episodes", "video_dir"]}[inputs["source"]]
     return {"source": inputs["source"], **{k: inputs[k] for k in keys},
             **({"windows_per_episode": 1} if inputs["source"] == "video_dir" else {})}
@@ -283,8 +284,9 @@ def prefetch_settings(config: dict, preset: str) -> dict:
     """What decides the manifest's content; the timeout is left out on purpose (no rerun for it)."""
     from .hub import required_repos
 
-    return {"repos": required_repos(backbone_spec(config, preset), config["inputs"]),
-            "cache_dir": config["hub"]["cache_dir"]}
+    # a dataset's files are fetched for the episodes that are probed and those that are trained on
+    inputs = {**config["inputs"], "train_episodes": config["train"]["episodes"]}
+    return {"repos": required_repos(backbone_spec(config, preset), inputs), "cache_dir": config["hub"]["cache_dir"]}
 
 
 def validate_settings(config: dict, preset: str) -> dict:

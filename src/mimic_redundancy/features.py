@@ -86,7 +86,7 @@ class FeatureSet:
 
     def batch(self, index, device):
         """A Batch (probe.Batch) of rows, hiddens in float32 on `device` (as MimicVideo casts them)."""
-        from .probe import Batch
+        from .samples import Batch
 
         index = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
         return Batch([self.seeds[i] for i in index], [self.prompts[i] for i in index], None,

@@ -18,10 +18,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .backbone import recompute_sample
-from .data import synthetic_samples
 from .features import compute_features
 from .model import attach_backbone, backbone_dtypes, build_backbone, build_head, net_dims, resolve_device
 from .probe import library_sample, probe_trajectory
+from .samples import synthetic_samples
 from .timing import timed
 
 class DeviceAudit(TorchFunctionMode):

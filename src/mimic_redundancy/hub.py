@@ -22,7 +22,7 @@ ALLOW_PATTERNS = {
     # diffusers checks every component model_index.json names, safety_checker included, when loading offline
     "backbone": ["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
                  "safety_checker/*"],
-    # a LeRobot dataset: what mimic-video's LiberoDataset downloads
+    # a LeRobot v1.6 dataset: what mimic-video's LiberoDataset downloads (v2.x, v3.0: lerobot.plan_fetch picks)
     "dataset": ["data/*.parquet", "data/**/*.parquet", "videos/**/*", "meta_data/*"],
 }
 # NVIDIA's safety checker (cosmos_guardrail 0.3.2): a gated repo (needs HF_TOKEN) and a text classifier
@@ -32,6 +32,7 @@ GUARDRAIL_REPOS = [
     {"role": "guardrail-text", "repo": "Qwen/Qwen3Guard-Gen-0.6B",
      "allow_patterns": ["*.json", "*.safetensors", "merges.txt", "vocab.json", "tokenizer*"]},
 ]
+DATASET_SELECT = ("episodes", "train_episodes", "camera", "state_key", "action_key", "prompt")
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
@@ -54,7 +55,9 @@ def required_repos(backbone: dict, inputs: dict | None = None) -> list[dict]:
         spec = inputs["lerobot"]
         repos.append({"role": "dataset", "repo": spec["repo"], "repo_type": "dataset",
                       "revision": spec.get("revision", "main"),
-                      "allow_patterns": spec.get("allow_patterns", ALLOW_PATTERNS["dataset"])})
+                      "allow_patterns": spec.get("allow_patterns", ALLOW_PATTERNS["dataset"]),
+                      # what prefetch checks in the metadata and fetches the files of (lerobot.plan_fetch)
+                      "select": {k: inputs[k] for k in DATASET_SELECT if k in inputs}})
     specs = {"backbone": backbone if backbone.get("kind") == "pretrained" else None,
              "tokenizer": backbone.get("tokenizer")}
     for role, spec in specs.items():

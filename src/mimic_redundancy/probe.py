@@ -8,30 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
+
+from .samples import Batch
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Batch:
-    """Inputs of a batch of samples; tensors on the model's device. Either the video (stages that run the
-    backbone) or the cached hiddens (head-only stages, from a features file)."""
-    seeds: list[int]
-    prompts: list[str]
-    video: torch.Tensor | None  # (b, frames, 3, h, w) in [0, 1]
-    joint_state: torch.Tensor   # (b, dim_joint_state)
-    noise: torch.Tensor         # (b, chunk_len, dim_action): the sampler's initial x_0
-    hiddens: list[torch.Tensor] | None = None  # per extracted layer (b, tokens, dim_video_hidden), float32
-    video_time: torch.Tensor | None = None     # (b,): the video-denoising time of the hiddens
-
-
 def synthetic_batch(net, pairs: list[tuple[int, str]], inputs: dict, device) -> Batch:
-    """A batch of synthetic samples for `net`'s dimensions (data.synthetic_samples)."""
-    from .data import synthetic_samples
+    """A batch of synthetic samples for `net`'s dimensions (samples.synthetic_samples)."""
     from .model import net_dims
+    from .samples import synthetic_samples
 
     return synthetic_samples(pairs, inputs, net_dims(net)).batch(slice(None), device)
 

@@ -27,8 +27,9 @@ def _threads_and_device(model: dict, threads: int):
 def _read_data(model: dict, data: dict, snapshots: dict, limit: int | None = None):
     """(samples with their videos, dims): the data read offline, the dimensions from the model config and the
     data (a mismatch stops here, naming both)."""
-    from .data import data_dims, load_samples, read_episodes
     from .model import resolve_dims
+    from .readers import data_dims, read_episodes
+    from .samples import load_samples
 
     episodes = None if data["inputs"]["source"] == "synthetic" else read_episodes(data["inputs"], snapshots)
     dims = resolve_dims(model, data_dims(episodes) if episodes is not None else {})
@@ -83,7 +84,9 @@ def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> No
     hub.go_online()
     repos = settings["repos"]
     if repos:
-        entries = hub.fetch(repos, timeout_s)
+        from .lerobot import fetch  # hub.fetch, a dataset's metadata checked first (layout, episodes, keys)
+
+        entries = fetch(repos, timeout_s)
         backbone = [e for e in entries if e["role"] == "backbone"]
         if backbone and hub.needs_guardrail(backbone[0]["snapshot"]):
             log.info("%s has no safety_checker of its own: diffusers builds NVIDIA's CosmosSafetyChecker, so its "

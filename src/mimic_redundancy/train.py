@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from .data import DataError
 from .model import head_parameters
+from .readers import DataError
 
 log = logging.getLogger(__name__)
 ROUND_TRIP_STEPS = 10
