@@ -22,7 +22,7 @@ CASES = {
     "non-integer seed": ({"seeds": [0, 1.5]},
                          ["config key 'seeds.1'", "1.5 is not of type 'integer'", "non-negative integer seed"]),
     "unknown top-level key": ({"sampling_steps": 10},
-                              ["'sampling_steps' was unexpected", "allowed keys: backbone, compare, device, hub, inputs, metrics"]),
+                              ["'sampling_steps' was unexpected", "allowed keys: backbone, compare, device, features, hub, inputs, metrics"]),
     "unknown nested key": ({"plot": {"colour": "red"}}, ["config key 'plot'", "'colour' was unexpected",
                                                           "allowed keys: dpi, height, log_y, width"]),
     "bad device": ({"device": "gpu"}, ["config key 'device'", "auto (CUDA when present), cpu, cuda or cuda:N"]),
