@@ -200,7 +200,7 @@ def test_a_truncated_probe_npz_is_named_and_the_command_given_rebuilds_it(small_
 
 @pytest.mark.parametrize("name, reader, reader_target, problem", [
     ("metrics.csv", "plot", "results/tiny/figures/convergence.png", "the last line has no line end"),
-    ("prefetch.json", "validate", "results/tiny/validate.json", "not valid JSON"),  # every model job's manifest
+    ("prefetch.json", "features", "results/tiny/features/inference.safetensors", "not valid JSON"),  # the backbone's
 ], ids=["csv", "manifest"])
 def test_a_damaged_table_or_manifest_is_named_and_the_command_given_rebuilds_it(small_run, name, reader,
                                                                                 reader_target, problem):

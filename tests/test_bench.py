@@ -8,14 +8,35 @@ import sys
 from conftest import REPO
 
 
-def test_gpu_check_runs_its_device_audit_on_the_cpu():
-    result = subprocess.run([sys.executable, "-m", "mimic_redundancy.gpu_check", "--device", "cpu", "--steps", "3"],
+def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
+    result = subprocess.run([sys.executable, "-m", "mimic_redundancy.gpu_check", "--device", "cpu", "--steps", "3",
+                             "--dtype", "bfloat16", "--samples", "2"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
     assert report["passed"] and report["problems"] == [] and report["fidelity_max_abs_diff"] <= 1e-5
     assert {"noise", "hiddens[0]", "trajectory", "clean_prediction", "sample"} <= set(report["tensors_checked"])
     assert report["torch_calls_audited_in_euler_loop"] > 100
+    assert report["dtypes"] == dict.fromkeys(["transformer", "vae", "text_encoder"], "bfloat16")
+    timings = report["timings"]
+    assert timings["backbone_s_per_sample"] > 0 and timings["head_s_per_step"] > 0
+    assert timings["features_vs_recompute_speedup"] > 0
+    assert set(report["peak_memory_mib"]) == {"backbone_build_mib", "features_stage_mib", "head_stage_mib",
+                                              "recompute_mib"}  # None on the CPU: torch's CUDA allocator only
+
+
+def test_training_from_features_is_compared_with_the_librarys_loop(tmp_path):
+    from mimic_redundancy.bench import training_from_features
+
+    entry = training_from_features(steps=3, draws=2, seeds=[0], out=tmp_path)
+    measured = entry["measured"]
+    assert measured["steps"] == 3 and measured["draws"] == 2 and measured["windows"] == 64
+    for mode in ("library", "features"):
+        [run] = measured[mode]
+        assert run["final_mse_vs_gt"] > 0 and len(run["median_loss_per_tenth"]) == 3
+    assert entry["value"] == measured["features"][0]["final_mse_vs_gt"] / measured["library"][0]["final_mse_vs_gt"]
+    rows = (tmp_path / "training_curves.csv").read_text().splitlines()
+    assert rows[0] == "mode,seed,step,loss" and len(rows) == 1 + 2 * 3
 
 
 def test_model_benchmarks_report_ratios_with_their_measurements():

@@ -225,10 +225,11 @@ def test_cached_files_are_checked_against_the_hubs_sha256_of_lfs_files(tmp_path)
     assert _mismatch(tmp_path, {**entry, "path": "gone.bin"}) == "missing"
 
 # the cosmos preset in bf16, trained on its cached features: a second preset reads the trained checkpoint
-TRAINED_COSMOS = {"presets": {"cosmos": {**COSMOS["presets"]["cosmos"], "dtype": "bfloat16"},
+# (a narrow head, so that 60 steps show a clearly falling loss)
+TRAINED_COSMOS = {"presets": {"cosmos": {**COSMOS["presets"]["cosmos"], "dtype": "bfloat16", "dim": 64, "depth": 1},
                               "cosmos-trained": {"checkpoint": "results/cosmos/train/checkpoint"}},
                   "preset": "cosmos", "compare": ["cosmos-trained"], "features": {"draws": 2},
-                  "train": {"steps": 30, "batch_size": 4, "synthetic_samples": 8, "check_samples": 2}}
+                  "train": {"steps": 60, "batch_size": 8, "lr": 1.0e-3, "synthetic_samples": 16, "check_samples": 2}}
 
 
 def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workflow, hub):
@@ -256,11 +257,12 @@ def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workf
     assert {(i["role"], i["repo"], i["commit"]) for i in config["provenance"]["hub_inputs"]} == {
         ("backbone", TINY_COSMOS, commit)}
     summary = json.loads((workflow / "results/cosmos/train/summary.json").read_text())
-    assert summary["round_trip"]["identical"] and summary["draws"] == 2 and summary["windows"] == 8
+    assert summary["round_trip"]["identical"] and summary["draws"] == 2 and summary["windows"] == 16
     head_bytes = 4 * summary["trained_parameters"]
     assert head_bytes < (folder / "model.safetensors").stat().st_size < head_bytes + 64 * 1024  # the head alone
-    losses = [float(r["loss"]) for r in read_csv(workflow / "results/cosmos/train/loss.csv")]
-    assert np.median(losses[-10:]) < np.median(losses[:10]), losses
+    assert len(read_csv(workflow / "results/cosmos/train/loss.csv")["loss"]) == 60
+    # the loss falls: on fixed rows with fixed flow times and noise (the per-step losses are heavy-tailed)
+    assert summary["fixed_loss_after"] < 0.5 * summary["fixed_loss_before"], summary
     report = json.loads((workflow / "results/cosmos/validate.json").read_text())
     assert report["dtypes"] == {"transformer": "bfloat16", "vae": "bfloat16", "text_encoder": "bfloat16",
                                 "action_head": "float32"}

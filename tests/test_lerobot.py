@@ -231,7 +231,7 @@ def test_a_v30_dataset_runs_through_the_dag(hub_root, tmp_path):
         result = snakemake(workdir, "results/tiny/probe.npz", "--configfile", str(config), env=_env(tmp_path, server),
                            timeout=600)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    assert executed_rules(result) == ["prefetch", "probe", "validate"]
+    assert executed_rules(result) == ["features", "prefetch", "probe", "validate"]
     manifest = json.loads((workdir / "results/tiny/prefetch.json").read_text())
     [entry] = manifest["repos"]
     assert entry["layout"]["keys"]["camera"] == "observation.images.image2"

@@ -19,7 +19,7 @@ from mimic_redundancy.metrics import read_csv
 
 REPO = "test-org/libero-tiny"
 PER_PRESET = ["backbone", "backbone_metrics", "metrics", "plot", "plot_backbone", "plot_heatmaps", "plot_sweep",
-              "prefetch", "probe", "sweep", "sweep_metrics", "validate"]
+              "probe", "sweep", "sweep_metrics", "validate"]  # plus prefetch and features for tiny alone
 # train on episode 1 only: the probe's episode 0 is held out
 LEROBOT = {**SMALL, "compare": ["trained"], "train": {"steps": 30, "batch_size": 4, "episodes": [1]},
            "inputs": {"source": "lerobot", "lerobot": {"repo": REPO}, "frame_skip": 2, "windows_per_episode": 2}}
@@ -54,7 +54,8 @@ def lerobot_run(tmp_path_factory):
 
 def test_lerobot_dag_runs_every_stage_for_both_models(lerobot_run):
     workdir, result, again = lerobot_run
-    assert executed_rules(result) == sorted(PER_PRESET * 2 + ["train", "plot_train", "compare"])
+    # the trained preset reuses tiny's manifest and features: the backbone runs once for both
+    assert executed_rules(result) == sorted(PER_PRESET * 2 + ["prefetch", "features", "train", "plot_train", "compare"])
     assert executed_rules(again) == []
     manifest = json.loads((workdir / "results/tiny/prefetch.json").read_text())
     assert [(r["role"], r["repo"], r["repo_type"]) for r in manifest["repos"]] == [("dataset", REPO, "dataset")]
@@ -92,8 +93,12 @@ def test_training_lowers_the_loss_and_the_checkpoint_reloads_bit_for_bit(lerobot
     config = json.loads((workdir / "results/tiny/train/checkpoint/config.json").read_text())
     # the dimensions came from the data
     assert (config["mimic_video"]["dim_action"], config["mimic_video"]["dim_joint_state"]) == (ACTION_DIM, JOINT_DIM)
-    assert config["provenance"]["inputs"]["lerobot"]["repo"] == REPO
-    assert config["provenance"]["inputs"]["episodes"] == [1]
+    trained_on = config["provenance"]["train_features"]["data"]["inputs"]
+    assert trained_on["lerobot"]["repo"] == REPO and trained_on["episodes"] == [1]
+    manifest = json.loads((workdir / "results/tiny/prefetch.json").read_text())
+    assert config["provenance"]["hub_inputs"] == [{"role": "dataset", "repo": REPO, "repo_type": "dataset",
+                                                   "commit": manifest["repos"][0]["resolved_revision"]}]
+    assert len(manifest["repos"][0]["resolved_revision"]) == 40
 
 
 def test_the_comparison_puts_random_and_trained_side_by_side(lerobot_run):
@@ -125,7 +130,7 @@ TARGETS = ["results/tiny/figures/convergence.png", "results/tiny/convergence.jso
 def test_video_dir_dag_and_a_corrupt_video(video_run):
     workdir, folder, overrides = video_run
     result = ok(run(workdir, overrides, *TARGETS))
-    assert executed_rules(result) == ["metrics", "plot", "prefetch", "probe", "validate"]
+    assert executed_rules(result) == ["features", "metrics", "plot", "prefetch", "probe", "validate"]
     summary = json.loads((workdir / "results/tiny/convergence.json").read_text())
     assert summary["samples"] == "N=4 samples (2 seeds x 2 windows of 2 episodes, video_dir)"
     assert summary["n_samples_gt"] == 4
@@ -133,9 +138,9 @@ def test_video_dir_dag_and_a_corrupt_video(video_run):
     (folder / "clip1.mp4").write_bytes(b"not a video at all" * 100)
     failed = run(workdir, overrides, *TARGETS)
     assert failed.returncode != 0
-    log = (workdir / "results/tiny/logs/validate.log").read_text()
+    log = (workdir / "results/tiny/logs/features.log").read_text()  # the one model stage that reads the videos
     assert "data/videos/clip1.mp4: cannot decode the video" in log and "re-encode it" in log
-    assert not (workdir / "results/tiny/validate.json").exists()
+    assert not (workdir / "results/tiny/features/inference.safetensors").exists()
     assert not list((workdir / "results/tiny").glob(".*tmp*"))
 
 
@@ -145,7 +150,7 @@ def test_video_dir_with_mismatched_dimensions_fails_naming_both(video_run):
             "action_dim": 20}
     result = run(workdir, {**overrides, "presets": {"tiny": tiny}}, *TARGETS)
     assert result.returncode != 0
-    log = (workdir / "results/tiny/logs/validate.log").read_text()
+    log = (workdir / "results/tiny/logs/features.log").read_text()
     assert ("DimensionError: action_dim mismatch: " in log and "episodes.csv row 1 (inputs.episodes index 0) has 7, but config "
             "presets.tiny.action_dim says 20; remove presets.tiny.action_dim" in log), log[-2000:]
     assert not (workdir / "results/tiny/validate.json").exists()
@@ -157,5 +162,5 @@ def test_video_dir_table_with_a_missing_column_fails_naming_it(video_run):
     table.write_text(table.read_text().replace("prompt,", "task,", 1))
     result = run(workdir, overrides, *TARGETS)
     assert result.returncode != 0
-    log = (workdir / "results/tiny/logs/validate.log").read_text()
+    log = (workdir / "results/tiny/logs/features.log").read_text()
     assert "data/videos/episodes.csv: missing columns ['prompt']" in log

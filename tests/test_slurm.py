@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, run_ok, write_config
 from mimic_redundancy.io import load_probe
 
-MODEL_JOBS = ["backbone", "probe", "sweep", "validate"]
+MODEL_JOBS = ["backbone", "features", "probe", "sweep", "validate"]
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+/rule_(\w+)/\S+)\)")
 
 
@@ -105,7 +105,7 @@ def test_reruns_submit_only_what_changed(rerun):
     assert submissions(plot_only) == {}
     assert executed_rules(plot_only) == ["plot", "plot_backbone", "plot_heatmaps", "plot_sweep"]
     more_seeds = ok(slurm(rerun, {"plot": {"dpi": 72}, "seeds": [0, 1, 2]}))
-    assert sorted(submissions(more_seeds)) == ["backbone", "probe", "sweep"]
+    assert sorted(submissions(more_seeds)) == MODEL_JOBS  # new samples: new features, and all that reads them
 
 
 def test_a_failing_job_names_the_rule_and_its_slurm_log(rerun):
@@ -114,9 +114,9 @@ def test_a_failing_job_names_the_rule_and_its_slurm_log(rerun):
     assert result.returncode != 0 and time.monotonic() - start < 300
     output = result.stdout + result.stderr
     [(job, log)] = submissions(result).values()
-    assert "Error in rule validate" in output and log in output
-    assert "asks for CUDA, but torch sees no CUDA device" in (rerun / "results/tiny/logs/validate.log").read_text()
-    assert not (rerun / "results/tiny/validate.json").exists()
+    assert "Error in rule features" in output and log in output  # the first model job
+    assert "asks for CUDA, but torch sees no CUDA device" in (rerun / "results/tiny/logs/features.log").read_text()
+    assert not (rerun / "results/tiny/features/inference.safetensors").exists()
 
 
 def test_a_job_cancelled_by_slurm_leaves_nothing_complete_and_is_redone(rerun):
@@ -125,7 +125,7 @@ def test_a_job_cancelled_by_slurm_leaves_nothing_complete_and_is_redone(rerun):
     output = rerun / "cancelled-run.log"
     with open(output, "w") as sink:
         run = subprocess.Popen(command, cwd=rerun, stdout=sink, stderr=subprocess.STDOUT, text=True)
-        job, deadline = None, time.monotonic() + 120
+        job, deadline = None, time.monotonic() + 240  # features and validate run first
         while job is None and time.monotonic() < deadline and run.poll() is None:
             match = next((m for m in SUBMITTED.finditer(output.read_text()) if m.group(3) == "probe"), None)
             job = match.group(1) if match else None
@@ -154,6 +154,6 @@ def test_a_cluster_without_accounting_runs_with_squeue_status(rerun):
         assert subprocess.run(["sacct", "-X", "-n"], capture_output=True, timeout=30).returncode != 0
         result = ok(slurm(rerun, {"seeds": [0, 1, 2]}, "results/tiny/probe.npz", "--slurm-status-command", "squeue",
                           timeout=300))
-        assert sorted(submissions(result)) == ["probe"]
+        assert sorted(submissions(result)) == ["features", "probe", "validate"]
     finally:
         subprocess.run([str(tools / "start.sh")], check=True, timeout=300, stdout=sys.stderr)

@@ -59,6 +59,7 @@ def test_training_lowers_the_loss_clearly(trained):
     # the flow loss is heavy-tailed (it divides by 1 - t near t = 1): compare medians of the first and last sixth
     first, last = (statistics.median(r["loss"] for r in part) for part in (rows[:10], rows[-10:]))
     assert last < 0.3 * first, (first, last)
+    assert summary["fixed_loss_after"] < 0.3 * summary["fixed_loss_before"], summary
     assert summary["trained_parameters"] == sum(p.numel() for p in head_parameters(net))
     assert summary["windows"] == 32 and summary["draws"] == DRAWS
 
@@ -222,3 +223,12 @@ def test_a_checkpoint_trained_elsewhere_runs_the_dag_with_its_own_dimensions(tra
         "action_head": sum(p.numel() for p in trained[0].parameters()), "video_wrapper": wrapper,
         "total": sum(p.numel() for p in trained[0].parameters()) + wrapper}
     assert report["backbone"] == BACKBONE  # the checkpoint's reference, rebuilt by the features stage
+    # a damaged checkpoint, through the DAG: the head job names the file and what to do
+    weights = workdir / "checkpoints/my-model/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    damaged = snakemake(workdir, "results/checkpoint/validate.json", "--forcerun", "validate", "--configfile", str(config))
+    assert damaged.returncode != 0
+    log = (workdir / "results/checkpoint/logs/validate.log").read_text()
+    assert "checkpoints/my-model/model.safetensors: not a readable safetensors file" in log
+    assert "copy the checkpoint folder again" in log
+    assert not (workdir / "results/checkpoint/validate.json").exists()

@@ -238,9 +238,10 @@ def test_a_job_that_fails_leaves_no_output_that_looks_complete(workflow):
     config = write_config(workflow, {**SMALL, "device": "cuda"})
     result = snakemake(workflow, "--configfile", str(config))
     assert result.returncode != 0
-    log = (workflow / "results/tiny/logs/validate.log").read_text()
+    log = (workflow / "results/tiny/logs/features.log").read_text()  # the first model job
     assert "config device 'cuda' asks for CUDA, but torch sees no CUDA device" in log
-    assert "validate" in result.stderr + result.stdout
+    assert "Error in rule features" in result.stderr + result.stdout
+    assert not (workflow / "results/tiny/features/inference.safetensors").exists()
     assert not (workflow / "results/tiny/validate.json").exists()
     assert not (workflow / "results/tiny/probe.npz").exists()
     assert not list((workflow / "results/tiny").glob(".*tmp*"))

@@ -130,14 +130,11 @@ def library_video_hiddens(wrapper, video, prompts, video_time, future_latents: i
     'b * d' packing. Returns one (b, T, H) tensor per extracted layer in the backbone's dtype."""
     from einops import rearrange
 
-    from .model import autocast
-
     was_training = wrapper.training
     wrapper.eval()
-    try:
-        with autocast(wrapper):
-            out = wrapper(video, prompts=prompts, prompt_token_ids=None, timestep=video_time,
-                          predict_num_future_latents=future_latents, context_frames=0, video_frames_mask=None)
+    try:  # a half-precision wrapper runs under autocast by itself (model.build_backbone)
+        out = wrapper(video, prompts=prompts, prompt_token_ids=None, timestep=video_time,
+                      predict_num_future_latents=future_latents, context_frames=0, video_frames_mask=None)
     finally:
         wrapper.train(was_training)
     layers = out if isinstance(out, list) else [out]

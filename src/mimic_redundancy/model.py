@@ -13,7 +13,7 @@ whole, with its tokenizer) still loads.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,15 +61,6 @@ def resolve_dtype(name: str, device: torch.device, where: str) -> torch.dtype:
                            f"({type(error).__name__}: {str(error)[:200]}); use dtype float32 (or bfloat16) "
                            "there, or run this stage on a GPU") from None
     return dtype
-
-
-def autocast(wrapper):
-    """Autocast for a backbone stored in half precision (inputs and the VAE's fp32 statistics meet bf16
-    weights inside the library's forward); nothing for float32."""
-    dtype = getattr(wrapper, "backbone_dtype", torch.float32)
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(wrapper.device.type, dtype=dtype)
 
 
 @contextmanager
@@ -210,9 +201,23 @@ def build_backbone(spec: dict, device: torch.device, snapshots: dict | None = No
         raise ValueError(f"unknown backbone kind {spec['kind']!r}")
     wrapper.backbone_dtype = dtype
     wrapper = wrapper.to(device).eval()
+    if dtype != torch.float32:  # the library's forward feeds float32 inputs and VAE statistics to half weights
+        _forward_in(wrapper, device, dtype)
     logging.getLogger(__name__).info("built the %s backbone on %s in %.1f s: %s", spec["kind"], device,
                                      time.perf_counter() - start, backbone_dtypes(wrapper))
     return wrapper
+
+
+def _forward_in(wrapper, device: torch.device, dtype: torch.dtype) -> None:
+    """Run the wrapper's every forward (called by MimicVideo or by the features stage) under autocast to `dtype`;
+    the action head outside it stays float32 (MimicVideo casts the hiddens with .float())."""
+    forward = wrapper.forward
+
+    def forward_in_dtype(*args, **kwargs):
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(*args, **kwargs)
+
+    wrapper.forward = forward_in_dtype
 
 
 def backbone_dtypes(wrapper) -> dict[str, str]:

@@ -215,6 +215,8 @@ def train(settings: dict, manifest_path, features_path, check_path, checkpoint_d
           threads: int = 1) -> None:
     """Train the action head on the cached training draws, save a head-only checkpoint that references the
     backbone, and prove it reloads bit for bit."""
+    import json
+
     from .features import load_features
     from .io import read_json, write_json
     from .metrics import write_csv
@@ -225,6 +227,8 @@ def train(settings: dict, manifest_path, features_path, check_path, checkpoint_d
     manifest = read_json(manifest_path)
     rows_, summary = train_model(net, rows, settings, device)
     reference = backbone_reference(settings["backbone"], manifest)
+    settings = {**settings, "train_features": {"digest": rows.meta["config_digest"],
+                                               **json.loads(rows.meta["config_json"])}}
     summary["round_trip"] = verify_round_trip(net, checks, checkpoint_dir, settings, reference, manifest, device)
     write_csv(loss_path, rows_)
     write_json(summary_path, summary)

@@ -20,6 +20,7 @@ from .readers import DataError
 
 log = logging.getLogger(__name__)
 ROUND_TRIP_STEPS = 10
+EVAL_ROWS = 64  # rows of the fixed-draw loss before and after training
 
 
 def _require_ground_truth(rows) -> None:
@@ -83,9 +84,30 @@ def train_model(net, rows, settings: dict, device) -> tuple[list[dict], dict]:
                    video_hiddens=batch.hiddens, time_video_denoise=batch.video_time)
 
     log.info("training on %d windows x %d cached draws", len(rows) // draws, draws)
+    before = held_loss(net, rows, device)
     out, summary = _optimize(net, len(rows) // draws, settings, device, loss_of)
-    summary.update(source=rows.source, draws=draws, video_time_mean=float(rows.video_time.mean()))
+    after = held_loss(net, rows, device)
+    log.info("loss on %d fixed rows with fixed flow times and noise: %.4f before, %.4f after", EVAL_ROWS, before, after)
+    summary.update(source=rows.source, draws=draws, video_time_mean=float(rows.video_time.mean()),
+                   fixed_loss_before=before, fixed_loss_after=after, fixed_loss_rows=min(EVAL_ROWS, len(rows)))
     return out, summary
+
+
+@torch.no_grad()
+def held_loss(net, rows, device, seed: int = 0) -> float:
+    """The training loss on the first EVAL_ROWS rows with the flow times, noise and proprio dropout drawn from a
+    fixed seed: the same draws before and after training, so the two numbers compare the model alone (the
+    per-step losses are heavy-tailed, as the library's flow target divides by 1 - t)."""
+    index = list(range(min(EVAL_ROWS, len(rows))))
+    batch = rows.batch(index, device)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        loss = net(actions=rows.gt_actions[index].to(device), joint_state=batch.joint_state,
+                   video_hiddens=batch.hiddens, time_video_denoise=batch.video_time)
+    finally:
+        torch.random.set_rng_state(state)
+    return float(loss)
 
 
 def train_library(net, samples, settings: dict, device) -> tuple[list[dict], dict]:
@@ -123,6 +145,7 @@ def verify_round_trip(net, checks, folder, settings: dict, reference: dict, mani
     hub_inputs = [{"role": e["role"], "repo": e["repo"], "repo_type": e["repo_type"], "commit": e["resolved_revision"]}
                   for e in manifest.get("repos", [])]
     save_checkpoint(net, folder, reference, {"trained_from": settings["model"], "hub_inputs": hub_inputs,
+                                             "train_features": settings.get("train_features"),
                                              "train": {k: settings[k] for k in ("steps", "batch_size", "lr", "seed",
                                                                                  "draws")},
                                              "config_digest": digest, "versions": library_versions()})
