@@ -27,6 +27,7 @@ rule backbone:
     input:
         report=rules.validate.output.report,
         manifest=manifest_of,
+        features=features_of("inference"),
         data=data_files,
         checkpoint=checkpoint_files,
         code=BACKBONE_CODE + code("backbone", "timing"),

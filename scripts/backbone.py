@@ -7,4 +7,5 @@ from mimic_redundancy import stages  # noqa: E402
 from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-stages.backbone(snakemake.params.settings, snakemake.input.manifest, snakemake.output.npz, snakemake.threads)
+stages.backbone(snakemake.params.settings, snakemake.input.manifest, snakemake.input.features, snakemake.output.npz,
+                snakemake.threads)

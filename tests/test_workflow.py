@@ -311,3 +311,17 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     trajectory, clean, _ = probe_trajectory(net, batch, video_hiddens(net, batch), 10)
     np.testing.assert_array_equal(probe["trajectory"], trajectory.numpy())
     np.testing.assert_array_equal(probe["clean_prediction"], clean.numpy())
+
+
+def test_backbone_samples_limits_the_recompute_and_says_so(rerun):
+    """On a 7B backbone the per-step recompute costs probe.steps backbone passes per sample: backbone.samples takes
+    the first N, and the table, summary and figure title say which."""
+    workdir, run = rerun
+    assert run({"backbone": {"samples": 2}}) == ["backbone", "backbone_metrics", "plot_backbone"]
+    summary = json.loads((workdir / "results/tiny/backbone.json").read_text())
+    assert summary["samples"] == "the first 2 of 4 samples (backbone.samples): N=2 samples (1 seed x 2 prompts)"
+    assert summary["n_samples"] == 2 and summary["of_samples"] == 4
+    with open(workdir / "results/tiny/backbone.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["n_samples"], r["of_samples"]) for r in rows} == {("2", "4")}
+    assert load_npz(workdir / "results/tiny/backbone.npz", BACKBONE_ARRAYS)["seed"].tolist() == [0, 0]

@@ -53,6 +53,7 @@ BACKBONE_ARRAYS = {
     "seconds_cached": "float64 [S]: wall time of the cached mode (hiddens + sampling), batch 1",
     "seconds_recompute": "float64 [S]: wall time of the per-step recompute mode, batch 1",
     "fixed_video_noise": "bool []: the recompute reused the same video noise at every step",
+    "total_samples": "int64 []: samples of the run; the analysis ran on the first S of them (backbone.samples)",
     "steps": "int64 []",
     **RUN_METADATA,
 }

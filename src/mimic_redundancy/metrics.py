@@ -224,11 +224,15 @@ def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
             mean, low, high = mean_ci(values) if values is not None else (np.nan, np.nan, np.nan)
             row.update({name: float(mean), f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)})
         row["n_samples"] = int(run["seed"].size)
+        row["of_samples"] = int(run["total_samples"])  # the run's; backbone.samples may take the first few
         rows.append(row)
     write_csv(table_path, rows)
     modes = mse_vs(run["final_recompute"], run["final_cached"])
     spread = seed_spread(run["final_cached"], run["seed"], run["window"])
-    summary = {"steps": steps, "n_samples": int(run["seed"].size), "samples": describe_probe(run),
+    subset = int(run["seed"].size) < int(run["total_samples"])
+    summary = {"steps": steps, "n_samples": int(run["seed"].size), "of_samples": int(run["total_samples"]),
+               "samples": (f"the first {run['seed'].size} of {int(run['total_samples'])} samples "
+                           "(backbone.samples): " if subset else "") + describe_probe(run),
                "preset": str(run["preset"]),
                "device": str(run["device"]), "fixed_video_noise": bool(run["fixed_video_noise"]),
                "seconds_cached": float(run["seconds_cached"].sum()),

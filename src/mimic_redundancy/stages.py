@@ -193,8 +193,12 @@ def sweep(settings: dict, features_path, npz_path, threads: int = 1) -> None:
     _save_run(npz_path, arrays, SWEEP_ARRAYS, settings, device, rows)
 
 
-def backbone(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
-    """The library's per-step video recompute: the whole model (backbone + head) on the first samples."""
+def backbone(settings: dict, manifest_path, features_path, npz_path, threads: int = 1) -> None:
+    """The library's per-step video recompute: the whole model (backbone + head) on the first samples
+    (`features_path`, the run's features, gives how many samples the run has)."""
+    import numpy as np
+    from safetensors import safe_open
+
     from .backbone import run_backbone
     from .hub import local_snapshots
     from .io import BACKBONE_ARRAYS, read_json
@@ -208,6 +212,8 @@ def backbone(settings: dict, manifest_path, npz_path, threads: int = 1) -> None:
     log.info("the whole model of preset '%s' on %s: %d samples x %d steps, hiddens recomputed every step",
              settings["model"]["preset"], device, len(samples), settings["steps"])
     arrays = run_backbone(net, samples, settings["steps"], settings["fixed_video_noise"], device)
+    with safe_open(str(features_path), "pt") as f:
+        arrays["total_samples"] = np.int64(f.get_slice("seed").get_shape()[0])
     _save_run(npz_path, arrays, BACKBONE_ARRAYS, settings, device, samples)
 
 
