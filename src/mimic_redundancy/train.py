@@ -55,7 +55,7 @@ def _optimize(net, n_windows: int, settings: dict, device, loss_of) -> tuple[lis
         rows.append({"step": step, "loss": loss.item(), "grad_norm": float(grad_norm),
                      "seconds": time.perf_counter() - start})
         if step == 1 or step % max(1, settings["steps"] // 10) == 0:
-            log.info("step %d/%d: loss %.4f (%.1f s)", step, settings["steps"], float(loss), rows[-1]["seconds"])
+            log.info("step %d/%d: loss %.4f (%.1f s)", step, settings["steps"], rows[-1]["loss"], rows[-1]["seconds"])
     net.eval()
     tenth = max(1, len(rows) // 10)
     first = sum(r["loss"] for r in rows[:tenth]) / tenth
