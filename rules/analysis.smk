@@ -7,14 +7,14 @@ rule sweep:
         checkpoint=checkpoint_files,
         code=HEAD_CODE + code("sweep", "timing"),
     output:
-        npz=results("{preset}", "sweep.npz"),
+        npz=sharded("sweep.npz"),
     params:
         settings=lambda w: cfg.sweep_settings(config, w.preset),
     threads: 2
     benchmark:
-        results("{preset}", "benchmarks/sweep.tsv")
+        sharded("benchmarks/sweep.tsv")
     log:
-        results("{preset}", "logs/sweep.log"),
+        sharded("logs/sweep.log"),
     message:
         "Sample preset {wildcards.preset} with K Euler steps and a fine reference"
     conda:
@@ -32,14 +32,14 @@ rule backbone:
         checkpoint=checkpoint_files,
         code=BACKBONE_CODE + code("backbone", "timing"),
     output:
-        npz=results("{preset}", "backbone.npz"),
+        npz=sharded("backbone.npz"),
     params:
         settings=lambda w: cfg.backbone_settings(config, w.preset),
     threads: 2
     benchmark:
-        results("{preset}", "benchmarks/backbone.tsv")
+        sharded("benchmarks/backbone.tsv")
     log:
-        results("{preset}", "logs/backbone.log"),
+        sharded("logs/backbone.log"),
     message:
         "Per-step video-backbone recompute vs cached hiddens for preset {wildcards.preset}"
     conda:

@@ -24,6 +24,22 @@ patch_slurm_status_query()
 
 wildcard_constraints:
     preset="|".join(map(re.escape, config["presets"])),
+    shard=r"\d+-of-\d+",
+
+# config `shards` > 1: the sharded stages (features, probe, sweep, backbone) run one job per contiguous range
+# of samples, each writing under results/{preset}/shards/<i-of-n>/, and rules/gather.smk joins them into the
+# files an unsharded run writes. With 1, those jobs write the files themselves (no gather job).
+SHARDED = config["shards"] > 1
+
+
+def sharded(name):
+    """Where a sharded stage's jobs write results/{preset}/<name> (also its log and benchmark)."""
+    return results("{preset}", f"shards/{{shard}}/{name}" if SHARDED else name)
+
+
+def shards_of(stage, name):
+    """Every shard's copy of results/{preset}/<name>: the inputs of its gather rule."""
+    return lambda w: [results(w.preset, f"shards/{item}/{name}") for item in cfg.shard_items(config, stage)]
 
 
 def code(*modules):

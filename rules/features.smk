@@ -5,15 +5,15 @@ rule features:
         data=backbone_data,
         code=BACKBONE_CODE,
     output:
-        inference=results("{preset}", "features/inference.safetensors"),
-        train=results("{preset}", "features/train.safetensors"),
+        inference=sharded("features/inference.safetensors"),
+        train=sharded("features/train.safetensors"),
     params:
         settings=lambda w: cfg.features_settings(config, w.preset),
     threads: 2
     benchmark:
-        results("{preset}", "benchmarks/features.tsv")
+        sharded("benchmarks/features.tsv")
     log:
-        results("{preset}", "logs/features.log"),
+        sharded("logs/features.log"),
     message:
         "Run the video backbone of preset {wildcards.preset} once per sample window (and per training draw)"
     conda:

@@ -5,14 +5,14 @@ rule probe:
         checkpoint=checkpoint_files,
         code=HEAD_CODE,
     output:
-        npz=results("{preset}", "probe.npz"),
+        npz=sharded("probe.npz"),
     params:
         settings=lambda w: cfg.probe_settings(config, w.preset),
     threads: 2
     benchmark:
-        results("{preset}", "benchmarks/probe.tsv")
+        sharded("benchmarks/probe.tsv")
     log:
-        results("{preset}", "logs/probe.log"),
+        sharded("logs/probe.log"),
     message:
         "Probe every step of the action sampler for preset {wildcards.preset}"
     conda:

@@ -8,4 +8,5 @@ from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
 stages.backbone(snakemake.params.settings, snakemake.input.manifest, snakemake.input.features, snakemake.output.npz,
-                snakemake.threads)
+                snakemake.threads,
+                shard=getattr(snakemake.wildcards, "shard", None))

@@ -8,4 +8,5 @@ from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
 stages.features(snakemake.params.settings, snakemake.input.manifest, snakemake.output.inference,
-                snakemake.output.train, snakemake.threads)
+                snakemake.output.train, snakemake.threads,
+                shard=getattr(snakemake.wildcards, "shard", None))

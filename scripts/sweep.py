@@ -7,4 +7,5 @@ from mimic_redundancy import stages  # noqa: E402
 from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-stages.sweep(snakemake.params.settings, snakemake.input.features, snakemake.output.npz, snakemake.threads)
+stages.sweep(snakemake.params.settings, snakemake.input.features, snakemake.output.npz, snakemake.threads,
+             shard=getattr(snakemake.wildcards, "shard", None))

@@ -45,6 +45,7 @@ CASES = {
                                           ["config key 'presets.trained'", "'dim' was unexpected"]),
     "compare with an unknown preset": ({"compare": ["trained", "huge"]},
                                        ["config key 'compare'", "unknown preset 'huge'"]),
+    "more shards than samples": ({"shards": 5}, ["config key 'shards': 5 shards for 4 samples; allowed: 1 to 4"]),
     # JSON Schema's 'integer' accepts 50.0; the job then crashed in torch.linspace after deleting validate.json
     "integer written as a float": ({"probe": {"steps": 10.0}},
                                    ["config key 'probe.steps'", "10.0 is not of type 'integer'"]),
@@ -91,6 +92,16 @@ IN_PROCESS = {
     "probe seeds among the training seeds": ({"compare": ["trained"], "seeds": [0, 10003]},
                                              ["config key 'seeds': [10003] are seeds of the training pool of preset "
                                               "'trained' (10000 .. 10063, train.synthetic_samples)"]),
+    "zero shards": ({"shards": 0}, ["config key 'shards'", "0 is less than the minimum of 1", "jobs per model stage"]),
+    "fractional shards": ({"shards": 2.5}, ["config key 'shards'", "2.5 is not of type 'integer'"]),
+    "shards as a word": ({"shards": "four"}, ["config key 'shards'", "'four' is not of type 'integer'"]),
+    "shards written as a float": ({"shards": 2.0}, ["config key 'shards'", "2.0 is not of type 'integer'"]),
+    "more shards than samples": ({"shards": 9, "seeds": [0, 1, 2, 3]},
+                                 ["config key 'shards': 9 shards for 8 samples; allowed: 1 to 8"]),
+    "more shards than probe batches": ({"shards": 4, "seeds": [0, 1, 2, 3], "probe": {"batch_size": 4}},
+                                       ["config key 'shards': 4 shards, but the 8 samples make 2 probe batches of "
+                                        "probe.batch_size 4; allowed: shards up to 2, or a probe.batch_size of at "
+                                        "most 2"]),
     "preset missing several keys": ({"presets": {"mine": {"dim": 64}}},
                                     ["config key 'presets.mine': 'backbone' is a required property",
                                      "'depth' is a required property", "'extract_layer' is a required property",

@@ -128,11 +128,56 @@ def _cross_key_problems(config: dict) -> list[str]:
             problems.append(f"config key 'seeds': {overlap} are seeds of the training pool of preset "
                             f"'{trained[0]}' ({pool[0]} .. {pool[-1]}, train.synthetic_samples); allowed: seeds "
                             f"below {pool[0]} or above {pool[-1]}")
+    if config["inputs"]["source"] == "synthetic":  # real data: the windows are known once read (shard_rows checks)
+        problems += shard_problems(config["shards"], len(samples(config)), config["probe"]["batch_size"])
     labels = [f"{t:g}" for t in config["metrics"]["convergence_thresholds"]]
     if len(set(labels)) != len(labels):  # comparison.csv names its columns convergence_step_<t:g>
         problems.append(f"config key 'metrics.convergence_thresholds': {config['metrics']['convergence_thresholds']} "
                         f"has thresholds that print alike ({labels}); allowed: distinct fractions between 0 and 1")
     return problems
+
+
+def shard_problems(shards: int, total: int, batch_size: int) -> list[str]:
+    """Why `shards` cannot split `total` samples: each shard needs a sample, and whole probe batches, since a
+    sample's actions depend (in the last bits) on the batch it is sampled in."""
+    batches = -(-total // batch_size)
+    if shards > total:
+        return [f"config key 'shards': {shards} shards for {total} samples; allowed: 1 to {total} "
+                f"(each shard runs a contiguous range of samples)"]
+    if shards > batches:
+        return [f"config key 'shards': {shards} shards, but the {total} samples make {batches} probe batch"
+                f"{'es' if batches > 1 else ''} of probe.batch_size {batch_size}; allowed: shards up to {batches}, "
+                f"or a probe.batch_size of at most {total // shards} (each shard runs whole batches, so that "
+                "sharded results equal unsharded ones bit for bit)"]
+    return []
+
+
+def shard_items(config: dict, stage: str) -> list[str]:
+    """The shard wildcard values of a stage, '1-of-4' .. '4-of-4' (the backbone analysis: at most one per sample
+    of backbone.samples)."""
+    count = config["shards"]
+    limit = config["backbone"]["samples"]
+    if stage == "backbone" and limit != "all":
+        count = min(count, limit)
+    return [f"{i}-of-{count}" for i in range(1, count + 1)]
+
+
+def shard_rows(shard: str | None, total: int, batch_size: int = 1, allow_empty: bool = False) -> range:
+    """The contiguous rows [start, stop) of `total` that shard 'i-of-n' runs (None: all of them). Shards take
+    whole batches of `batch_size` rows, spread as evenly as whole batches allow (`allow_empty`: a shard may get
+    none, e.g. of a few training windows)."""
+    if shard is None:
+        return range(total)
+    match = re.fullmatch(r"(\d+)-of-(\d+)", shard)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ValueError(f"shard {shard!r}: expected 'i-of-n' with 1 <= i <= n")
+    i, n = int(match.group(1)), int(match.group(2))
+    problems = [] if allow_empty else shard_problems(n, total, batch_size)
+    if problems:
+        raise ConfigError(problems[0])
+    batches = -(-total // batch_size)
+    first, last = (i - 1) * batches // n, i * batches // n
+    return range(first * batch_size, min(last * batch_size, total))
 
 
 def default_config() -> dict:

@@ -166,14 +166,19 @@ def _timed_rows(wrapper, samples, device, row_specs):
     return hiddens, times, seconds
 
 
-def compute_features(wrapper, samples, device, draws: int | None = None, draw_seed: int = 0) -> FeatureSet:
-    """Inference rows for every sample (draws None), or `draws` training rows per window, window-major."""
+def compute_features(wrapper, samples, device, draws: int | None = None, draw_seed: int = 0,
+                     windows: range | None = None) -> FeatureSet:
+    """Inference rows for every sample (draws None), or `draws` training rows per window, window-major.
+    `windows`: the training windows `samples` holds, out of all of them (a shard), so each row's seed is the
+    one an unsharded run gives it."""
     n_layers = len(wrapper.extract_layers)
     if draws is None:
         specs = [(i, samples.seeds[i], None) for i in range(len(samples))]
     else:
+        windows = windows or range(len(samples))
+        assert len(windows) == len(samples), (windows, len(samples))
         generator = torch.Generator().manual_seed(draw_seed)
-        seeds = torch.randint(0, 2**62, (len(samples), draws), generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (windows.stop, draws), generator=generator)[windows.start:].tolist()
         specs = [(i, seeds[i][r], r) for i in range(len(samples)) for r in range(draws)]
     hiddens, times, seconds = _timed_rows(wrapper, samples, device, specs) if specs else ([], [], [])
     rows = [i for i, _, _ in specs]
@@ -210,9 +215,10 @@ def save_features(path, features: FeatureSet, kind: str, settings: dict, extra: 
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def load_features(path, expected_digest: str | None = None, kind: str | None = None) -> FeatureSet:
-    """Read a features file; a missing, damaged or foreign file (digest mismatch) raises FeaturesError
-    naming the file and the command that rebuilds it."""
+def load_features(path, expected_digest: str | None = None, kind: str | None = None,
+                  rows: range | None = None) -> FeatureSet:
+    """Read a features file (`rows`: only those, read from disk alone, for a shard); a missing, damaged or
+    foreign file (digest mismatch) raises FeaturesError naming the file and the command that rebuilds it."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -224,7 +230,7 @@ def load_features(path, expected_digest: str | None = None, kind: str | None = N
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) if rows is None else f.get_slice(k)[rows.start:rows.stop] for k in f.keys()}
     except Exception as error:
         raise FeaturesError(f"{path}: not a readable features file ({type(error).__name__}: {str(error)[:200]}); "
                             f"{fix}") from None
@@ -238,7 +244,19 @@ def load_features(path, expected_digest: str | None = None, kind: str | None = N
                             f"preset {preset}); {fix}")
     layers = sorted((k for k in tensors if k.startswith("hiddens.")), key=lambda k: int(k.split(".")[1]))
     ints = lambda k: tensors[k].tolist()
-    return FeatureSet(meta["source"], ints("seed"), json.loads(meta["prompts_json"]), ints("window"), ints("episode"),
+    prompts = json.loads(meta["prompts_json"])
+    if rows is not None:
+        meta = {**meta, "seconds_json": json.dumps(json.loads(meta.get("seconds_json", "[]"))[rows.start:rows.stop])}
+        prompts = prompts[rows.start:rows.stop]
+    return FeatureSet(meta["source"], ints("seed"), prompts, ints("window"), ints("episode"),
                       ints("start"), ints("draw"), [tensors[k] for k in layers], tensors["joint_state"],
                       tensors["noise"], tensors["gt_actions"], tensors["video_time"], tensors["video_noise_seed"],
                       meta)
+
+
+def feature_rows(path) -> int:
+    """How many rows a features file holds, from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return int(f.get_slice("seed").get_shape()[0])

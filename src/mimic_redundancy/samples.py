@@ -129,41 +129,72 @@ def window_starts(episode: Episode, inputs: dict, chunk_len: int, per_episode: i
 
 
 def real_samples(episodes: list[Episode], seeds: list[int], inputs: dict, dims: dict,
-                 per_episode: int | None) -> SampleSet:
-    """Samples seed-major over the windows of `episodes` (per_episode None: every window, for training)."""
+                 per_episode: int | None, rows: range | None = None) -> SampleSet:
+    """Samples seed-major over the windows of `episodes` (per_episode None: every window, for training); `rows`:
+    only those samples, decoding only the episodes they need (a shard of a large run)."""
     chunk, size = dims["chunk_len"], (inputs["height"], inputs["width"])
-    windows = []  # (episode, start, video, joint, gt)
+    spans = [(e, start) for e in episodes for start in window_starts(e, inputs, chunk, per_episode)]
+    picked = [(seed, w) for seed in seeds for w in range(len(spans))]
+    picked = picked if rows is None else picked[rows.start:rows.stop]
+    windows = {}  # window index -> (video, joint, gt)
+    needed_windows = sorted({w for _, w in picked})
     for episode in episodes:
-        frames = episode_frames(episode)
-        needed = (inputs["frames"] - 1) * inputs["frame_skip"] + 1
-        if episode.states.shape[0] > 1 and frames.shape[0] < episode.states.shape[0]:
-            raise DataError(f"{episode.video or episode.where}: {frames.shape[0]} video frames, but {episode.where} has "
-                            f"{episode.states.shape[0]} rows (one per frame); the video is truncated")
-        if frames.shape[0] < needed:
-            raise DataError(f"{episode.video or episode.where}: {frames.shape[0]} frames, fewer than the {needed} a window needs "
-                            f"(inputs.frames {inputs['frames']} x frame_skip {inputs['frame_skip']})")
-        for start in window_starts(episode, inputs, chunk, per_episode):
+        mine = [w for w in needed_windows if spans[w][0] is episode]
+        if not mine:
+            continue
+        frames = _checked_frames(episode, inputs)
+        for w in mine:
+            start = spans[w][1]
             gt = torch.full((chunk, dims["action_dim"]), math.nan)
             if episode.actions is not None:
                 actions = episode.actions if episode.states.shape[0] == 1 else episode.actions[start:]
                 if actions.shape[0] < chunk:
                     raise DataError(f"{episode.where}: {actions.shape[0]} action rows, fewer than chunk_len {chunk}")
                 gt = torch.from_numpy(np.ascontiguousarray(actions[:chunk]))
-            windows.append((episode, start, window_frames(frames, start, inputs["frames"], inputs["frame_skip"], size),
-                            torch.from_numpy(episode.states[start].copy()), gt))
-    picked = [(seed, w) for seed in seeds for w in range(len(windows))]
-    take = lambda i: torch.stack([windows[w][i] for _, w in picked])
-    return SampleSet(inputs["source"], [s for s, _ in picked], [windows[w][0].prompt for _, w in picked],
-                     [w for _, w in picked], [windows[w][0].index for _, w in picked],
-                     [windows[w][1] for _, w in picked], take(2), take(3),
-                     torch.stack([_noise(s, dims) for s, _ in picked]), take(4))
+            windows[w] = (window_frames(frames, start, inputs["frames"], inputs["frame_skip"], size),
+                          torch.from_numpy(episode.states[start].copy()), gt)
+        del frames
+    take = lambda i: torch.stack([windows[w][i] for _, w in picked]) if picked else torch.zeros(0)
+    return SampleSet(inputs["source"], [s for s, _ in picked], [spans[w][0].prompt for _, w in picked],
+                     [w for _, w in picked], [spans[w][0].index for _, w in picked],
+                     [spans[w][1] for _, w in picked], take(0), take(1),
+                     torch.stack([_noise(s, dims) for s, _ in picked]) if picked else torch.zeros(0), take(2))
 
 
-def load_samples(data: dict, dims: dict, episodes: list[Episode] | None, limit: int | None = None) -> SampleSet:
-    """The run's samples: data settings (config.data_settings) -> SampleSet, the first `limit` of them."""
-    inputs = data["inputs"]
+def _checked_frames(episode: Episode, inputs: dict) -> torch.Tensor:
+    """The decoded frames of an episode, checked against its rows and the window length."""
+    frames = episode_frames(episode)
+    needed = (inputs["frames"] - 1) * inputs["frame_skip"] + 1
+    if episode.states.shape[0] > 1 and frames.shape[0] < episode.states.shape[0]:
+        raise DataError(f"{episode.video or episode.where}: {frames.shape[0]} video frames, but {episode.where} has "
+                        f"{episode.states.shape[0]} rows (one per frame); the video is truncated")
+    if frames.shape[0] < needed:
+        raise DataError(f"{episode.video or episode.where}: {frames.shape[0]} frames, fewer than the {needed} a window needs "
+                        f"(inputs.frames {inputs['frames']} x frame_skip {inputs['frame_skip']})")
+    return frames
+
+
+def count_samples(data: dict, dims: dict, episodes: list[Episode] | None, limit: int | None = None) -> int:
+    """How many samples `load_samples` gives, from the window list alone (no video decoded)."""
+    inputs, limit = data["inputs"], limit or data.get("limit")
     if inputs["source"] == "synthetic":
-        samples = synthetic_samples([tuple(p) for p in data["samples"]], inputs, dims)
+        total = len(data["samples"])
     else:
-        samples = real_samples(episodes, data["seeds"], inputs, dims, inputs["windows_per_episode"])
-    return samples.subset(limit) if limit else samples
+        total = len(data["seeds"]) * sum(len(window_starts(e, inputs, dims["chunk_len"], inputs["windows_per_episode"]))
+                                         for e in episodes)
+    return min(total, limit) if limit else total
+
+
+def load_samples(data: dict, dims: dict, episodes: list[Episode] | None, limit: int | None = None,
+                 rows: range | None = None) -> SampleSet:
+    """The run's samples: data settings (config.data_settings) -> SampleSet, the first `limit` of them; `rows`:
+    only those (a shard), reading only their data."""
+    inputs, limit = data["inputs"], limit or data.get("limit")
+    if limit and rows is not None:
+        rows = range(rows.start, min(rows.stop, limit))
+    elif limit:
+        rows = range(limit)
+    if inputs["source"] == "synthetic":
+        pairs = [tuple(p) for p in data["samples"]]
+        return synthetic_samples(pairs if rows is None else pairs[rows.start:rows.stop], inputs, dims)
+    return real_samples(episodes, data["seeds"], inputs, dims, inputs["windows_per_episode"], rows)

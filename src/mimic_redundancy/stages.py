@@ -24,29 +24,44 @@ def _threads_and_device(model: dict, threads: int):
     return resolve_device(model["device"])
 
 
-def _read_data(model: dict, data: dict, snapshots: dict, limit: int | None = None):
-    """(samples with their videos, dims): the data read offline, the dimensions from the model config and the
-    data (a mismatch stops here, naming both)."""
+def _read_data(model: dict, data: dict, snapshots: dict, limit: int | None = None, shard: str | None = None,
+               allow_empty: bool = False):
+    """(samples with their videos, dims, their rows out of all): the data read offline (a shard: only its rows),
+    the dimensions from the model config and the data (a mismatch stops here, naming both)."""
+    from .config import shard_rows
     from .model import resolve_dims
     from .readers import data_dims, read_episodes
-    from .samples import load_samples
+    from .samples import count_samples, load_samples
 
     episodes = None if data["inputs"]["source"] == "synthetic" else read_episodes(data["inputs"], snapshots)
     dims = resolve_dims(model, data_dims(episodes) if episodes is not None else {})
-    samples = load_samples(data, dims, episodes, limit)
-    log.info("%d samples from %s", len(samples), data["inputs"]["source"])
-    return samples, dims
+    rows = None
+    if shard:  # how many samples there are needs only the window list, not the frames
+        total = count_samples(data, dims, episodes, limit)
+        rows = shard_rows(shard, total, allow_empty=allow_empty)
+    samples = load_samples(data, dims, episodes, limit, rows)
+    log.info("%d samples from %s%s", len(samples), data["inputs"]["source"],
+             f" (shard {shard}: rows {rows.start} to {rows.stop} of {total})" if shard else "")
+    return samples, dims, rows or range(len(samples))
 
 
-def _head(settings: dict, features_path, threads: int, kind: str = "inference", limit: int | None = None):
+def _head(settings: dict, features_path, threads: int, kind: str = "inference", limit: int | None = None,
+          shard: str | None = None):
     """(action head, device, features) of a head-only stage: the features checked against the settings this
-    stage expects (digest), the head built alone (no transformer, VAE or T5 encoder)."""
-    from .features import load_features
+    stage expects (digest; a shard reads only its rows, whole probe batches), the head built alone (no
+    transformer, VAE or T5 encoder)."""
+    from .config import shard_rows
+    from .features import feature_rows, load_features
     from .model import build_head, net_dims, resolve_dims
 
     model = settings["model"]
     device = _threads_and_device(model, threads)
-    features = load_features(features_path, settings["features_digest"], kind)
+    rows = None
+    if shard:
+        total = feature_rows(features_path) if limit is None else min(limit, feature_rows(features_path))
+        rows = shard_rows(shard, total, settings.get("batch_size", 1))
+        log.info("shard %s: rows %d..%d of %d", shard, rows.start, rows.stop - 1, total)
+    features = load_features(features_path, settings["features_digest"], kind, rows)
     if limit:
         features = features.subset(limit)
     data = {"chunk_len": (features.noise.shape[1], str(features_path)),
@@ -100,10 +115,11 @@ def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> No
                                "endpoint": os.environ.get("HF_ENDPOINT", "https://huggingface.co") if repos else None})
 
 
-def features(settings: dict, manifest_path, inference_path, train_path, threads: int = 1) -> None:
+def features(settings: dict, manifest_path, inference_path, train_path, threads: int = 1,
+             shard: str | None = None) -> None:
     """Run the video backbone once per probe sample (and `draws` times per training window when the preset is
     trained) and write the features files; the only model stage that builds the backbone, besides the
-    per-step recompute analysis."""
+    per-step recompute analysis. A shard ('i-of-n') does its contiguous share of the samples and windows."""
     from . import features as feats
     from .hub import local_snapshots
     from .io import read_json
@@ -113,7 +129,7 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
     model, backbone = settings["model"], settings["inference"]["backbone"]
     device = _threads_and_device(settings, threads)  # settings['device']
     snapshots = local_snapshots(read_json(manifest_path))  # offline; fails at once if not prefetched
-    samples, _ = _read_data(model, settings["inference"]["data"], snapshots)
+    samples, _, _ = _read_data(model, settings["inference"]["data"], snapshots, shard=shard)
     start = time.perf_counter()
     wrapper = build_backbone(backbone, device, snapshots)  # the guardrail is checked before anything loads
     built = time.perf_counter() - start
@@ -128,16 +144,17 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
         raise ValidationFailed("backbone check failed: tokenizer: " + "; ".join(problems))
     extra = {"backbone_json": backbone, "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
              "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())),
-             "versions_json": library_versions(), "build_seconds": f"{built:.3f}", "draws": "0"}
+             "versions_json": library_versions(), "build_seconds": f"{built:.3f}"}
     rows = feats.compute_features(wrapper, samples, device)
     finite = all(bool(h.float().isfinite().all()) for h in rows.hiddens)
-    checks.append({"name": "finite hiddens", "passed": finite, "detail": f"{len(rows)} rows x "
-                   f"{[tuple(h.shape[1:]) for h in rows.hiddens]} in {[str(h.dtype) for h in rows.hiddens]}"})
+    checks.append({"name": "finite hiddens", "passed": finite, "detail": f"every row's hiddens "  # equal in every shard
+                   f"{[tuple(h.shape[1:]) for h in rows.hiddens]} in {[str(h.dtype) for h in rows.hiddens]} are finite"})
     if not finite:
         raise ValidationFailed(f"backbone check failed: non-finite hiddens in {inference_path}")
     seconds = rows.meta["seconds"]
     log.info("inference features: %d rows, %.3f s per row (median)", len(rows), sorted(seconds)[len(seconds) // 2])
-    feats.save_features(inference_path, rows, "inference", settings["inference"], {**extra, "checks_json": checks})
+    feats.save_features(inference_path, rows, "inference", settings["inference"],
+                        {**extra, "checks_json": checks, "draws": "0"})
 
     train = settings["train"]
     if train is None:
@@ -147,9 +164,10 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
         identity = {"untrained": model["preset"]}
     else:
         data = train["data"]
-        windows, _ = _read_data(model, data, snapshots)
+        windows, _, which = _read_data(model, data, snapshots, shard=shard, allow_empty=True)
         log.info("training draws: %d windows x %d draws", len(windows), train["draws"])
-        rows = feats.compute_features(wrapper, windows, device, draws=train["draws"], draw_seed=train["seed"])
+        rows = feats.compute_features(wrapper, windows, device, draws=train["draws"], draw_seed=train["seed"],
+                                      windows=which)
         identity = train
     feats.save_features(train_path, rows, "train", identity,
                         {**extra, "checks_json": checks, "draws": str(train["draws"] if train else 0)})
@@ -171,11 +189,11 @@ def validate(settings: dict, features_path, report_path, threads: int = 1) -> No
     write_json(report_path, report)
 
 
-def probe(settings: dict, features_path, npz_path, threads: int = 1) -> None:
+def probe(settings: dict, features_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
     from .io import PROBE_ARRAYS
     from .probe import run_probe
 
-    net, device, rows = _head(settings, features_path, threads)
+    net, device, rows = _head(settings, features_path, threads, shard=shard)
     log.info("probing %d samples x %d steps, batch size %d", len(rows), settings["steps"], settings["batch_size"])
     start = time.perf_counter()
     arrays = run_probe(net, rows, settings["steps"], settings["batch_size"], device)
@@ -183,38 +201,52 @@ def probe(settings: dict, features_path, npz_path, threads: int = 1) -> None:
     _save_run(npz_path, arrays, PROBE_ARRAYS, settings, device, rows)
 
 
-def sweep(settings: dict, features_path, npz_path, threads: int = 1) -> None:
+def sweep(settings: dict, features_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
     from .io import SWEEP_ARRAYS
     from .sweep import run_sweep
 
-    net, device, rows = _head(settings, features_path, threads)
+    net, device, rows = _head(settings, features_path, threads, shard=shard)
     arrays = run_sweep(net, rows, settings["sweep_steps"], settings["reference_steps"],
                        settings["batch_size"], settings["repeats"], device)
     _save_run(npz_path, arrays, SWEEP_ARRAYS, settings, device, rows)
 
 
-def backbone(settings: dict, manifest_path, features_path, npz_path, threads: int = 1) -> None:
+def backbone(settings: dict, manifest_path, features_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
     """The library's per-step video recompute: the whole model (backbone + head) on the first samples
-    (`features_path`, the run's features, gives how many samples the run has)."""
+    (`features_path`, the run's features, gives how many samples the run has); a shard on its share of them."""
     import numpy as np
-    from safetensors import safe_open
 
     from .backbone import run_backbone
+    from .features import feature_rows
     from .hub import local_snapshots
     from .io import BACKBONE_ARRAYS, read_json
     from .model import attach_backbone, build_backbone, build_head
 
     device = _threads_and_device(settings["model"], threads)
     snapshots = local_snapshots(read_json(manifest_path))
-    samples, dims = _read_data(settings["features_model"], settings["data"], snapshots)
+    samples, dims, _ = _read_data(settings["features_model"], settings["data"], snapshots, shard=shard)
     wrapper = build_backbone(settings["backbone"], device, snapshots)
     net = attach_backbone(build_head(settings["model"], device, dims, wrapper.dim_latent), wrapper)
     log.info("the whole model of preset '%s' on %s: %d samples x %d steps, hiddens recomputed every step",
              settings["model"]["preset"], device, len(samples), settings["steps"])
     arrays = run_backbone(net, samples, settings["steps"], settings["fixed_video_noise"], device)
-    with safe_open(str(features_path), "pt") as f:
-        arrays["total_samples"] = np.int64(f.get_slice("seed").get_shape()[0])
+    arrays["total_samples"] = np.int64(feature_rows(features_path))
     _save_run(npz_path, arrays, BACKBONE_ARRAYS, settings, device, samples)
+
+
+def gather(what: str, shard_paths: list, out_path) -> None:
+    """Join a stage's shards into the file an unsharded run writes (what: probe, sweep, backbone, or the
+    features kind inference/train). Numpy and the files' own formats only: no torch, no model."""
+    from . import io
+    from .shards import gather_features, gather_npz
+
+    start = time.perf_counter()
+    if what in ("inference", "train"):
+        gather_features(shard_paths, out_path)
+    else:
+        gather_npz(shard_paths, out_path, {"probe": io.PROBE_ARRAYS, "sweep": io.SWEEP_ARRAYS,
+                                           "backbone": io.BACKBONE_ARRAYS}[what])
+    log.info("gathered %d shards into %s in %.2f s", len(shard_paths), out_path, time.perf_counter() - start)
 
 
 def train(settings: dict, manifest_path, features_path, check_path, checkpoint_dir, loss_path, summary_path,
