@@ -7,7 +7,7 @@ localrules:
 
 rule metrics:
     input:
-        npz=rules.probe.output.npz,
+        npz=results("{preset}", "probe.npz"),
         code=code("metrics", "stats", "io"),
     output:
         table=report(results("{preset}", "metrics.csv"), caption="../report/metrics.rst", category="Tables"),
@@ -31,8 +31,8 @@ rule metrics:
 
 rule sweep_metrics:
     input:
-        sweep=rules.sweep.output.npz,
-        probe=rules.probe.output.npz,
+        sweep=results("{preset}", "sweep.npz"),
+        probe=results("{preset}", "probe.npz"),
         code=code("metrics", "stats", "io"),
     output:
         table=report(results("{preset}", "sweep.csv"), caption="../report/sweep_table.rst", category="Tables"),
@@ -50,7 +50,7 @@ rule sweep_metrics:
 
 rule backbone_metrics:
     input:
-        npz=rules.backbone.output.npz,
+        npz=results("{preset}", "backbone.npz"),
         code=code("metrics", "stats", "io"),
     output:
         table=report(results("{preset}", "backbone.csv"), caption="../report/backbone_table.rst", category="Tables"),

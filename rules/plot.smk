@@ -30,7 +30,7 @@ rule plot:
 
 rule plot_heatmaps:
     input:
-        npz=rules.probe.output.npz,
+        npz=results("{preset}", "probe.npz"),
         code=code("plots", "metrics", "io"),
     output:
         png=report(results("{preset}", "figures/heatmaps.png"), caption="../report/heatmaps.rst", category="Figures"),
@@ -53,7 +53,7 @@ rule plot_heatmaps:
 rule plot_sweep:
     input:
         table=rules.sweep_metrics.output.table,
-        probe=rules.probe.output.npz,
+        probe=results("{preset}", "probe.npz"),
         code=code("plots", "metrics", "io"),
     output:
         png=report(results("{preset}", "figures/sweep.png"), caption="../report/sweep.rst", category="Figures"),
@@ -76,7 +76,7 @@ rule plot_backbone:
     input:
         table=rules.backbone_metrics.output.table,
         summary=rules.backbone_metrics.output.summary,
-        npz=rules.backbone.output.npz,
+        npz=results("{preset}", "backbone.npz"),
         code=code("plots", "metrics", "io"),
     output:
         png=report(results("{preset}", "figures/backbone.png"), caption="../report/backbone.rst", category="Figures"),

@@ -8,8 +8,8 @@ rule train:
     input:
         report=rules.validate.output.report,
         manifest=rules.prefetch.output.manifest,
-        features=rules.features.output.train,
-        check=rules.features.output.inference,
+        features=results("{preset}", "features/train.safetensors"),
+        check=results("{preset}", "features/inference.safetensors"),
         code=HEAD_CODE + code("train", "metrics", "readers"),
     output:
         weights=results("{preset}", "train/checkpoint/model.safetensors"),

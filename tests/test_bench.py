@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -21,6 +23,12 @@ def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
     timings = report["timings"]
     assert timings["backbone_s_per_sample"] > 0 and timings["head_s_per_step"] > 0
     assert timings["features_vs_recompute_speedup"] > 0
+    projection = report["projection"]
+    assert projection["label"].startswith("PROJECTION") and "| windows | GPUs (shards) |" in result.stdout
+    row = next(r for r in projection["rows"] if r["windows"] == 1000 and r["gpus"] == 8)
+    per_window = timings["backbone_s_per_sample"] + 3 * timings["head_s_per_step"] / 2
+    assert row["gpu_hours"] * 3600 == pytest.approx(1000 * per_window + 8 * timings["backbone_build_s"])
+    assert row["wall_hours"] == pytest.approx(row["gpu_hours"] / 8)
     assert set(report["peak_memory_mib"]) == {"backbone_build_mib", "features_stage_mib", "head_stage_mib",
                                               "recompute_mib"}  # None on the CPU: torch's CUDA allocator only
 
@@ -54,3 +62,17 @@ def test_model_benchmarks_report_ratios_with_their_measurements():
     assert projection["backbone_gflops_per_call"] > 50 * projection["action_head_gflops_per_step"]
     assert 1 < projection["projected_speedup"] <= projection["steps"]
     assert "| probe_overhead_ratio |" in markdown({"results": results})
+
+
+def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
+    from mimic_redundancy.bench import markdown, shard_benchmarks
+
+    results = shard_benchmarks(tmp_path, samples=8, steps=2, shards=(2,))
+    shard = results["shard_job_peak_rss_mb"]
+    assert sorted(shard["measured"]["shards"]) == ["tiny/shards/1-of-2/probe", "tiny/shards/2-of-2/probe"]
+    assert 100 < shard["measured"]["eight_sample_job"] and isinstance(shard["met"], bool)
+    assert shard["value"] == max(shard["measured"]["shards"].values())
+    after = results["gather_metrics_plots_peak_rss_mb"]["measured"]["jobs"]
+    assert sorted(after) == ["tiny/gather_probe", "tiny/metrics", "tiny/plot", "tiny/plot_heatmaps"]
+    assert results["gather_seconds"]["value"] >= 0 and list(results["samples_per_second"]["value"]) == ["2"]
+    assert "| shard_job_peak_rss_mb |" in markdown({"results": results})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import shutil
 import statistics
 import subprocess
@@ -238,9 +239,83 @@ def pipeline_benchmarks(workdir: Path, noop_repeats: int) -> dict:
     }
 
 
+def _copy_workflow(workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ["Snakefile", "config.yaml", "rules", "scripts", "schemas", "src", "envs", "profiles", "report"]:
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, workdir / name)
+    return workdir
+
+
+def _job_peaks(results: Path) -> dict[str, float]:
+    """Peak RSS (MB) of every job, from the last line each stage writes to its log (log.PEAK_RSS)."""
+    import re
+
+    peaks = {}
+    for log in sorted(results.rglob("logs/*.log")):
+        found = re.findall(r"peak RSS of this job: ([\d.]+) MB", log.read_text())
+        if found:
+            peaks[str(log.relative_to(results).with_suffix("")).replace("/logs/", "/")] = float(found[-1])
+    return peaks
+
+
+def shard_benchmarks(workdir: Path, samples: int = 1000, steps: int = 50, shards: tuple[int, ...] = (1, 8)) -> dict:
+    """A probe of `samples` synthetic samples x `steps` steps on the tiny model with each shard count, and the
+    8-sample job it is judged against: each shard job's peak RSS, the gather's, the metrics' and plots'."""
+    import json
+
+    targets = ["results/tiny/probe.npz", "results/tiny/metrics.csv", "results/tiny/figures/convergence.png",
+               "results/tiny/figures/heatmaps.png"]
+    base = {"compare": [], "probe": {"steps": steps, "batch_size": 8},
+            "presets": {"trained": {"checkpoint": "checkpoints/untrained"}}}  # no training draws in the features
+    runs = {}
+    for label, seeds, count in [("8 samples", 4, 1)] + [(f"{samples} samples, {n} shards", samples // 2, n)
+                                                        for n in shards]:
+        run = _copy_workflow(workdir / f"run-{len(runs)}")
+        (run / "bench.yaml").write_text(json.dumps({**base, "seeds": list(range(seeds)), "shards": count}))
+        start = time.perf_counter()
+        _snakemake(run, *targets, "--configfile", "bench.yaml")
+        wall = time.perf_counter() - start
+        peaks = _job_peaks(run / "results")
+        probe_seconds = [float(next(csv.DictReader(open(t), delimiter="\t"))["s"])
+                         for t in (run / "results/tiny").rglob("benchmarks/probe.tsv")]
+        gather = (run / "results/tiny/logs/gather_probe.log")
+        runs[label] = {"wall_seconds": wall, "shards": count, "samples": 2 * seeds, "peak_rss_mb": peaks,
+                       "probe_job_seconds": probe_seconds,
+                       "samples_per_second": 2 * seeds / wall,
+                       "gather_seconds": float(re.search(r"in ([\d.]+) s", gather.read_text()).group(1))
+                       if gather.exists() else None}
+    one = runs["8 samples"]["peak_rss_mb"]["tiny/probe"]
+    wide = runs[f"{samples} samples, {max(shards)} shards"]["peak_rss_mb"]
+    shard_peaks = {k: v for k, v in wide.items() if k.startswith("tiny/shards/") and k.endswith("/probe")}
+    after = {k: v for k, v in wide.items() if k.split("/")[-1] in ("gather_probe", "metrics", "plot", "plot_heatmaps")}
+    worst = max(shard_peaks.values()) / one
+    return {
+        "shard_job_peak_rss_mb": _entry(
+            max(shard_peaks.values()), f"<= 1.5 x {one:.0f} (the 8-sample probe job)", worst <= 1.5,
+            f"peak RSS (ru_maxrss, in each job's log) of the probe shard jobs of {samples} samples x {steps} steps "
+            f"in {max(shards)} shards, vs the probe job of 8 samples", ratio=worst, eight_sample_job=one,
+            shards=shard_peaks),
+        "gather_metrics_plots_peak_rss_mb": _entry(
+            max(after.values()), f"<= {one:.0f} (one 8-sample probe job)", max(after.values()) <= one,
+            f"peak RSS of the jobs after the shards ({samples} samples): gather, metrics, plots", jobs=after),
+        "gather_seconds": {"value": runs[f"{samples} samples, {max(shards)} shards"]["gather_seconds"],
+                           "how": f"the gather_probe job's own time for {samples} samples (its log)"},
+        "samples_per_second": {"value": {str(r["shards"]): r["samples_per_second"] for k, r in runs.items()
+                                         if k != "8 samples"},
+                               "how": f"{samples} samples / wall time of features + validate + probe (+ gather) "
+                                      "+ metrics + plots, per shard count, local profile on this machine's cores "
+                                      "(shards share the cores here; on a cluster each has its own GPU)",
+                               "measured": runs},
+    }
+
+
 def markdown(summary: dict) -> str:
     lines = ["| measure | value | goal | met | how |", "|---|---|---|---|---|"]
     for key, entry in summary["results"].items():
+        if key == "samples_per_second":
+            value = ", ".join(f"{k} shard(s) {v:.2f}" for k, v in entry["value"].items())
+            lines.append(f"| {key} | {value} | | | {entry['how']} |")
+            continue
         if key in ("peak_rss_mb", "head_job_peak_rss_mb"):
             value = ", ".join(f"{k} {v:.0f}" for k, v in entry["value"].items() if v is not None)
             lines.append(f"| {key} | {value} | | | {entry['how']} |")
@@ -264,6 +339,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-pipeline", action="store_true", help="only the in-process model benchmarks")
     parser.add_argument("--train-steps", type=int, default=150, help="steps of each training comparison run")
+    parser.add_argument("--shard-samples", type=int, default=1000, help="samples of the sharded-probe benchmark "
+                        "(0: skip it; it takes about ten minutes on 2 cores)")
     args = parser.parse_args(argv)
     import platform
     import os
@@ -277,6 +354,9 @@ def main(argv=None) -> int:
     if not args.skip_pipeline:
         with tempfile.TemporaryDirectory() as tmp:
             results.update(pipeline_benchmarks(Path(tmp), noop_repeats=3))
+    if args.shard_samples:
+        with tempfile.TemporaryDirectory() as tmp:
+            results.update(shard_benchmarks(Path(tmp), samples=args.shard_samples))
     summary = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "versions": library_versions(),
                "results": results}
     out = Path(args.out)

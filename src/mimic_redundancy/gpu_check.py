@@ -122,7 +122,32 @@ def check(device_name: str, steps: int, backbone: str = "tiny", dtype: str = "fl
             else None, "backbone": spec, "dtypes": backbone_dtypes(wrapper), "passed": not problems,
             "problems": problems, "fidelity_max_abs_diff": fidelity, "tensors_checked": sorted(named),
             "torch_calls_audited_in_euler_loop": audit.calls, "timings": timings, "peak_memory_mib": memory,
-            "samples": samples, "steps": steps}
+            "samples": samples, "steps": steps, "projection": projection(timings, samples, steps)}
+
+
+def projection(timings: dict, samples: int, steps: int, windows=(200, 1000, 2000, 10000), gpus=(1, 4, 8, 32)) -> dict:
+    """PROJECTION, not a measurement: GPU-hours and wall hours of the features + probe stages for N windows
+    sharded over M GPUs, from this check's measured seconds. Per window: one backbone pass plus `steps` head
+    steps (in batches of `samples`); per shard: one backbone build. Queue waits, job start-up and the other
+    analyses (sweep, the per-step recompute) are left out."""
+    per_window = timings["backbone_s_per_sample"] + steps * timings["head_s_per_step"] / samples
+    rows = []
+    for n in windows:
+        for m in gpus:
+            if m > n:
+                continue
+            gpu_s = n * per_window + m * timings["backbone_build_s"]
+            rows.append({"windows": n, "gpus": m, "gpu_hours": gpu_s / 3600, "wall_hours": gpu_s / m / 3600})
+    return {"label": "PROJECTION from this check's measured seconds, not a measurement",
+            "seconds_per_window": per_window, "build_seconds_per_shard": timings["backbone_build_s"], "rows": rows}
+
+
+def projection_table(proj: dict) -> str:
+    lines = [f"{proj['label']}: {proj['seconds_per_window']:.3g} s per window (backbone pass + probe), "
+             f"{proj['build_seconds_per_shard']:.3g} s backbone build per shard",
+             "| windows | GPUs (shards) | GPU-hours | wall hours |", "|---|---|---|---|"]
+    lines += [f"| {r['windows']} | {r['gpus']} | {r['gpu_hours']:.3g} | {r['wall_hours']:.3g} |" for r in proj["rows"]]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -135,6 +160,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = check(args.device, args.steps, args.backbone, args.dtype, args.samples)
     print(json.dumps(result, indent=2))
+    print(projection_table(result["projection"]))
     print(f"all tensors on {result['device']}, fidelity {result['fidelity_max_abs_diff']:.3g}" if result["passed"]
           else "GPU CHECK FAILED:\n  " + "\n  ".join(result["problems"]))
     return 0 if result["passed"] else 1

@@ -1,8 +1,17 @@
 """Send a stage's logging, warnings, progress and any fatal error to its Snakemake log file."""
 from __future__ import annotations
 
+import atexit
 import logging
+import resource
 import sys
+
+PEAK_RSS = "peak RSS of this job: %.1f MB"  # the last line of every stage's log (make bench reads it)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (the kernel's high-water mark; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def setup_log(path: str | None) -> logging.Logger:
@@ -20,4 +29,5 @@ def setup_log(path: str | None) -> logging.Logger:
         previous_hook(kind, error, traceback)
 
     sys.excepthook = log_then_raise
+    atexit.register(lambda: root.info(PEAK_RSS, peak_rss_mb()))  # exact even for jobs too short to sample
     return logging.getLogger("mimic_redundancy")
