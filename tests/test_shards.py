@@ -218,3 +218,17 @@ def test_on_slurm_each_shard_is_a_job_a_cancelled_shard_is_redone_alone(runs, tm
     on_slurm, here = io.load_probe(workdir / "results/tiny/probe.npz"), io.load_probe(runs[1][0] / "results/tiny/probe.npz")
     for key in ("trajectory", "clean_prediction", "seed", "prompt"):
         assert np.array_equal(on_slurm[key], here[key]), key
+
+
+def test_a_shards_samples_are_those_rows_of_the_whole_run():
+    from mimic_redundancy.samples import load_samples
+
+    config = cfg.validate_config({**cfg.default_config(), "seeds": [0, 1, 2]})
+    data, dims = cfg.data_settings(config), {"chunk_len": 4, "action_dim": 3, "joint_dim": 2}
+    whole = load_samples(data, dims, None)
+    for rows in (range(1, 2), range(3, 6)):  # one prompt only, then a shard starting mid-seed
+        part = load_samples(data, dims, None, rows=rows)
+        for field in ("seeds", "prompts", "windows", "episodes", "starts"):
+            assert getattr(part, field) == getattr(whole, field)[rows.start:rows.stop], field
+        for field in ("video", "joint_state", "noise", "gt_actions"):
+            assert torch.equal(getattr(part, field), getattr(whole, field)[rows.start:rows.stop]), field

@@ -95,10 +95,12 @@ def _noise(seed: int, dims: dict) -> torch.Tensor:
     return torch.randn(dims["chunk_len"], dims["action_dim"], generator=torch.Generator().manual_seed(seed))
 
 
-def synthetic_samples(pairs: list[tuple[int, str]], inputs: dict, dims: dict) -> SampleSet:
+def synthetic_samples(pairs: list[tuple[int, str]], inputs: dict, dims: dict,
+                      prompts: list[str] | None = None) -> SampleSet:
     """Per sample, video, joint state and noise drawn on the CPU from the sample's seed alone, so a
-    sample's values do not depend on the batch it lands in or on the device."""
-    prompts = list(dict.fromkeys(p for _, p in pairs))
+    sample's values do not depend on the batch it lands in or on the device. A sample's window is the index
+    of its prompt in `prompts` (default: the pairs' prompts in order; a shard passes the whole run's)."""
+    prompts = prompts or list(dict.fromkeys(p for _, p in pairs))
     videos, joints, noises = [], [], []
     for seed, _ in pairs:
         g = torch.Generator().manual_seed(seed)
@@ -196,5 +198,6 @@ def load_samples(data: dict, dims: dict, episodes: list[Episode] | None, limit: 
         rows = range(limit)
     if inputs["source"] == "synthetic":
         pairs = [tuple(p) for p in data["samples"]]
-        return synthetic_samples(pairs if rows is None else pairs[rows.start:rows.stop], inputs, dims)
+        return synthetic_samples(pairs if rows is None else pairs[rows.start:rows.stop], inputs, dims,
+                                 prompts=list(dict.fromkeys(p for _, p in pairs)))
     return real_samples(episodes, data["seeds"], inputs, dims, inputs["windows_per_episode"], rows)
