@@ -338,7 +338,7 @@ def depth_settings(config: dict, preset: str) -> dict:
     from .io import config_digest
 
     return {"model": model_settings(config, preset), "features_digest": config_digest(_depth_identity(config, preset))[1],
-            "steps": config["probe"]["steps"], "batch_size": config["probe"]["batch_size"]}
+            "steps": config["depth"]["steps"], "batch_size": config["probe"]["batch_size"]}
 
 
 def backbone_settings(config: dict, preset: str) -> dict:
