@@ -160,12 +160,18 @@ def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path)
         targets.append(("vs_gt", f"MSE vs ground truth ({summary['n_samples_gt']} samples)"))
     fig, axes = plt.subplots(1, len(targets), figsize=(style["width"] * 0.8 * len(targets), style["height"]))
     for ax, (target, label) in zip(axes, targets):
+        key = f"mse_{target}"
+        # a log axis: leave out the zeros of returning the final action itself (to float rounding) and cut the
+        # CI bounds at the axis floor
+        floor = 1e-9 * np.nanmax(table[key])
+        bottom = np.nanmin(table[key][table[key] > floor]) / 10
         for rule, name in EARLY_STOP_LINES:
-            keep = (table["rule"] == rule) & (table["half"] == "all") & (table[f"mse_{target}"] > 0)
+            keep = (table["rule"] == rule) & (table["half"] == "all") & (table[key] > floor)
             order = np.argsort(table["nfe_mean"][keep], kind="stable")
             part = {k: v[keep][order] for k, v in table.items()}
+            part[f"{key}_ci_low"] = np.maximum(part[f"{key}_ci_low"], bottom)
             style_ = {"ls": "none"} if rule == "clean_change" else {}
-            _band(ax, part["nfe_mean"], part, f"mse_{target}", name, **style_)
+            _band(ax, part["nfe_mean"], part, key, name, **style_)
         chosen = (table["rule"] == "clean_change") & (table["half"] == "evaluation")
         if chosen.any():
             ax.plot(table["nfe_mean"][chosen], table[f"mse_{target}"][chosen], marker="*", ms=14, ls="none",
@@ -175,10 +181,11 @@ def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path)
                        label=f"target: {summary['target_fraction']:g} x step-{summary['target_step']} error")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(bottom=bottom)
         ax.set_xlabel("model evaluations per sample (NFE, mean)")
         ax.set_ylabel(label)
         ax.legend(fontsize=6)
-    fig.suptitle(f"Early stopping: error vs NFE, mean and 95% CI; {_provenance(summary['preset'], summary['samples'])}"
+    fig.suptitle(f"Early stopping: error vs NFE, mean and 95% CI (cut at the axis); {_provenance(summary['preset'], summary['samples'])}"
                  f"; calibrated on seeds {summary['calibration_seeds']} ({summary['n_calibration']} samples), "
                  f"evaluated on seeds {summary['evaluation_seeds']} ({summary['n_evaluation']})", fontsize=8)
     _save(fig, style, png_path, svg_path)
