@@ -7,19 +7,25 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SMALL, copy_workflow, executed_rules, run_ok, write_config
+from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
 from mimic_redundancy.early_stop import early_stop_tables
 from mimic_redundancy.io import DEPTH_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 from mimic_redundancy.metrics import read_csv, seed_spread
 
-DEPTH = {**SMALL, "depth": {"times": [0, 1.0]}}
+DEPTH = {**SMALL, "depth": {"times": [0, 1.0], "steps": 4}}
 TARGETS = ["results/tiny/figures/early_stop.png", "results/tiny/figures/depth.png"]
+
+
+def run_ok(workdir, *args):
+    result = snakemake(workdir, *TARGETS, *args, timeout=1800)  # the first run builds features, probe and sweep
+    assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
 
 
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("depth"))
-    result = run_ok(workdir, *TARGETS, "--configfile", str(write_config(workdir, DEPTH)))
+    result = run_ok(workdir, "--configfile", str(write_config(workdir, DEPTH)))
     return workdir, result
 
 
@@ -28,7 +34,7 @@ def rerun(completed, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(completed[0], workdir, symlinks=True)
     return workdir, lambda overrides: executed_rules(
-        run_ok(workdir, *TARGETS, "--configfile", str(write_config(workdir, {**DEPTH, **overrides}))))
+        run_ok(workdir, "--configfile", str(write_config(workdir, {**DEPTH, **overrides}))))
 
 
 def test_tables_come_from_the_npz_files(completed):
@@ -63,7 +69,8 @@ def test_a_plot_change_reruns_no_model_job(rerun):
 def test_a_change_of_the_depths_reruns_only_the_depth_stages(rerun):
     workdir, run = rerun
     probe = (workdir / "results/tiny/probe.npz").read_bytes()
-    assert run({"depth": {"times": [0, 0.5, 1.0]}}) == ["depth", "depth_features", "depth_metrics", "plot_depth"]
+    assert run({"depth": {"times": [0, 0.5, 1.0], "steps": 4}}) == ["depth", "depth_features", "depth_metrics",
+                                                                      "plot_depth"]
     assert load_npz(workdir / "results/tiny/depth.npz", DEPTH_ARRAYS)["times"].tolist() == [0.0, 0.5, 1.0]
     assert (workdir / "results/tiny/probe.npz").read_bytes() == probe
 
