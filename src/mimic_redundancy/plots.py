@@ -27,6 +27,13 @@ def _band(ax, x, table, key, label, **style):
         ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
 
 
+def _log_floor(values: np.ndarray) -> tuple[float, float]:
+    """(floor, bottom) of a log MSE axis: values <= floor are the zeros of the final action itself (to float
+    rounding) and are left out; CI bounds are cut at bottom."""
+    floor = 1e-9 * np.nanmax(values)
+    return floor, np.nanmin(values[values > floor]) / 10
+
+
 def _save(fig, style: dict, png_path, svg_path) -> None:
     fig.tight_layout()
     for path, fmt in [(png_path, "png"), (svg_path, "svg")]:
@@ -163,8 +170,7 @@ def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path)
         key = f"mse_{target}"
         # a log axis: leave out the zeros of returning the final action itself (to float rounding) and cut the
         # CI bounds at the axis floor
-        floor = 1e-9 * np.nanmax(table[key])
-        bottom = np.nanmin(table[key][table[key] > floor]) / 10
+        floor, bottom = _log_floor(table[key])
         for rule, name in EARLY_STOP_LINES:
             keep = (table["rule"] == rule) & (table["half"] == "all") & (table[key] > floor)
             order = np.argsort(table["nfe_mean"][keep], kind="stable")
@@ -250,13 +256,15 @@ def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
     axes, (ax_stop, ax_depth) = all_axes[:panels], all_axes[panels:]
     for preset, run in runs.items():
         table, chosen = run["early_stop"], run["early_stop_summary"]["calibrated"]["clean_change"]
-        curve = (table["rule"] == "clean_change_curve") & (table["mse_vs_final"] > 0)
+        floor, bottom = _log_floor(table["mse_vs_final"])
+        curve = (table["rule"] == "clean_change_curve") & (table["mse_vs_final"] > floor)
         order = np.argsort(table["nfe_mean"][curve], kind="stable")
+        part = {k: v[curve][order] for k, v in table.items()}
+        part["mse_vs_final_ci_low"] = np.maximum(part["mse_vs_final_ci_low"], bottom)
         saved = chosen["nfe_saved_evaluation"]  # None: the target is not reached, or no evaluation half (one seed)
         eps = "target not reached" if chosen["param"] is None else f"eps {chosen['param']:g}" + \
             ("" if saved is None else f" saves {saved:.1f} NFE")
-        _band(ax_stop, table["nfe_mean"][curve][order], {k: v[curve][order] for k, v in table.items()},
-              "mse_vs_final", f"{preset} ({eps})")
+        _band(ax_stop, part["nfe_mean"], part, "mse_vs_final", f"{preset} ({eps})")
         depth = run["depth"]
         _band(ax_depth, depth["video_time"], depth, "mse_vs_time0",
               f"{preset}" + (" (random backbone)" if run["depth_summary"]["random_backbone"] else ""))
