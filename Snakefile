@@ -1,6 +1,8 @@
 # Temporal redundancy in mimic-video's action sampling: the DAG's table of contents.
 #   prefetch -> features (the video backbone, once) -> validate -> probe, sweep (head only), backbone (NPZ)
 #     -> *metrics (CSV, JSON) -> plot* (PNG, SVG)
+#   probe, sweep -> early_stop (stopping rules, NFE); depth_features (backbone, every video time) -> depth (head)
+#     -> depth_metrics -> plot_depth
 #   features -> train (head only) -> checkpoint preset (the same DAG on trained weights, the same features)
 #     -> compare (presets side by side)
 # Run: snakemake --profile profiles/local   (or profiles/slurm on a cluster)
@@ -17,6 +19,8 @@ include: "rules/analysis.smk"
 include: "rules/gather.smk"
 include: "rules/metrics.smk"
 include: "rules/plot.smk"
+include: "rules/early_stop.smk"
+include: "rules/depth.smk"
 include: "rules/train.smk"
 include: "rules/compare.smk"
 

@@ -79,6 +79,11 @@ def features_of(kind):
     return lambda w: results(cfg.feature_preset(config, w.preset), f"features/{kind}.safetensors")
 
 
+def depth_features_of(wildcards):
+    """The depth features a preset's depth stage reads: its own, or (a checkpoint trained here) its source's."""
+    return results(cfg.feature_preset(config, wildcards.preset), "depth/features.safetensors")
+
+
 def manifest_of(wildcards):
     """The Hub manifest a backbone stage reads (a checkpoint trained here uses its source preset's)."""
     return results(cfg.feature_preset(config, wildcards.preset), "prefetch.json")
@@ -121,14 +126,18 @@ def compare_inputs(wildcards):
             f"summary_{i}": results(preset, "convergence.json"),
             f"sweep_{i}": results(preset, "sweep.csv"),
             f"backbone_summary_{i}": results(preset, "backbone.json"),
+            f"early_stop_{i}": results(preset, "early_stop.csv"),
+            f"early_stop_summary_{i}": results(preset, "early_stop.json"),
+            f"depth_{i}": results(preset, "depth.csv"),
+            f"depth_summary_{i}": results(preset, "depth.json"),
         })
     return files
 
 
 def final_targets(preset):
     tables = ["metrics.csv", "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json",
-              "sweep.csv", "backbone.csv", "backbone.json"]
-    figures = [f"figures/{name}.{ext}" for name in ["convergence", "heatmaps", "sweep", "backbone"]
+              "sweep.csv", "backbone.csv", "backbone.json", "early_stop.csv", "early_stop.json", "depth.csv", "depth.json"]
+    figures = [f"figures/{name}.{ext}" for name in ["convergence", "heatmaps", "sweep", "backbone", "early_stop", "depth"]
                for ext in ["png", "svg"]]
     return [results(preset, name) for name in ["validate.json", "probe.npz", *tables, *figures]]
 

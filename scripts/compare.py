@@ -8,6 +8,7 @@ from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
 presets = snakemake.params.settings["presets"]
-kinds = ["probe", "metrics", "thresholds", "summary", "sweep", "backbone_summary"]
+kinds = ["probe", "metrics", "thresholds", "summary", "sweep", "backbone_summary", "early_stop", "early_stop_summary",
+         "depth", "depth_summary"]
 files = {p: {k: snakemake.input[f"{k}_{i}"] for k in kinds} for i, p in enumerate(presets)}
 compare(presets, files, snakemake.params.style, snakemake.output.table, snakemake.output.png, snakemake.output.svg)

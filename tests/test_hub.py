@@ -20,7 +20,8 @@ TINY_COSMOS = "test-org/tiny-cosmos"
 # the cosmos preset pointed at the tiny test pipeline (2 transformer blocks)
 COSMOS = {"presets": {"cosmos": {"backbone": {"repo": TINY_COSMOS, "revision": "main"}, "extract_layer": 1}},
           "preset": "cosmos"}
-ALL_JOBS = ["backbone", "backbone_metrics", "features", "metrics", "plot", "plot_backbone", "plot_heatmaps", "plot_sweep",
+ALL_JOBS = ["backbone", "backbone_metrics", "depth", "depth_features", "depth_metrics", "early_stop", "features",
+            "metrics", "plot", "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps", "plot_sweep",
             "prefetch", "probe", "sweep", "sweep_metrics", "validate"]
 
 
@@ -245,7 +246,7 @@ def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workf
     before = len(hub_requests(hub))
     result = ok(run(workflow, hub.url, TRAINED_COSMOS))
     assert len(hub_requests(hub)) == before, "no job may talk to the Hub after prefetch"
-    trained = sorted(set(ALL_JOBS) - {"prefetch", "features"})  # it reuses cosmos's manifest and features
+    trained = sorted(set(ALL_JOBS) - {"prefetch", "features", "depth_features"})  # reuses cosmos's manifest and features
     assert executed_rules(result) == sorted([*set(ALL_JOBS) - {"prefetch"}, *trained, "train", "plot_train",
                                              "compare"])
     commit = hub.commit(TINY_COSMOS)

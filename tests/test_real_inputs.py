@@ -18,8 +18,9 @@ from mimic_redundancy.io import load_probe
 from mimic_redundancy.metrics import read_csv
 
 REPO = "test-org/libero-tiny"
-PER_PRESET = ["backbone", "backbone_metrics", "metrics", "plot", "plot_backbone", "plot_heatmaps", "plot_sweep",
-              "probe", "sweep", "sweep_metrics", "validate"]  # plus prefetch and features for tiny alone
+PER_PRESET = ["backbone", "backbone_metrics", "depth", "depth_metrics", "early_stop", "metrics", "plot",
+              "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps", "plot_sweep", "probe", "sweep",
+              "sweep_metrics", "validate"]  # plus prefetch, features and depth_features for tiny alone
 # train on episode 1 only: the probe's episode 0 is held out
 LEROBOT = {**SMALL, "compare": ["trained"], "train": {"steps": 30, "batch_size": 4, "episodes": [1]},
            "inputs": {"source": "lerobot", "lerobot": {"repo": REPO}, "frame_skip": 2, "windows_per_episode": 2}}
@@ -55,7 +56,8 @@ def lerobot_run(tmp_path_factory):
 def test_lerobot_dag_runs_every_stage_for_both_models(lerobot_run):
     workdir, result, again = lerobot_run
     # the trained preset reuses tiny's manifest and features: the backbone runs once for both
-    assert executed_rules(result) == sorted(PER_PRESET * 2 + ["prefetch", "features", "train", "plot_train", "compare"])
+    assert executed_rules(result) == sorted(PER_PRESET * 2 + ["prefetch", "features", "depth_features", "train",
+                                                              "plot_train", "compare"])
     assert executed_rules(again) == []
     manifest = json.loads((workdir / "results/tiny/prefetch.json").read_text())
     assert [(r["role"], r["repo"], r["repo_type"]) for r in manifest["repos"]] == [("dataset", REPO, "dataset")]

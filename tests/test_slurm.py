@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, run_ok, write_config
 from mimic_redundancy.io import load_probe
 
-MODEL_JOBS = ["backbone", "features", "probe", "sweep", "validate"]
+MODEL_JOBS = ["backbone", "depth", "depth_features", "features", "probe", "sweep", "validate"]
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+/rule_(\w+)/\S+)\)")
 
 
@@ -80,8 +80,9 @@ def test_model_jobs_run_as_slurm_jobs_and_match_the_local_profile(completed, tmp
     workdir, result = completed
     jobs = submissions(result)
     assert sorted(jobs) == MODEL_JOBS, "exactly the model jobs are submitted; the rest run on the head node"
-    assert sorted(executed_rules(result)) == sorted(MODEL_JOBS + ["backbone_metrics", "metrics", "plot",
-                                                                  "plot_backbone", "plot_heatmaps", "plot_sweep",
+    assert sorted(executed_rules(result)) == sorted(MODEL_JOBS + ["backbone_metrics", "depth_metrics", "early_stop",
+                                                                  "metrics", "plot", "plot_backbone", "plot_depth",
+                                                                  "plot_early_stop", "plot_heatmaps", "plot_sweep",
                                                                   "prefetch", "sweep_metrics"])
     accounting = sacct([job for job, _ in jobs.values()])
     for rule, (job, log) in jobs.items():
@@ -103,7 +104,8 @@ def test_reruns_submit_only_what_changed(rerun):
     assert submissions(ok(slurm(rerun, {}))) == {}
     plot_only = ok(slurm(rerun, {"plot": {"dpi": 72}}))
     assert submissions(plot_only) == {}
-    assert executed_rules(plot_only) == ["plot", "plot_backbone", "plot_heatmaps", "plot_sweep"]
+    assert executed_rules(plot_only) == ["plot", "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps",
+                                         "plot_sweep"]
     more_seeds = ok(slurm(rerun, {"plot": {"dpi": 72}, "seeds": [0, 1, 2]}))
     assert sorted(submissions(more_seeds)) == MODEL_JOBS  # new samples: new features, and all that reads them
 

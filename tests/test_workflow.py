@@ -14,11 +14,12 @@ import yaml
 from conftest import SMALL, copy_workflow, executed_rules, run_ok, snakemake, write_config
 from mimic_redundancy.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 
-FIGURES = ["plot", "plot_backbone", "plot_heatmaps", "plot_sweep"]
-MODEL_JOBS = ["backbone", "features", "probe", "sweep"]
-TABLES = ["backbone_metrics", "metrics", "sweep_metrics"]
+FIGURES = ["plot", "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps", "plot_sweep"]
+MODEL_JOBS = ["backbone", "depth", "depth_features", "features", "probe", "sweep"]
+TABLES = ["backbone_metrics", "depth_metrics", "early_stop", "metrics", "sweep_metrics"]
 ALL_BUT_PREFETCH = sorted(FIGURES + MODEL_JOBS + TABLES + ["validate"])
-HEAD_AND_AFTER = sorted(set(ALL_BUT_PREFETCH) - {"features"})  # what a change of the head alone reruns
+# what a change of the head alone reruns: not the backbone's features (inference, training, depth)
+HEAD_AND_AFTER = sorted(set(ALL_BUT_PREFETCH) - {"features", "depth_features"})
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,10 @@ def test_full_run_writes_every_declared_output(completed):
     out = workdir / "results/tiny"
     for name in ["prefetch.json", "features/inference.safetensors", "features/train.safetensors", "validate.json", "probe.npz", "sweep.npz", "backbone.npz", "metrics.csv",
                  "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json", "sweep.csv",
-                 "backbone.csv", "backbone.json"]:
+                 "backbone.csv", "backbone.json", "depth/features.safetensors", "depth.npz", "depth.csv", "depth.json",
+                 "early_stop.csv", "early_stop.json"]:
         assert (out / name).stat().st_size > 0, name
-    for figure in ["convergence", "heatmaps", "sweep", "backbone"]:
+    for figure in ["convergence", "heatmaps", "sweep", "backbone", "early_stop", "depth"]:
         assert (out / f"figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
         assert b"<svg" in (out / f"figures/{figure}.svg").read_bytes()[:1000], figure
     for stage in ALL_BUT_PREFETCH + ["prefetch"]:

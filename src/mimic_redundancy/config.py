@@ -130,6 +130,12 @@ def _cross_key_problems(config: dict) -> list[str]:
                             f"below {pool[0]} or above {pool[-1]}")
     if config["inputs"]["source"] == "synthetic":  # real data: the windows are known once read (shard_rows checks)
         problems += shard_problems(config["shards"], len(samples(config)), config["probe"]["batch_size"])
+    if config["early_stop"]["target_step"] > steps:
+        problems.append(f"config key 'early_stop.target_step': {config['early_stop']['target_step']} exceeds probe.steps "
+                        f"({steps}); allowed: integers from 1 to {steps}")
+    if 0 not in config["depth"]["times"]:  # every depth is compared with the clean video's
+        problems.append(f"config key 'depth.times': {config['depth']['times']} lacks 0, the reference every other "
+                        "video-denoising time is compared with; allowed: times from 0 to 1, 0 among them")
     labels = [f"{t:g}" for t in config["metrics"]["convergence_thresholds"]]
     if len(set(labels)) != len(labels):  # comparison.csv names its columns convergence_step_<t:g>
         problems.append(f"config key 'metrics.convergence_thresholds': {config['metrics']['convergence_thresholds']} "
@@ -349,6 +355,35 @@ def sweep_settings(config: dict, preset: str) -> dict:
     return {"model": model_settings(config, preset), "features_digest": features_digest(config, preset, "inference"),
             "batch_size": config["probe"]["batch_size"], "sweep_steps": sorted(config["sweep"]["steps"]),
             "reference_steps": config["sweep"]["reference_steps"], "repeats": config["sweep"]["repeats"]}
+
+
+def early_stop_settings(config: dict) -> dict:
+    """The early-stopping rules read probe.npz and sweep.npz alone: only their own keys rerun them."""
+    return dict(config["early_stop"])
+
+
+def _depth_identity(config: dict, preset: str) -> dict:
+    """What decides the depth features' content (digested): the backbone, the samples and the video times."""
+    source = feature_preset(config, preset)
+    model = model_settings(config, source)
+    dims = {k: model[k] for k in ("chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
+    return {"backbone": backbone_spec(config, source), "dims": dims, "data": data_settings(config),
+            "times": sorted(float(t) for t in config["depth"]["times"])}
+
+
+def depth_features_settings(config: dict, preset: str) -> dict:
+    """The depth_features stage: one backbone build, every probe sample at every video-denoising time."""
+    model = model_settings(config, preset)
+    dims = {k: model[k] for k in ("preset", "chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
+    return {"model": dims, "depth": _depth_identity(config, preset), "device": config["device"]}
+
+
+def depth_settings(config: dict, preset: str) -> dict:
+    """The depth stage (head only): MimicVideo.sample at every video time, from the depth features."""
+    from .io import config_digest
+
+    return {"model": model_settings(config, preset), "features_digest": config_digest(_depth_identity(config, preset))[1],
+            "steps": config["depth"]["steps"], "batch_size": config["probe"]["batch_size"]}
 
 
 def backbone_settings(config: dict, preset: str) -> dict:

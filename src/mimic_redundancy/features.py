@@ -13,6 +13,9 @@ Two kinds of rows, each computed exactly as mimic-video 0.5.8 computes them insi
              `logit_normal_sample(video_time_denoise_mu, video_time_denoise_sigma)` and the video noise, both
              drawn after `torch.manual_seed(row seed)` in the order the library draws them, so a row equals
              the hiddens `MimicVideo.forward(actions=..., video=...)` computes in training from that RNG state.
+  depth      one row per probe sample and video-denoising time t (the `depth` analysis): the library's explicit
+             `time_video_denoise=t` path (`MimicVideo.forward(video=..., time_video_denoise=t)`, no predicted future
+             latent: the observed latents lerped towards noise by t), the noise drawn after `manual_seed(sample seed)`.
 
 File format (safetensors, no pickles; FEATURE_TENSORS and FEATURE_METADATA list every entry).
 """
@@ -34,7 +37,7 @@ FORMAT = "mimic-redundancy/features-v1"
 FEATURE_TENSORS = {
     "hiddens.{l}": "[R, T, H] in the backbone's dtype: the hiddens of extracted layer l, as the head receives them "
                    "(before its float32 cast)",
-    "video_time": "float32 [R, L]: the video-denoising time of each row's hiddens (0 = clean; inference rows: 0)",
+    "video_time": "float32 [R, L]: the video-denoising time of each row's hiddens (0 = clean; inference rows: 0; depth rows: their time)",
     "video_noise_seed": "int64 [R, L]: torch.manual_seed value before the row's backbone pass",
     "joint_state": "float32 [R, J]",
     "noise": "float32 [R, N, D]: the action sampler's initial x_0 of the row's sample",
@@ -46,7 +49,7 @@ FEATURE_TENSORS = {
     "draw": "int64 [R]: the draw of the row's window (inference rows: 0)",
 }
 FEATURE_METADATA = {
-    "format": FORMAT, "kind": "inference or train", "config_json": "the features settings, JSON",
+    "format": FORMAT, "kind": "inference, train or depth", "config_json": "the features settings, JSON",
     "config_digest": "sha256 of config_json: head stages refuse features whose digest differs from theirs",
     "source": "input source", "prompts_json": "prompt of every row, JSON", "backbone_json": "the backbone spec",
     "dtypes_json": "dtype of each backbone component", "backbone_parameters": "parameter count of the backbone",
@@ -142,17 +145,19 @@ def library_video_hiddens(wrapper, video, prompts, video_time, future_latents: i
 
 
 def _timed_rows(wrapper, samples, device, row_specs):
-    """Run the backbone once per row spec (sample index, seed, draw time or None for inference)."""
+    """Run the backbone once per row spec (sample index, seed, training draw or None, fixed video time or None)."""
     from .timing import synchronize
 
     mu, sigma = library_video_defaults()
     hiddens, times, seconds = [], [], []
-    for n, (i, seed, _) in enumerate(row_specs):
+    for n, (i, seed, draw, fixed_time) in enumerate(row_specs):
         batch = samples.batch([i], device)
         synchronize(device)
         start = time.perf_counter()
         torch.manual_seed(seed)
-        if row_specs[n][2] is None:  # inference: video time 0, one predicted future latent
+        if fixed_time is not None:  # depth: the given video time, as MimicVideo.forward(time_video_denoise=t)
+            video_time, future = torch.full((1,), float(fixed_time), device=device), 0
+        elif draw is None:  # inference: video time 0, one predicted future latent
             video_time, future = torch.zeros(1, device=device), 1
         else:  # training: the library draws the time first, then the video noise (inside the wrapper)
             video_time, future = torch.sigmoid(mu + sigma * torch.randn(1, device=device)), 0
@@ -167,28 +172,31 @@ def _timed_rows(wrapper, samples, device, row_specs):
 
 
 def compute_features(wrapper, samples, device, draws: int | None = None, draw_seed: int = 0,
-                     windows: range | None = None) -> FeatureSet:
-    """Inference rows for every sample (draws None), or `draws` training rows per window, window-major.
-    `windows`: the training windows `samples` holds, out of all of them (a shard), so each row's seed is the
-    one an unsharded run gives it."""
+                     video_times: list[float] | None = None, windows: range | None = None) -> FeatureSet:
+    """Inference rows for every sample (draws None), `draws` training rows per window (window-major), or
+    (video_times) one row per sample at each fixed video-denoising time (time-major). `windows`: the training
+    windows `samples` holds, out of all of them (a shard), so each row's seed is the one an unsharded run
+    gives it."""
     n_layers = len(wrapper.extract_layers)
-    if draws is None:
-        specs = [(i, samples.seeds[i], None) for i in range(len(samples))]
+    if video_times is not None:
+        specs = [(i, samples.seeds[i], None, t) for t in video_times for i in range(len(samples))]
+    elif draws is None:
+        specs = [(i, samples.seeds[i], None, None) for i in range(len(samples))]
     else:
         windows = windows or range(len(samples))
         assert len(windows) == len(samples), (windows, len(samples))
         generator = torch.Generator().manual_seed(draw_seed)
         seeds = torch.randint(0, 2**62, (windows.stop, draws), generator=generator)[windows.start:].tolist()
-        specs = [(i, seeds[i][r], r) for i in range(len(samples)) for r in range(draws)]
+        specs = [(i, seeds[i][r], r, None) for i in range(len(samples)) for r in range(draws)]
     hiddens, times, seconds = _timed_rows(wrapper, samples, device, specs) if specs else ([], [], [])
-    rows = [i for i, _, _ in specs]
+    rows = [i for i, *_ in specs]
     layers = [torch.cat([h[l] for h in hiddens]) for l in range(n_layers)] if specs else \
         [torch.zeros(0, 0, 0) for _ in range(n_layers)]
     video_time = torch.tensor(times, dtype=torch.float32).reshape(-1, 1).repeat(1, n_layers)
-    noise_seed = torch.tensor([s for _, s, _ in specs], dtype=torch.int64).reshape(-1, 1).repeat(1, n_layers)
+    noise_seed = torch.tensor([s for _, s, *_ in specs], dtype=torch.int64).reshape(-1, 1).repeat(1, n_layers)
     pick = lambda values: [values[i] for i in rows]
     return FeatureSet(samples.source, pick(samples.seeds), pick(samples.prompts), pick(samples.windows),
-                      pick(samples.episodes), pick(samples.starts), [r or 0 for _, _, r in specs], layers,
+                      pick(samples.episodes), pick(samples.starts), [r or 0 for _, _, r, _ in specs], layers,
                       samples.joint_state[rows].float(), samples.noise[rows].float(), samples.gt_actions[rows].float(),
                       video_time, noise_seed, {"seconds": seconds})
 

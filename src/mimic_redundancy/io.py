@@ -58,6 +58,19 @@ BACKBONE_ARRAYS = {
     **RUN_METADATA,
 }
 
+# The video-denoising depth (depth.npz): T = video times, H = hidden values per sample (all extracted layers).
+DEPTH_ARRAYS = {
+    "times": "float32 [T]: the video-denoising times, ascending (0 = clean video .. 1 = pure noise); [0] is 0",
+    "final": "float32 [T, S, N, D]: MimicVideo.sample's actions (steps Euler steps) from the hiddens at each time",
+    "hidden_cosine": "float32 [T, S]: cosine of each sample's hiddens at time t with its hiddens at time 0",
+    "hidden_rel_diff": "float32 [T, S]: ||h_t - h_0|| / ||h_0|| per sample",
+    "backbone_seconds": "float64 [T, S]: wall seconds of the backbone pass behind each row (batch 1)",
+    "gt_actions": "float32 [S, N, D]: the ground-truth action chunk; NaN where unknown",
+    "steps": "int64 []: Euler steps of the sampler (depth.steps)",
+    "backbone_json": "str []: the backbone the hiddens come from (its spec, JSON)",
+    **RUN_METADATA,
+}
+
 
 class InputFileError(ValueError):
     """A file a stage reads is missing, damaged or of the wrong kind; the message names it, what is wrong,
@@ -70,7 +83,9 @@ WRITTEN_BY = {
     "backbone.npz": "backbone", "metrics.csv": "metrics", "early_exit.csv": "metrics", "convergence.csv": "metrics",
     "convergence_by_part.csv": "metrics", "convergence.json": "metrics", "sweep.csv": "sweep_metrics",
     "backbone.csv": "backbone_metrics", "backbone.json": "backbone_metrics", "train/loss.csv": "train",
-    "train/summary.json": "train",
+    "train/summary.json": "train", "early_stop.csv": "early_stop", "early_stop.json": "early_stop",
+    "depth/features.safetensors": "depth_features", "depth.npz": "depth", "depth.csv": "depth_metrics",
+    "depth.json": "depth_metrics",
 }
 
 

@@ -100,9 +100,9 @@ def write_csv(path, rows: list[dict]) -> None:
             writer.writerows(rows)
 
 
-def read_csv(path) -> dict[str, np.ndarray]:
-    """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN); errors name the file,
-    what is wrong, and the command that rebuilds it."""
+def read_csv(path, strings: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN; the `strings` columns as
+    strings); errors name the file, what is wrong, and the command that rebuilds it."""
     from .io import input_error
 
     try:
@@ -124,7 +124,8 @@ def read_csv(path) -> dict[str, np.ndarray]:
             raise input_error(path, f"line {line} does not have the header's {len(header)} cells; "
                                     "the file is damaged or was cut short")
     try:
-        return {c: np.array([float(r[c]) if r[c] not in ("", "None") else np.nan for r in rows]) for c in header}
+        return {c: np.array([r[c] for r in rows]) if c in strings else
+                np.array([float(r[c]) if r[c] not in ("", "None") else np.nan for r in rows]) for c in header}
     except ValueError as error:
         raise input_error(path, f"a cell is not a number ({error})") from None
 
@@ -248,8 +249,9 @@ def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
 
 def write_comparison(presets: list[str], files: dict, table_path) -> dict:
     """comparison.csv: one row per preset (same samples in every one): convergence steps, the error
-    vs ground truth, the K-step sweep and the backbone-recompute effect. `files`: preset -> paths of
-    its probe, convergence (thresholds), summary, sweep and backbone_summary. Returns the loaded runs."""
+    vs ground truth, the K-step sweep, the backbone-recompute effect, the calibrated early-stopping rules and
+    the video-depth effect. `files`: preset -> paths of its probe, convergence (thresholds), summary, sweep,
+    backbone_summary, early_stop (+ _summary) and depth (+ _summary). Returns the loaded runs."""
     from .io import read_json
 
     runs, rows = {}, []
@@ -272,7 +274,19 @@ def write_comparison(presets: list[str], files: dict, table_path) -> dict:
             row[f"mse_k{k}_vs_reference"] = float(mse)
         row["final_mse_between_backbone_modes"] = backbone["final_mse_between_modes"]
         row["final_mse_seed_to_seed"] = backbone["final_mse_seed_to_seed"]
+        early, depth = read_json(paths["early_stop_summary"]), read_json(paths["depth_summary"])
+        row["early_stop_target_mse"] = early["target_mse"]
+        for rule, chosen in early["calibrated"].items():  # calibrated on one half of the seeds, judged on the other
+            row[f"early_stop_{rule}_param"] = chosen["param"]
+            row[f"early_stop_{rule}_nfe_saved"] = chosen["nfe_saved_evaluation"]
+            row[f"early_stop_{rule}_mse_vs_final"] = chosen["mse_vs_final_evaluation"]
+        for time, mse in depth["mse_vs_time0"].items():
+            row[f"depth_mse_vs_time0_t{time}"] = mse
+        row["depth_largest_effect_over_seed_spread"] = depth["largest_effect_over_seed_spread"]
+        row["depth_random_backbone"] = depth["random_backbone"]
         rows.append(row)
-        runs[preset] = {"metrics": metrics, "summary": summary, "sweep": sweep}
+        runs[preset] = {"metrics": metrics, "summary": summary, "sweep": sweep, "early_stop_summary": early,
+                        "early_stop": read_csv(paths["early_stop"], strings=("rule", "half")),
+                        "depth": read_csv(paths["depth"]), "depth_summary": depth}
     write_csv(table_path, rows)
     return runs

@@ -27,6 +27,13 @@ def _band(ax, x, table, key, label, **style):
         ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
 
 
+def _log_floor(values: np.ndarray) -> tuple[float, float]:
+    """(floor, bottom) of a log MSE axis: values <= floor are the zeros of the final action itself (to float
+    rounding) and are left out; CI bounds are cut at bottom."""
+    floor = 1e-9 * np.nanmax(values)
+    return floor, np.nanmin(values[values > floor]) / 10
+
+
 def _save(fig, style: dict, png_path, svg_path) -> None:
     fig.tight_layout()
     for path, fmt in [(png_path, "png"), (svg_path, "svg")]:
@@ -143,6 +150,80 @@ def backbone_figure(table_path, summary_path, npz_path, style: dict, png_path, s
     _save(fig, style, png_path, svg_path)
 
 
+EARLY_STOP_LINES = [("fixed_step_xt", "stop at step k, return $x_k$"),
+                    ("fixed_step_clean", "stop at step k, return $\\hat{x}_1$"),
+                    ("fixed_k", "sample with K steps (sweep)"),
+                    ("clean_change_curve", "clean-change rule, every threshold"),
+                    ("clean_change", "clean-change rule, early_stop.eps")]
+
+
+def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
+    """Error against NFE of every stopping rule (means, 95% CIs), against the final action, the fine reference
+    and the ground truth (where known); the calibrated clean-change rule on the evaluation half is starred."""
+    table, summary = read_csv(table_path, strings=("rule", "half")), read_json(summary_path)
+    targets = [("vs_final", "MSE vs the final action"),
+               ("vs_reference", f"MSE vs the {summary['reference_steps']}-step reference")]
+    if summary["n_samples_gt"]:
+        targets.append(("vs_gt", f"MSE vs ground truth ({summary['n_samples_gt']} samples)"))
+    fig, axes = plt.subplots(1, len(targets), figsize=(style["width"] * 0.8 * len(targets), style["height"]))
+    for ax, (target, label) in zip(axes, targets):
+        key = f"mse_{target}"
+        # a log axis: leave out the zeros of returning the final action itself (to float rounding) and cut the
+        # CI bounds at the axis floor
+        floor, bottom = _log_floor(table[key])
+        for rule, name in EARLY_STOP_LINES:
+            keep = (table["rule"] == rule) & (table["half"] == "all") & (table[key] > floor)
+            order = np.argsort(table["nfe_mean"][keep], kind="stable")
+            part = {k: v[keep][order] for k, v in table.items()}
+            part[f"{key}_ci_low"] = np.maximum(part[f"{key}_ci_low"], bottom)
+            style_ = {"ls": "none"} if rule == "clean_change" else {}
+            _band(ax, part["nfe_mean"], part, key, name, **style_)
+        chosen = (table["rule"] == "clean_change") & (table["half"] == "evaluation")
+        if chosen.any():
+            ax.plot(table["nfe_mean"][chosen], table[f"mse_{target}"][chosen], marker="*", ms=14, ls="none",
+                    color="black", label=f"calibrated eps {table['param'][chosen][0]:g}, evaluation half")
+        if target == "vs_final":
+            ax.axhline(summary["target_mse"], color="grey", ls=":", lw=1,
+                       label=f"target: {summary['target_fraction']:g} x step-{summary['target_step']} error")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=bottom)
+        ax.set_xlabel("model evaluations per sample (NFE, mean)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"Early stopping: error vs NFE, mean and 95% CI (cut at the axis); {_provenance(summary['preset'], summary['samples'])}"
+                 f"; calibrated on seeds {summary['calibration_seeds']} ({summary['n_calibration']} samples), "
+                 f"evaluated on seeds {summary['evaluation_seeds']} ({summary['n_evaluation']})", fontsize=8)
+    _save(fig, style, png_path, svg_path)
+
+
+def depth_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
+    """Per video-denoising time: the final actions vs time 0's (with the seed-to-seed spread) and vs the ground
+    truth, the hiddens' distance to time 0's, and the backbone seconds per sample."""
+    table, summary = read_csv(table_path), read_json(summary_path)
+    times = table["video_time"]
+    fig, (ax, ax_hidden, ax_time) = plt.subplots(1, 3, figsize=(style["width"] * 2.2, style["height"]))
+    _band(ax, times, table, "mse_vs_time0", "final actions vs time 0's")
+    _band(ax, times, table, "mse_seed_to_seed", f"seed-to-seed spread ({int(table['n_seed_pairs'][0])} pairs)", ls="--")
+    if summary["n_samples_gt"]:
+        _band(ax, times, table, "mse_vs_gt", f"vs ground truth ({summary['n_samples_gt']} samples)")
+    ax.set_xlabel("video-denoising time (0 clean .. 1 noise)")
+    ax.set_ylabel(f"MSE of final actions ({summary['steps']} steps)")
+    ax.legend(fontsize=7)
+    _band(ax_hidden, times, table, "hidden_cosine_vs_time0", "cosine")
+    _band(ax_hidden, times, table, "hidden_rel_diff_vs_time0", "relative difference")
+    ax_hidden.set_xlabel("video-denoising time")
+    ax_hidden.set_ylabel("video hiddens vs time 0's")
+    ax_hidden.legend(fontsize=7)
+    _band(ax_time, times, table, "backbone_seconds", "backbone pass")
+    ax_time.set_xlabel("video-denoising time")
+    ax_time.set_ylabel(f"backbone seconds per sample ({summary['device']}, batch 1)")
+    note = "RANDOM tiny backbone: checks the pipeline, not a finding. " if summary["random_backbone"] else ""
+    fig.suptitle(f"{note}Video-denoising depth, mean and 95% CI; "
+                 f"{_provenance(summary['preset'], summary['samples'])}", fontsize=9)
+    _save(fig, style, png_path, svg_path)
+
+
 def train_loss_figure(loss_path, summary_path, style: dict, png_path, svg_path) -> None:
     """The training loss per step (log scale) with a running mean over a tenth of the steps."""
     table, summary = read_csv(loss_path), read_json(summary_path)
@@ -166,10 +247,37 @@ def train_loss_figure(loss_path, summary_path, style: dict, png_path, svg_path) 
 
 def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
     """Presets side by side: convergence to the final action, error vs ground truth, and quality vs NFE.
-    `runs`: preset -> {"metrics": metrics.csv columns, "summary": convergence.json, "sweep": sweep.csv columns}."""
+    `runs`: preset -> {"metrics": metrics.csv columns, "summary": convergence.json, "sweep": sweep.csv columns,
+    "early_stop", "depth": their tables' columns, "early_stop_summary", "depth_summary": their JSON}; two more
+    panels: the threshold-free clean-change stopping curve and the video-depth effect."""
     has_gt = all("mse_vs_gt" in r["metrics"] for r in runs.values())
     panels = 3 if has_gt else 2
-    fig, axes = plt.subplots(1, panels, figsize=(style["width"] * panels * 0.8, style["height"]))
+    fig, all_axes = plt.subplots(1, panels + 2, figsize=(style["width"] * (panels + 2) * 0.8, style["height"]))
+    axes, (ax_stop, ax_depth) = all_axes[:panels], all_axes[panels:]
+    for preset, run in runs.items():
+        table, chosen = run["early_stop"], run["early_stop_summary"]["calibrated"]["clean_change"]
+        floor, bottom = _log_floor(table["mse_vs_final"])
+        curve = (table["rule"] == "clean_change_curve") & (table["mse_vs_final"] > floor)
+        order = np.argsort(table["nfe_mean"][curve], kind="stable")
+        part = {k: v[curve][order] for k, v in table.items()}
+        part["mse_vs_final_ci_low"] = np.maximum(part["mse_vs_final_ci_low"], bottom)
+        saved = chosen["nfe_saved_evaluation"]  # None: the target is not reached, or no evaluation half (one seed)
+        eps = "target not reached" if chosen["param"] is None else f"eps {chosen['param']:g}" + \
+            ("" if saved is None else f" saves {saved:.1f} NFE")
+        _band(ax_stop, part["nfe_mean"], part, "mse_vs_final", f"{preset} ({eps})")
+        depth = run["depth"]
+        _band(ax_depth, depth["video_time"], depth, "mse_vs_time0",
+              f"{preset}" + (" (random backbone)" if run["depth_summary"]["random_backbone"] else ""))
+    ax_stop.set_title("clean-change stopping, every threshold\n(calibrated eps judged on the held-out seeds)", fontsize=9)
+    ax_stop.set_xlabel("NFE per sample (mean)")
+    ax_stop.set_ylabel("MSE vs final action")
+    ax_stop.set_xscale("log")
+    ax_stop.set_yscale("log")
+    ax_depth.set_title("video-denoising depth: final actions vs time 0's", fontsize=9)
+    ax_depth.set_xlabel("video-denoising time (0 clean .. 1 noise)")
+    ax_depth.set_ylabel("MSE")
+    ax_stop.legend(fontsize=7)
+    ax_depth.legend(fontsize=7)
     for preset, run in runs.items():
         summary = run["summary"]
         label = f"{preset} ({summary['convergence_threshold']:.0%}: step {summary['convergence_step']})"

@@ -68,11 +68,12 @@ def probe_trajectory(net, batch: Batch, hiddens: list[torch.Tensor], steps: int)
     return torch.stack(trajectory), torch.stack(clean), times
 
 
-def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int) -> torch.Tensor:
-    """`MimicVideo.sample` from the same initial noise and hiddens: the reference for fidelity."""
+def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int, video_time=None) -> torch.Tensor:
+    """`MimicVideo.sample` from the same initial noise and hiddens: the reference for fidelity. `video_time` (b,):
+    the video-denoising time the head is told (`time_video_denoise`; None: the library's inference default, 0)."""
     return net.sample(steps=steps, batch_size=len(batch.seeds), noise_latents=batch.noise.clone(),
                       video_hiddens=hiddens, prompts=batch.prompts, joint_state=batch.joint_state,
-                      disable_progress_bar=True)
+                      time_video_denoise=video_time, disable_progress_bar=True)
 
 
 def run_probe(net, samples, steps: int, batch_size: int, device) -> dict:

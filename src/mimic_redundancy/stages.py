@@ -173,6 +173,44 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
                         {**extra, "checks_json": checks, "draws": str(train["draws"] if train else 0)})
 
 
+def depth_features(settings: dict, manifest_path, features_path, threads: int = 1) -> None:
+    """The backbone's hiddens of every probe sample at every video-denoising time of `depth.times` (one backbone
+    build for all times; the `depth` analysis)."""
+    import torch
+
+    from . import features as feats
+    from .hub import local_snapshots
+    from .io import read_json
+    from .model import backbone_dtypes, build_backbone, library_versions
+
+    depth = settings["depth"]
+    device = _threads_and_device(settings, threads)
+    snapshots = local_snapshots(read_json(manifest_path))
+    samples, _, _ = _read_data(settings["model"], depth["data"], snapshots)
+    wrapper = build_backbone(depth["backbone"], device, snapshots)
+    log.info("depth features: %d samples x video times %s", len(samples), depth["times"])
+    warm = samples.batch([0], device)  # one untimed pass, so the first timed row is not the warm-up's
+    feats.library_video_hiddens(wrapper, warm.video, warm.prompts, torch.zeros(1, device=device), 0, device)
+    rows = feats.compute_features(wrapper, samples, device, video_times=depth["times"])
+    if not all(bool(h.float().isfinite().all()) for h in rows.hiddens):
+        raise ValidationFailed(f"backbone check failed: non-finite hiddens in {features_path}")
+    extra = {"backbone_json": depth["backbone"], "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
+             "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())), "draws": "0",
+             "versions_json": library_versions(), "checks_json": []}
+    feats.save_features(features_path, rows, "depth", depth, extra)
+
+
+def depth(settings: dict, features_path, npz_path, threads: int = 1) -> None:
+    """MimicVideo.sample at every video-denoising time, from the depth features (head only)."""
+    from .depth import run_depth
+    from .io import DEPTH_ARRAYS
+
+    net, device, rows = _head(settings, features_path, threads, kind="depth")
+    arrays = run_depth(net, rows, settings["steps"], settings["batch_size"], device)
+    reference_rows = rows.subset(arrays["final"].shape[1])  # time 0's rows: the samples, in the probe's order
+    _save_run(npz_path, arrays, DEPTH_ARRAYS, settings, device, reference_rows)
+
+
 def validate(settings: dict, features_path, report_path, threads: int = 1) -> None:
     """Write the validation report; raise ValidationFailed (after logging the report) if a check fails."""
     import json

@@ -1,0 +1,81 @@
+"""Real Snakemake runs of the two analyses of issue 15 (targets only, not the whole DAG): their tables are
+recomputed from their NPZ files, and a change reruns exactly the stages that depend on it."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
+from mimic_redundancy.early_stop import early_stop_tables
+from mimic_redundancy.io import DEPTH_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
+from mimic_redundancy.metrics import read_csv, seed_spread
+
+DEPTH = {**SMALL, "depth": {"times": [0, 1.0], "steps": 4}}
+TARGETS = ["results/tiny/figures/early_stop.png", "results/tiny/figures/depth.png"]
+
+
+def run_ok(workdir, *args):
+    result = snakemake(workdir, *TARGETS, *args, timeout=1800)  # the first run builds features, probe and sweep
+    assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("depth"))
+    result = run_ok(workdir, "--configfile", str(write_config(workdir, DEPTH)))
+    return workdir, result
+
+
+@pytest.fixture
+def rerun(completed, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(completed[0], workdir, symlinks=True)
+    return workdir, lambda overrides: executed_rules(
+        run_ok(workdir, "--configfile", str(write_config(workdir, {**DEPTH, **overrides}))))
+
+
+def test_tables_come_from_the_npz_files(completed):
+    workdir, result = completed
+    assert {"depth_features", "depth", "depth_metrics", "plot_depth", "early_stop", "plot_early_stop"} <= \
+        set(executed_rules(result))
+    out = workdir / "results/tiny"
+    depth = load_npz(out / "depth.npz", DEPTH_ARRAYS)
+    assert depth["times"].tolist() == [0.0, 1.0] and depth["final"].shape == (2, 4, 32, 20)
+    np.testing.assert_allclose(depth["hidden_cosine"][0], 1.0, atol=1e-6)  # time 0 against itself
+    table = read_csv(out / "depth.csv")
+    mse = ((depth["final"][1].astype(np.float64) - depth["final"][0]) ** 2).mean(axis=(1, 2))
+    np.testing.assert_allclose(table["mse_vs_time0"], [0.0, mse.mean()], rtol=1e-6)
+    spread = seed_spread(depth["final"][0], depth["seed"], depth["window"])
+    np.testing.assert_allclose(table["mse_seed_to_seed"][0], spread.mean(), rtol=1e-6)
+    assert table["n_samples"].tolist() == [4, 4] and table["n_seeds"].tolist() == [2, 2]
+    assert np.all(table["backbone_seconds"] > 0)
+    # the early-stopping table, recomputed from the probe and sweep NPZ files
+    probe, sweep = load_probe(out / "probe.npz"), load_npz(out / "sweep.npz", SWEEP_ARRAYS)
+    rows, _ = early_stop_tables(probe, sweep, {"eps": [0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.001],
+                                               "target_fraction": 0.1, "target_step": 5})
+    early = read_csv(out / "early_stop.csv", strings=("rule", "half"))
+    np.testing.assert_allclose(early["mse_vs_final"], [r["mse_vs_final"] for r in rows], rtol=1e-6)
+    np.testing.assert_allclose(early["nfe_mean"], [r["nfe_mean"] for r in rows])
+
+
+def test_a_plot_change_reruns_no_model_job(rerun):
+    _, run = rerun
+    assert run({"plot": {"dpi": 80}}) == ["plot_depth", "plot_early_stop"]
+
+
+def test_a_change_of_the_depths_reruns_only_the_depth_stages(rerun):
+    workdir, run = rerun
+    probe = (workdir / "results/tiny/probe.npz").read_bytes()
+    assert run({"depth": {"times": [0, 0.5, 1.0], "steps": 4}}) == ["depth", "depth_features", "depth_metrics",
+                                                                      "plot_depth"]
+    assert load_npz(workdir / "results/tiny/depth.npz", DEPTH_ARRAYS)["times"].tolist() == [0.0, 0.5, 1.0]
+    assert (workdir / "results/tiny/probe.npz").read_bytes() == probe
+
+
+def test_early_stop_settings_rerun_only_early_stop(rerun):
+    _, run = rerun
+    assert run({"early_stop": {"eps": [0.2, 0.02], "target_fraction": 0.2, "target_step": 2}}) == [
+        "early_stop", "plot_early_stop"]
