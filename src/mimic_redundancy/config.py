@@ -96,14 +96,39 @@ def validate_config(config: dict) -> dict:
             problems.append(f"config key 'presets.{name}.tokenizer': "
                             + ("a pretrained backbone brings its own tokenizer; allowed: pipeline" if pretrained
                                else "'pipeline' needs a pretrained backbone repo; allowed: builtin or a Hub repo"))
+    if not problems:
+        problems += _resolve_selected(config)
     problems += _cross_key_problems(config)
-    if config["preset"] in config["compare"]:  # e.g. --config preset=trained with the default compare: [trained]
+    if config["preset"] in config["compare"]:  # e.g. --config preset=tiny compare=[tiny]
         config["compare"] = [name for name in config["compare"] if name != config["preset"]]
         print(f"config note: preset '{config['preset']}' is also listed in 'compare'; it is run once and not "
               f"compared with itself (compare: {config['compare']})", file=sys.stderr)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return config
+
+
+SELECTED = "{preset}"  # in a checkpoint folder: the selected preset (presets.trained: results/{preset}/train/checkpoint)
+
+
+def _resolve_selected(config: dict) -> list[str]:
+    """Resolve `{preset}` in checkpoint folders to the selected preset, so `trained` is the checkpoint of the preset
+    being run (`--config preset=tiny-t5` trains tiny-t5, never tiny). A selected preset that is itself a checkpoint
+    is not trained here: the presets that follow it are dropped from 'compare', with a note."""
+    selected = config["preset"]
+    following = [name for name, spec in config["presets"].items() if SELECTED in spec.get("checkpoint", "")]
+    if selected in following:
+        return [f"config key 'preset': preset '{selected}' is the checkpoint of the selected preset "
+                f"({config['presets'][selected]['checkpoint']}); select the preset to train instead, e.g. "
+                f"--config preset=tiny (it then runs beside '{selected}')"]
+    for name in following:
+        config["presets"][name] = {"checkpoint": config["presets"][name]["checkpoint"].replace(SELECTED, selected)}
+    untrainable = [name for name in config["compare"] if name in following and "checkpoint" in config["presets"][selected]]
+    if untrainable:
+        config["compare"] = [name for name in config["compare"] if name not in untrainable]
+        print(f"config note: preset '{selected}' is a checkpoint and is not trained here, so {untrainable} (its "
+              f"trained checkpoint) are not compared (compare: {config['compare']})", file=sys.stderr)
+    return []
 
 
 def _cross_key_problems(config: dict) -> list[str]:
@@ -178,7 +203,8 @@ def trained_from(config: dict, preset: str) -> str | None:
     """The preset whose train rule writes this checkpoint preset's folder (results/<p>/train/checkpoint)."""
     folder = config["presets"][preset].get("checkpoint", "")
     match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
-    return match.group(1) if match and match.group(1) in config["presets"] else None
+    source = config["presets"].get(match.group(1)) if match else None
+    return match.group(1) if source is not None and "checkpoint" not in source else None  # a checkpoint is not trained
 
 
 def trained_presets(config: dict) -> list[str]:
