@@ -110,7 +110,7 @@ def compare_inputs(wildcards):
 
 
 def final_targets(preset):
-    tables = ["metrics.csv", "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json",
+    tables = ["metrics.csv", "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "mse_by_part.csv", "convergence.json",
               "sweep.csv", "backbone.csv", "backbone.json"]
     figures = [f"figures/{name}.{ext}" for name in ["convergence", "heatmaps", "sweep", "backbone"]
                for ext in ["png", "svg"]]
