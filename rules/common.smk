@@ -14,7 +14,7 @@ cfg.validate_config(config)
 
 # Every job is offline and shares one Hub cache (Slurm jobs inherit this environment and
 # re-read this file); only prefetch goes online, by itself.
-os.environ.update(offline_env(config["hub"]["cache_dir"]))
+os.environ.update(offline_env(cfg.hub_cache(config)))
 
 # Slurm: see a job that `scancel` killed as failed instead of polling it forever (slurm_compat.py)
 from mimic_redundancy.slurm_compat import patch_slurm_status_query
@@ -23,7 +23,7 @@ patch_slurm_status_query()
 
 
 wildcard_constraints:
-    preset="|".join(map(re.escape, config["presets"])),
+    preset="|".join(map(re.escape, cfg.preset_names(config))),
 
 
 def code(*modules):
@@ -40,13 +40,10 @@ HEAD_CODE = MODEL_CODE + code("probe")
 def data_files(wildcards):
     """inputs.source video_dir: the table and the videos it names (those that exist: a missing one is
     reported by the job, naming the table row), so editing the data reruns the model stages."""
-    inputs = config["inputs"]
-    if inputs["source"] != "video_dir":
+    table = cfg.video_dir_table(config)
+    if table is None or not table.is_file():
         return []
-    folder = Path(inputs["video_dir"])
-    table = folder / "episodes.csv"
-    if not table.is_file():
-        return []
+    folder = table.parent
     import csv
 
     with open(table, newline="", encoding="utf-8-sig") as f:
@@ -80,7 +77,7 @@ def results(preset, name):
 
 def run_presets():
     """The selected preset and those compared with it."""
-    return [config["preset"], *config["compare"]]
+    return cfg.run_presets(config)
 
 
 def all_targets():
@@ -89,7 +86,7 @@ def all_targets():
         source = cfg.trained_from(config, preset)
         if source:
             targets += [results(source, f"figures/train_loss.{ext}") for ext in ["png", "svg"]]
-    if config["compare"]:
+    if len(run_presets()) > 1:
         targets += ["results/compare/comparison.csv", "results/compare/figures/comparison.png"]
     return targets
 
@@ -120,7 +117,7 @@ def final_targets(preset):
 def print_summary(presets):
     for preset in presets:
         _print_summary(preset)
-    if config["compare"]:
+    if len(presets) > 1:
         print(f"\nside by side: results/compare/figures/comparison.png, results/compare/comparison.csv")
 
 

@@ -174,6 +174,25 @@ def default_config() -> dict:
     return validate_config(yaml.safe_load((SCHEMA.parents[1] / "config.yaml").read_text()))
 
 
+def run_presets(config: dict) -> list[str]:
+    """The selected preset and those compared with it, in that order."""
+    return [config["preset"], *config["compare"]]
+
+
+def preset_names(config: dict) -> list[str]:
+    return list(config["presets"])
+
+
+def hub_cache(config: dict) -> str:
+    return config["hub"]["cache_dir"]
+
+
+def video_dir_table(config: dict) -> Path | None:
+    """inputs.source video_dir: the episodes.csv its videos are listed in (None for the other sources)."""
+    inputs = config["inputs"]
+    return Path(inputs["video_dir"]) / "episodes.csv" if inputs["source"] == "video_dir" else None
+
+
 def samples(config: dict) -> list[tuple[int, str]]:
     """Every (seed, prompt) pair, seed-major: the sample order of a synthetic run's NPZ."""
     return list(product(config["seeds"], config["prompts"]))
@@ -364,7 +383,7 @@ def train_settings(config: dict, preset: str) -> dict:
 
 
 def compare_settings(config: dict) -> dict:
-    return {"presets": [config["preset"], *config["compare"]], **metrics_settings(config)}
+    return {"presets": run_presets(config), **metrics_settings(config)}
 
 
 def metrics_settings(config: dict) -> dict:
