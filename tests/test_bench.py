@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # whole programs: gpu-check in a subprocess, the training comparison, the benchmarks
 
 
 def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
