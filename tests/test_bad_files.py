@@ -91,7 +91,7 @@ DOCS = [REPO / "README.md", *(REPO / "docs" / name for name in ["troubleshooting
 
 
 @pytest.fixture(scope="module")
-def docs_run(docs_run, tmp_path_factory):
+def docs_run(small_run, tmp_path_factory):
     """A copy of the session's shared run (conftest.small_run: SMALL in config.yaml itself, so the docs' commands
     run as written)."""
     return copy_run(small_run[0], tmp_path_factory.mktemp("docs") / "wf")
