@@ -387,8 +387,9 @@ def compare_settings(config: dict) -> dict:
 
 
 def metrics_settings(config: dict) -> dict:
-    return dict(config["metrics"])
+    # keys sorted: Snakemake compares params as text, so the key order of a --configfile must not rerun a stage
+    return dict(sorted(config["metrics"].items()))
 
 
 def plot_settings(config: dict) -> dict:
-    return dict(config["plot"])
+    return dict(sorted(config["plot"].items()))
