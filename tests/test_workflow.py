@@ -198,9 +198,10 @@ def test_plot_option_reruns_only_plot(plan):
 
 
 def test_metrics_option_reruns_metrics_and_plot(plan):
+    # plot_sweep too: its title names the samples from convergence.json, which metrics rewrites
     _, planned = plan
     assert planned({"metrics": {"probe_steps": [1, 5, 10], "convergence_thresholds": [0.95]}}) == [
-        "metrics", "plot", "plot_heatmaps"]
+        "metrics", "plot", "plot_heatmaps", "plot_sweep"]
 
 
 def test_more_seeds_rerun_features_and_downstream_only(plan):
