@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # extra snakemake arguments, e.g. make run SMK="--config preset=tiny"
 SMK ?=
 
-.PHONY: run test lint report bench gpu-check slurm-up slurm-down clean
+.PHONY: run test test-fast lint report bench gpu-check slurm-up slurm-down clean
 
 # torch first and pinned: an unpinned torch requirement pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local $(SMK)
 
+# the whole suite (what .ci/run runs): real Snakemake runs, the loopback Hub, real Slurm when one answers
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+# the inner loop, under 2 minutes: no Slurm, no DAG runs (the tests marked slow are left out)
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -q -m "not slow"
 
 # the HTML report of the last run: every figure with its caption, and the tables
 report: $(VENV)/.installed

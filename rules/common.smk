@@ -14,7 +14,7 @@ cfg.validate_config(config)
 
 # Every job is offline and shares one Hub cache (Slurm jobs inherit this environment and
 # re-read this file); only prefetch goes online, by itself.
-os.environ.update(offline_env(config["hub"]["cache_dir"]))
+os.environ.update(offline_env(cfg.hub_cache(config)))
 
 # Slurm: see a job that `scancel` killed as failed instead of polling it forever (slurm_compat.py)
 from mimic_redundancy.slurm_compat import patch_slurm_status_query
@@ -23,13 +23,13 @@ patch_slurm_status_query()
 
 
 wildcard_constraints:
-    preset="|".join(map(re.escape, config["presets"])),
+    preset="|".join(map(re.escape, cfg.preset_names(config))),
     shard=r"\d+-of-\d+",
 
 # config `shards` > 1: the sharded stages (features, probe, sweep, backbone) run one job per contiguous range
 # of samples, each writing under results/{preset}/shards/<i-of-n>/, and rules/gather.smk joins them into the
 # files an unsharded run writes. With 1, those jobs write the files themselves (no gather job).
-SHARDED = config["shards"] > 1
+SHARDED = cfg.sharded(config)
 
 
 def sharded(name):
@@ -56,13 +56,10 @@ HEAD_CODE = MODEL_CODE + code("probe")
 def data_files(wildcards):
     """inputs.source video_dir: the table and the videos it names (those that exist: a missing one is
     reported by the job, naming the table row), so editing the data reruns the model stages."""
-    inputs = config["inputs"]
-    if inputs["source"] != "video_dir":
+    table = cfg.video_dir_table(config)
+    if table is None or not table.is_file():
         return []
-    folder = Path(inputs["video_dir"])
-    table = folder / "episodes.csv"
-    if not table.is_file():
-        return []
+    folder = table.parent
     import csv
 
     with open(table, newline="", encoding="utf-8-sig") as f:
@@ -101,7 +98,7 @@ def results(preset, name):
 
 def run_presets():
     """The selected preset and those compared with it."""
-    return [config["preset"], *config["compare"]]
+    return cfg.run_presets(config)
 
 
 def all_targets():
@@ -110,7 +107,7 @@ def all_targets():
         source = cfg.trained_from(config, preset)
         if source:
             targets += [results(source, f"figures/train_loss.{ext}") for ext in ["png", "svg"]]
-    if config["compare"]:
+    if len(run_presets()) > 1:
         targets += ["results/compare/comparison.csv", "results/compare/figures/comparison.png"]
     return targets
 
@@ -135,8 +132,9 @@ def compare_inputs(wildcards):
 
 
 def final_targets(preset):
-    tables = ["metrics.csv", "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json",
-              "sweep.csv", "backbone.csv", "backbone.json", "early_stop.csv", "early_stop.json", "depth.csv", "depth.json"]
+    tables = ["metrics.csv", "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "mse_by_part.csv",
+              "convergence.json", "sweep.csv", "backbone.csv", "backbone.json", "early_stop.csv", "early_stop.json",
+              "depth.csv", "depth.json"]
     figures = [f"figures/{name}.{ext}" for name in ["convergence", "heatmaps", "sweep", "backbone", "early_stop", "depth"]
                for ext in ["png", "svg"]]
     return [results(preset, name) for name in ["validate.json", "probe.npz", *tables, *figures]]
@@ -145,7 +143,7 @@ def final_targets(preset):
 def print_summary(presets):
     for preset in presets:
         _print_summary(preset)
-    if config["compare"]:
+    if len(presets) > 1:
         print(f"\nside by side: results/compare/figures/comparison.png, results/compare/comparison.csv")
 
 

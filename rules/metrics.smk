@@ -14,6 +14,7 @@ rule metrics:
         early_exit=report(results("{preset}", "early_exit.csv"), caption="../report/early_exit.rst", category="Tables"),
         thresholds=report(results("{preset}", "convergence.csv"), caption="../report/thresholds.rst", category="Tables"),
         parts=report(results("{preset}", "convergence_by_part.csv"), caption="../report/parts.rst", category="Tables"),
+        part_errors=results("{preset}", "mse_by_part.csv"),
         summary=results("{preset}", "convergence.json"),
     params:
         settings=cfg.metrics_settings(config),

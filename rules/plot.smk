@@ -1,4 +1,4 @@
-# Figures from tables and NPZ files alone (never the model): cheap, on the head node.
+# Figures from the tables and summaries the metrics rules write (never the NPZ, never the model): cheap, on the head node.
 localrules:
     plot,
     plot_heatmaps,
@@ -30,14 +30,14 @@ rule plot:
 
 rule plot_heatmaps:
     input:
-        npz=results("{preset}", "probe.npz"),
+        table=rules.metrics.output.part_errors,
+        summary=rules.metrics.output.summary,
         code=code("plots", "metrics", "io"),
     output:
         png=report(results("{preset}", "figures/heatmaps.png"), caption="../report/heatmaps.rst", category="Figures"),
         svg=results("{preset}", "figures/heatmaps.svg"),
     params:
         style=cfg.plot_settings(config),
-        probe_steps=config["metrics"]["probe_steps"],
     benchmark:
         results("{preset}", "benchmarks/plot_heatmaps.tsv")
     log:
@@ -53,7 +53,7 @@ rule plot_heatmaps:
 rule plot_sweep:
     input:
         table=rules.sweep_metrics.output.table,
-        probe=results("{preset}", "probe.npz"),
+        summary=rules.metrics.output.summary,
         code=code("plots", "metrics", "io"),
     output:
         png=report(results("{preset}", "figures/sweep.png"), caption="../report/sweep.rst", category="Figures"),
@@ -76,7 +76,6 @@ rule plot_backbone:
     input:
         table=rules.backbone_metrics.output.table,
         summary=rules.backbone_metrics.output.summary,
-        npz=results("{preset}", "backbone.npz"),
         code=code("plots", "metrics", "io"),
     output:
         png=report(results("{preset}", "figures/backbone.png"), caption="../report/backbone.rst", category="Figures"),

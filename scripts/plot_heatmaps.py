@@ -7,5 +7,5 @@ from mimic_redundancy.log import setup_log  # noqa: E402
 from mimic_redundancy.plots import heatmap_figure  # noqa: E402
 
 setup_log(snakemake.log[0])
-heatmap_figure(snakemake.input.npz, snakemake.params.probe_steps, snakemake.params.style,
+heatmap_figure(snakemake.input.table, snakemake.input.summary, snakemake.params.style,
                snakemake.output.png, snakemake.output.svg)

@@ -7,5 +7,5 @@ from mimic_redundancy.log import setup_log  # noqa: E402
 from mimic_redundancy.plots import sweep_figure  # noqa: E402
 
 setup_log(snakemake.log[0])
-sweep_figure(snakemake.input.table, snakemake.input.probe, snakemake.params.style,
+sweep_figure(snakemake.input.table, snakemake.input.summary, snakemake.params.style,
              snakemake.output.png, snakemake.output.svg)

@@ -14,14 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "scripts", "schemas", "src", "envs", "profiles", "report"]
 
+# The embedded default's tiny preset, as config.yaml sets it (the one place it is decided): TINY_PRESET is the
+# preset's keys, TINY the whole-model settings the stages build it from (config.model_settings + the backbone keys).
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+TINY_PRESET = dict(DEFAULT_CONFIG["presets"]["tiny"])
+TINY = {"preset": "tiny", **TINY_PRESET, "model_seed": DEFAULT_CONFIG["model_seed"], "device": "cpu"}
+TINY_INPUTS = {k: DEFAULT_CONFIG["inputs"][k] for k in ("frames", "height", "width")}
+
 # Small but complete: 2 seeds x 2 prompts, 10 Euler steps; one preset (tests/test_real_inputs.py runs
-# the default's train + trained-preset comparison).
+# the default's train + trained-preset comparison). The session's shared run (small_run) uses it.
 SMALL = {
     "compare": [],
     "seeds": [0, 1],
     "probe": {"steps": 10, "batch_size": 4},
     "metrics": {"probe_steps": [2, 4, 6, 8, 10], "convergence_thresholds": [0.9, 0.99]},
     "sweep": {"steps": [1, 2, 5, 10], "reference_steps": 20, "repeats": 1},
+    "depth": {"times": [0, 1.0], "steps": 4},  # the video-denoising depth: the clean and the fully noised video
 }
 
 
@@ -59,6 +67,37 @@ def executed_rules(result: subprocess.CompletedProcess) -> list[str]:
     return sorted(r for r in re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", text) if r != "all")
 
 
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count of a run's or a dry run's "Job stats" table ('all' included); {} when nothing is to do."""
+    stats = output.split("Job stats:", 1)[1].split("total", 1)[0] if "Job stats:" in output else ""
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
+
+
+def planned_rules(workdir: Path, *args: str) -> list[str]:
+    """The rules a run would execute (a dry run: Snakemake decides what reruns while it builds the DAG, so this is
+    exactly what a real run executes), 'all' left out, one entry per job."""
+    result = snakemake(workdir, "-n", *args)
+    assert result.returncode == 0, f"dry run failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return sorted(r for r, n in planned_jobs(result.stdout + result.stderr).items() for _ in range(n) if r != "all")
+
+
+def copy_run(workdir: Path, dest: Path) -> Path:
+    """A private copy of a finished run (files, mtimes and Snakemake's metadata), to change without touching it."""
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture
 def workflow(tmp_path) -> Path:
     return copy_workflow(tmp_path)
+
+
+# -- shared runs: one per session, read by many tests; copy_run() them before changing anything -------------------
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The whole DAG of the SMALL config (one preset, local profile), run once per session: (workdir, result).
+    SMALL is written into the copy's config.yaml, so the docs' commands run there as written."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("small_run"))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL}, sort_keys=False))
+    return workdir, run_ok(workdir)

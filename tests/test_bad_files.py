@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, run_ok, snakemake
+from conftest import REPO, SNAKEMAKE, copy_run, executed_rules, planned_jobs, run_ok, snakemake
 from mimic_redundancy import config as cfg
 from mimic_redundancy.io import PROBE_ARRAYS, InputFileError, load_npz, load_probe, read_json, rebuild_command
 from mimic_redundancy.metrics import read_csv, write_csv
@@ -85,21 +85,16 @@ def test_a_damaged_file_is_named_with_the_fix(tmp_path, monkeypatch, kind):
 
 
 # -- through real Snakemake runs: one small run shared by the tests below --------------------------------------
-DOCS = [REPO / "README.md", REPO / "docs" / "troubleshooting.md"]
+# the README and the reference pages that hold local-profile commands (docs/cluster.md needs a cluster and a study)
+DOCS = [REPO / "README.md", *(REPO / "docs" / name for name in ["troubleshooting.md", "pipeline.md", "hub.md", "inputs.md",
+                                                           "training.md", "metrics.md", "slurm.md", "performance.md"])]
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """The tiny preset's SMALL config written into config.yaml itself (so the docs' commands run as written),
-    run up to metrics.csv."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    smaller = {"seeds": [0], "prompts": ["pick up the red block"], "validate": {"fidelity_samples": 1,
-               "fidelity_tolerance": 1.0e-5}, "probe": {"steps": 4, "batch_size": 1},
-               "metrics": {"probe_steps": [2, 4], "convergence_thresholds": [0.9]}}
-    (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL, **smaller}))
-    run_ok(workdir, "results/tiny/metrics.csv")
-    return workdir
+def docs_run(small_run, tmp_path_factory):
+    """A copy of the session's shared run (conftest.small_run: SMALL in config.yaml itself, so the docs' commands
+    run as written)."""
+    return copy_run(small_run[0], tmp_path_factory.mktemp("docs") / "wf")
 
 
 def doc_commands(text: str) -> list[str]:
@@ -133,17 +128,13 @@ def as_argv(command: str) -> tuple[dict, list[str]]:
     return env, [str(SNAKEMAKE), *words[1:]]
 
 
-def planned_rules(output: str) -> dict[str, int]:
-    stats = output.split("Job stats:", 1)[1].split("total", 1)[0] if "Job stats:" in output else ""
-    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
-
-
 # commands the docs mention that this test does not run, and where they are run instead
 NOT_RUN_HERE = {"snakemake --report": "tests/test_workflow.py builds the report of a complete run",
                 "snakemake --lint": "tests/test_workflow.py::test_lint_reports_nothing"}
 
 
-def test_every_documented_command_runs(small_run):
+@pytest.mark.slow
+def test_every_documented_command_runs(docs_run):
     """Each snakemake command of the README and the troubleshooting guide, run as written: as a dry run (-n), except
     --unlock; a named target plans no 'all', and `<target> --forcerun <rule>` plans exactly that rule. (The fix
     commands are also run for real: probe.npz below, prefetch.json in tests/test_hub.py.)"""
@@ -153,10 +144,10 @@ def test_every_documented_command_runs(small_run):
     assert ".venv/bin/snakemake --profile profiles/local results/tiny/probe.npz --forcerun probe" in commands
     assert len(commands) >= 12, commands
     # what the documented commands point at: a folder of the user's own
-    for path in cfg.checkpoint_files(yaml.safe_load((small_run / "config.yaml").read_text()), "checkpoint"):
-        (small_run / path).parent.mkdir(parents=True, exist_ok=True)
-        (small_run / path).touch()
-    (small_run / "my.yaml").write_text("seeds: [0, 1]\n")
+    for path in cfg.checkpoint_files(yaml.safe_load((docs_run / "config.yaml").read_text()), "checkpoint"):
+        (docs_run / path).parent.mkdir(parents=True, exist_ok=True)
+        (docs_run / path).touch()
+    (docs_run / "my.yaml").write_text("seeds: [0, 1]\n")
     failures = []
     runs = {}  # one run per distinct command line (`make run`, `.venv/bin/snakemake` and `snakemake` alike)
     for command in commands:
@@ -166,10 +157,10 @@ def test_every_documented_command_runs(small_run):
         env, argv = dict(env), list(argv)
         if "--unlock" not in argv:
             argv.append("-n")
-        result = subprocess.run(argv, cwd=small_run, capture_output=True, text=True, timeout=300,
+        result = subprocess.run(argv, cwd=docs_run, capture_output=True, text=True, timeout=300,
                                 env={**os.environ, **env})
         output = result.stdout + result.stderr
-        planned = planned_rules(output)
+        planned = planned_jobs(output)
         targets = [w for w in argv[1:] if w.startswith("results/")]
         forced = argv[argv.index("--forcerun") + 1:] if "--forcerun" in argv else []
         forced = forced[:next((i for i, w in enumerate(forced) if w.startswith("-")), len(forced))]
@@ -182,35 +173,37 @@ def test_every_documented_command_runs(small_run):
     assert not failures, "\n\n".join(failures)
 
 
-def test_a_truncated_probe_npz_is_named_and_the_command_given_rebuilds_it(small_run):
-    probe = small_run / "results/tiny/probe.npz"
+@pytest.mark.slow
+def test_a_truncated_probe_npz_is_named_and_the_command_given_rebuilds_it(docs_run):
+    probe = docs_run / "results/tiny/probe.npz"
     probe.write_bytes(probe.read_bytes()[:1000])
-    result = snakemake(small_run, "results/tiny/metrics.csv", "--forcerun", "metrics")
+    result = snakemake(docs_run, "results/tiny/metrics.csv", "--forcerun", "metrics")
     assert result.returncode != 0
-    log = (small_run / "results/tiny/logs/metrics.log").read_text()
+    log = (docs_run / "results/tiny/logs/metrics.log").read_text()
     fix = "snakemake --profile profiles/local results/tiny/probe.npz --forcerun probe"
     assert "InputFileError: results/tiny/probe.npz: not a readable NPZ (BadZipFile" in log, log[-2000:]
     assert f"Rebuild it: {fix}" in log
     assert fix.replace("tiny", "<preset>", 1) in (REPO / "docs/troubleshooting.md").read_text()
-    assert not (small_run / "results/tiny/metrics.csv").exists(), "no stale table beside a failed metrics job"
+    assert not (docs_run / "results/tiny/metrics.csv").exists(), "no stale table beside a failed metrics job"
     # the command, as given: only the probe runs, and then the tables rebuild from it
-    assert executed_rules(run_ok(small_run, *shlex.split(fix)[3:])) == ["probe"]
-    assert executed_rules(run_ok(small_run, "results/tiny/metrics.csv")) == ["metrics"]
+    assert executed_rules(run_ok(docs_run, *shlex.split(fix)[3:])) == ["probe"]
+    assert executed_rules(run_ok(docs_run, "results/tiny/metrics.csv")) == ["metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, reader, reader_target, problem", [
     ("metrics.csv", "plot", "results/tiny/figures/convergence.png", "the last line has no line end"),
     ("prefetch.json", "features", "results/tiny/features/inference.safetensors", "not valid JSON"),  # the backbone's
 ], ids=["csv", "manifest"])
-def test_a_damaged_table_or_manifest_is_named_and_the_command_given_rebuilds_it(small_run, name, reader,
+def test_a_damaged_table_or_manifest_is_named_and_the_command_given_rebuilds_it(docs_run, name, reader,
                                                                                 reader_target, problem):
-    path = small_run / "results/tiny" / name
+    path = docs_run / "results/tiny" / name
     path.write_text(path.read_text()[:-3])
-    result = snakemake(small_run, reader_target, "--forcerun", reader)
+    result = snakemake(docs_run, reader_target, "--forcerun", reader)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     fix = rebuild_command(f"results/tiny/{name}")
     assert f"results/tiny/{name}: {problem}" in output and f"Rebuild it: {fix}" in output, output[-3000:]
-    assert not (small_run / reader_target).exists()
+    assert not (docs_run / reader_target).exists()
     rule = fix.split()[-1]
-    assert executed_rules(run_ok(small_run, *shlex.split(fix)[3:])) == [rule]
+    assert executed_rules(run_ok(docs_run, *shlex.split(fix)[3:])) == [rule]

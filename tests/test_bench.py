@@ -9,6 +9,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # whole programs: gpu-check in a subprocess, the training comparison, the benchmarks
+
 
 def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
     result = subprocess.run([sys.executable, "-m", "mimic_redundancy.gpu_check", "--device", "cpu", "--steps", "3",

@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO, SMALL, snakemake, write_config
+from conftest import REPO, SMALL, TINY_PRESET, snakemake, write_config
 from mimic_redundancy import config as cfg
 
 CASES = {
@@ -26,14 +26,12 @@ CASES = {
     "unknown nested key": ({"plot": {"colour": "red"}}, ["config key 'plot'", "'colour' was unexpected",
                                                           "allowed keys: dpi, height, log_y, width"]),
     "bad device": ({"device": "gpu"}, ["config key 'device'", "auto (CUDA when present), cpu, cuda or cuda:N"]),
-    "unknown tokenizer": ({"presets": {"tiny": {"dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random",
-                                                "tokenizer": "t5"}}},
+    "unknown tokenizer": ({"presets": {"tiny": {**TINY_PRESET, "tokenizer": "t5"}}},
                           ["config key 'presets.tiny.tokenizer'", "'builtin' (built by the pipeline, no Hub)"]),
     "pipeline tokenizer without a pretrained backbone": (
-        {"presets": {"tiny": {"dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random",
-                              "tokenizer": "pipeline"}}},
+        {"presets": {"tiny": {**TINY_PRESET, "tokenizer": "pipeline"}}},
         ["config key 'presets.tiny.tokenizer'", "'pipeline' needs a pretrained backbone repo"]),
-    "malformed repo id": ({"presets": {"cosmos": {"dim": 512, "depth": 3, "extract_layer": 1, "tokenizer": "pipeline",
+    "malformed repo id": ({"presets": {"cosmos": {**TINY_PRESET, "tokenizer": "pipeline",
                                                   "backbone": {"repo": "nvidia/Cosmos 7B"}}}},
                           ["config key 'presets.cosmos.backbone.repo'", "'nvidia/Cosmos 7B' does not match",
                            "Hub repo id, e.g. google-t5/t5-small"]),
@@ -52,9 +50,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_bad_config_fails_before_any_job(workflow, name):
-    overrides, fragments = CASES[name]
+def test_bad_config_fails_before_any_job(workflow):
+    """One real Snakemake run: a bad config stops the DAG build, before any job; every message is checked in
+    process below (the same validate_config that rules/common.smk calls)."""
+    overrides, fragments = CASES["zero steps"]
     config = write_config(workflow, {**SMALL, **overrides})
     result = snakemake(workflow, "--configfile", str(config))
     output = result.stdout + result.stderr
@@ -139,9 +138,9 @@ def merged(*overrides: dict) -> dict:
     return config
 
 
-@pytest.mark.parametrize("name", IN_PROCESS)
+@pytest.mark.parametrize("name", [*CASES, *IN_PROCESS])
 def test_bad_config_is_refused_naming_the_key(name):
-    overrides, fragments = IN_PROCESS[name]
+    overrides, fragments = {**CASES, **IN_PROCESS}[name]
     with pytest.raises(cfg.ConfigError) as error:
         cfg.validate_config(merged(SMALL, overrides))
     for fragment in fragments:
@@ -169,7 +168,29 @@ def test_seeds_and_counts_have_bounds_and_exact_types():
 
 
 def test_the_selected_preset_is_not_compared_with_itself(capsys):
-    config = cfg.validate_config(merged(SMALL, {"preset": "trained", "compare": ["trained", "tiny"]}))
+    config = cfg.validate_config(merged(SMALL, {"preset": "tiny-t5", "compare": ["tiny-t5", "tiny"]}))
     assert config["compare"] == ["tiny"]
-    assert "preset 'trained' is also listed in 'compare'; it is run once and not compared with itself" \
+    assert "preset 'tiny-t5' is also listed in 'compare'; it is run once and not compared with itself" \
         in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-t5", "cosmos"])
+def test_trained_is_the_selected_presets_checkpoint(preset):
+    """`trained` follows `preset`: the train rule of the selected preset writes it, and no other preset is trained."""
+    config = cfg.validate_config(merged(SMALL, {"preset": preset, "compare": ["trained"]}))
+    assert config["presets"]["trained"] == {"checkpoint": f"results/{preset}/train/checkpoint"}
+    assert cfg.trained_from(config, "trained") == preset
+    assert cfg.trained_presets(config) == [preset]
+    assert cfg.feature_preset(config, "trained") == preset  # the selected preset's features, computed once
+
+
+def test_a_selected_checkpoint_preset_compares_with_nothing_by_default(capsys):
+    config = cfg.validate_config(merged(SMALL, {"preset": "checkpoint", "compare": ["trained"]}))
+    assert config["compare"] == []
+    assert cfg.trained_presets(config) == []
+    assert "preset 'checkpoint' is a checkpoint and is not trained here" in capsys.readouterr().err
+
+
+def test_selecting_trained_itself_is_refused():
+    with pytest.raises(cfg.ConfigError, match="preset 'trained' is the checkpoint of the selected preset"):
+        cfg.validate_config(merged(SMALL, {"preset": "trained"}))

@@ -7,34 +7,30 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
+from conftest import SMALL, copy_run, executed_rules, planned_rules, snakemake, write_config
 from mimic_redundancy.early_stop import early_stop_tables
 from mimic_redundancy.io import DEPTH_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 from mimic_redundancy.metrics import read_csv, seed_spread
 
-DEPTH = {**SMALL, "depth": {"times": [0, 1.0], "steps": 4}}
-TARGETS = ["results/tiny/figures/early_stop.png", "results/tiny/figures/depth.png"]
-
-
-def run_ok(workdir, *args):
-    result = snakemake(workdir, *TARGETS, *args, timeout=1800)  # the first run builds features, probe and sweep
-    assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def completed(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("depth"))
-    result = run_ok(workdir, "--configfile", str(write_config(workdir, DEPTH)))
-    return workdir, result
+pytestmark = pytest.mark.slow  # reads the session's shared DAG run (conftest.small_run), reruns copies of it
 
 
 @pytest.fixture
-def rerun(completed, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(completed[0], workdir, symlinks=True)
-    return workdir, lambda overrides: executed_rules(
-        run_ok(workdir, "--configfile", str(write_config(workdir, {**DEPTH, **overrides}))))
+def completed(small_run):
+    return small_run
+
+
+@pytest.fixture
+def rerun(small_run, tmp_path):
+    """A copy of the shared run, and what a run with SMALL plus overrides executes there (for real)."""
+    workdir = copy_run(small_run[0], tmp_path / "run")
+
+    def run(overrides):
+        result = snakemake(workdir, "--configfile", str(write_config(workdir, {**SMALL, **overrides})), timeout=900)
+        assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        return executed_rules(result)
+
+    return workdir, run
 
 
 def test_tables_come_from_the_npz_files(completed):
@@ -56,14 +52,15 @@ def test_tables_come_from_the_npz_files(completed):
     probe, sweep = load_probe(out / "probe.npz"), load_npz(out / "sweep.npz", SWEEP_ARRAYS)
     rows, _ = early_stop_tables(probe, sweep, {"eps": [0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.001],
                                                "target_fraction": 0.1, "target_step": 5})
-    early = read_csv(out / "early_stop.csv", strings=("rule", "half"))
+    early = read_csv(out / "early_stop.csv", text_columns=("rule", "half"))
     np.testing.assert_allclose(early["mse_vs_final"], [r["mse_vs_final"] for r in rows], rtol=1e-6)
     np.testing.assert_allclose(early["nfe_mean"], [r["nfe_mean"] for r in rows])
 
 
-def test_a_plot_change_reruns_no_model_job(rerun):
-    _, run = rerun
-    assert run({"plot": {"dpi": 80}}) == ["plot_depth", "plot_early_stop"]
+def test_a_plot_change_reruns_no_model_job(small_run, tmp_path):
+    workdir = copy_run(small_run[0], tmp_path / "run")
+    planned = planned_rules(workdir, "--configfile", str(write_config(workdir, {**SMALL, "plot": {"dpi": 80}})))
+    assert {"plot_depth", "plot_early_stop"} <= set(planned) and all(r.startswith("plot") for r in planned), planned
 
 
 def test_a_change_of_the_depths_reruns_only_the_depth_stages(rerun):
@@ -75,7 +72,8 @@ def test_a_change_of_the_depths_reruns_only_the_depth_stages(rerun):
     assert (workdir / "results/tiny/probe.npz").read_bytes() == probe
 
 
-def test_early_stop_settings_rerun_only_early_stop(rerun):
-    _, run = rerun
-    assert run({"early_stop": {"eps": [0.2, 0.02], "target_fraction": 0.2, "target_step": 2}}) == [
-        "early_stop", "plot_early_stop"]
+def test_early_stop_settings_rerun_only_early_stop(small_run, tmp_path):
+    workdir = copy_run(small_run[0], tmp_path / "run")
+    change = {**SMALL, "early_stop": {"eps": [0.2, 0.02], "target_fraction": 0.2, "target_step": 2}}
+    assert planned_rules(workdir, "--configfile", str(write_config(workdir, change))) == ["early_stop",
+                                                                                          "plot_early_stop"]

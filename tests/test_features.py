@@ -10,9 +10,9 @@ from mimic_redundancy.features import FeaturesError, compute_features, library_v
 from mimic_redundancy.model import build_backbone, build_model, net_dims
 from mimic_redundancy.probe import video_hiddens
 
-TINY = {"preset": "tiny", "dim": 64, "depth": 1, "extract_layer": 1, "backbone": "tiny-random", "tokenizer": "builtin",
-        "model_seed": 0, "device": "cpu"}
-INPUTS = {"frames": 5, "height": 32, "width": 32}
+from conftest import TINY as DEFAULT_TINY, TINY_INPUTS as INPUTS
+
+TINY = {**DEFAULT_TINY, "dim": 64, "depth": 1}  # config.yaml's tiny model with a narrow head: fast, same backbone
 PAIRS = [(0, "pick up the red block"), (1, "open the top drawer"), (7, "pick up the red block")]
 
 

@@ -220,6 +220,7 @@ def test_a_truncated_data_file_is_detected(hub_root, tmp_path):
         read_lerobot(root, INPUTS)
 
 
+@pytest.mark.slow
 def test_a_v30_dataset_runs_through_the_dag(hub_root, tmp_path):
     """One real Snakemake run: prefetch (metadata, then the selected files), validate and probe, offline."""
     workdir = copy_workflow(tmp_path / "wf")

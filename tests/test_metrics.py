@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mimic_redundancy.metrics import convergence_step, metrics_rows
+from mimic_redundancy.metrics import convergence_step, part_rows, step_errors, summary_rows
 
 # The seed session's table: MSE of intermediate actions vs the final action (one sample).
 SEED_STEPS = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
@@ -29,7 +29,7 @@ def test_metrics_rows_match_direct_computation():
     steps, samples = 6, 3
     probe = {"trajectory": rng.normal(size=(steps + 1, samples, 4, 2)).astype(np.float32),
              "clean_prediction": rng.normal(size=(steps, samples, 4, 2)).astype(np.float32)}
-    rows = metrics_rows(probe, [6, 2])
+    rows = summary_rows(step_errors(probe), [2, 6])  # what write_metrics writes to metrics.csv
     assert [r["step"] for r in rows] == [2, 6]
     final = probe["trajectory"][-1].astype(np.float64)
     x2 = [((probe["trajectory"][2, i] - final[i]) ** 2).mean() for i in range(samples)]
@@ -91,3 +91,18 @@ def test_slurm_cancelled_state_is_normalised():
     assert [normalise_state(s) for s in ["COMPLETED", "RUNNING", "FAILED", "CANCELLED"]] == [
         "COMPLETED", "RUNNING", "FAILED", "CANCELLED"]
     assert patch_slurm_status_query() and patch_slurm_status_query()  # idempotent
+
+
+def test_the_heatmaps_table_holds_the_per_part_errors():
+    """mse_by_part.csv (what plot_heatmaps draws) against the maths done directly on the trajectory."""
+    rng = np.random.default_rng(0)
+    traj = rng.normal(size=(11, 4, 6, 3)).astype(np.float32)
+    rows = part_rows({"trajectory": traj}, [10, 2, 4])
+    sq = (traj[[2, 4, 10]].astype(np.float64) - traj[-1]) ** 2
+    direct = {"dimension": sq.mean(axis=(1, 2)), "position": sq.mean(axis=(1, 3))}
+    assert len(rows) == 3 * (3 + 6)
+    for row in rows:
+        p = [2, 4, 10].index(row["step"])
+        per_part = direct[row["axis"]]
+        assert row["mse_vs_final"] == pytest.approx(per_part[p, row["index"]], rel=1e-12)
+        assert row["relative_to_first_step"] == pytest.approx(per_part[p, row["index"]] / per_part[0, row["index"]])

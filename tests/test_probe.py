@@ -4,15 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+
 from mimic_redundancy.features import compute_features
 from mimic_redundancy.samples import synthetic_samples
 from mimic_redundancy.model import build_model, net_dims
 from mimic_redundancy.probe import library_sample, probe_trajectory, run_probe, synthetic_batch, video_hiddens
 from mimic_redundancy.tokenizer import builtin_tokenizer, tokenizer_problems
 
-TINY = {"preset": "tiny", "dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random", "tokenizer": "builtin", "model_seed": 0,
-        "device": "cpu"}
-INPUTS = {"frames": 5, "height": 32, "width": 32}
+from conftest import TINY, TINY_INPUTS as INPUTS
 PAIRS = [(0, "pick up the red block"), (1, "open the top drawer"), (2, "pick up the red block")]
 
 

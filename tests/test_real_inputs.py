@@ -11,12 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
+from conftest import SMALL, TINY_PRESET, copy_workflow, executed_rules, snakemake, write_config
 from datasets import ACTION_DIM, JOINT_DIM, write_lerobot, write_video_dir
 from hub_server import HubServer
 from mimic_redundancy.io import load_probe
 from mimic_redundancy.metrics import read_csv
 
+pytestmark = pytest.mark.slow  # real Snakemake runs on real inputs
 REPO = "test-org/libero-tiny"
 PER_PRESET = ["backbone", "backbone_metrics", "depth", "depth_metrics", "early_stop", "metrics", "plot",
               "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps", "plot_sweep", "probe", "sweep",
@@ -148,8 +149,7 @@ def test_video_dir_dag_and_a_corrupt_video(video_run):
 
 def test_video_dir_with_mismatched_dimensions_fails_naming_both(video_run):
     workdir, _, overrides = video_run
-    tiny = {"dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random", "tokenizer": "builtin",
-            "action_dim": 20}
+    tiny = {**TINY_PRESET, "action_dim": 20}
     result = run(workdir, {**overrides, "presets": {"tiny": tiny}}, *TARGETS)
     assert result.returncode != 0
     log = (workdir / "results/tiny/logs/features.log").read_text()

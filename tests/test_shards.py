@@ -123,6 +123,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_sharded_run_runs_a_job_per_shard_and_gathers(runs):
     ran = executed_rules(runs[4][1])
     for stage in ("features", "probe", "sweep", "backbone"):
@@ -130,6 +131,7 @@ def test_a_sharded_run_runs_a_job_per_shard_and_gathers(runs):
     assert not any(rule.startswith("gather") for rule in executed_rules(runs[1][1]))
 
 
+@pytest.mark.slow
 def test_sharded_and_unsharded_runs_are_bit_identical(runs):
     one, four = runs[1][0] / "results/tiny", runs[4][0] / "results/tiny"
     for name, contract in zip(SHARDED, (io.PROBE_ARRAYS, io.SWEEP_ARRAYS, io.BACKBONE_ARRAYS)):
@@ -150,11 +152,14 @@ def test_sharded_and_unsharded_runs_are_bit_identical(runs):
     assert (one / "metrics.csv").read_text() == (four / "metrics.csv").read_text()
 
 
-def test_a_lost_shard_is_redone_alone(runs, tmp_path):
+@pytest.mark.slow
+def test_a_failed_shard_is_redone_alone(runs, tmp_path):
     workdir = tmp_path / "rerun"
     shutil.copytree(runs[4][0], workdir, symlinks=True)
     before = io.load_probe(workdir / "results/tiny/probe.npz")
-    (workdir / "results/tiny/shards/3-of-4/probe.npz").unlink()
+    # what a failed shard leaves: the other shards' files, no gathered file (and nothing after it)
+    for name in ("shards/3-of-4/probe.npz", "probe.npz", "metrics.csv"):
+        (workdir / "results/tiny" / name).unlink()
     redo = run_ok(workdir, *TARGETS, "--configfile", str(runs[4][2]))
     assert executed_rules(redo) == ["gather_probe", "metrics", "probe"]
     assert "results/tiny/shards/3-of-4/probe.npz" in redo.stdout + redo.stderr
@@ -166,6 +171,7 @@ def test_a_lost_shard_is_redone_alone(runs, tmp_path):
 ARRAY_SUBMITTED = re.compile(r"Submitted array job with Snakemake IDs [\d,]+ and SLURM job ID (\d+)")
 
 
+@pytest.mark.slow
 def test_on_slurm_each_shard_is_a_job_a_cancelled_shard_is_redone_alone(runs, tmp_path):
     """features: 4 Slurm jobs; probe: one array job of 4 tasks (--slurm-array-jobs). One probe task is
     cancelled: the run fails, and the next run submits that shard alone. The gathered NPZ equals the local one."""

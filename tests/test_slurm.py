@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, run_ok, write_config
+from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, write_config
 from mimic_redundancy.io import load_probe
 
+pytestmark = pytest.mark.slow  # real Slurm jobs
 MODEL_JOBS = ["backbone", "depth", "depth_features", "features", "probe", "sweep", "validate"]
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+/rule_(\w+)/\S+)\)")
 
@@ -76,7 +77,7 @@ def rerun(completed, tmp_path):
     return workdir
 
 
-def test_model_jobs_run_as_slurm_jobs_and_match_the_local_profile(completed, tmp_path):
+def test_model_jobs_run_as_slurm_jobs_and_match_the_local_profile(completed, small_run):
     workdir, result = completed
     jobs = submissions(result)
     assert sorted(jobs) == MODEL_JOBS, "exactly the model jobs are submitted; the rest run on the head node"
@@ -90,9 +91,8 @@ def test_model_jobs_run_as_slurm_jobs_and_match_the_local_profile(completed, tmp
         assert state == "COMPLETED", (rule, state)
         assert "gres/gpu=1" in tres, (rule, tres)  # the profile's GPU request reached Slurm
         assert log.startswith(str(workdir / "logs/slurm")) and "Finished jobid" in open(log).read(), rule
-    # the same config on this machine gives the same numbers
-    local = copy_workflow(tmp_path / "local")
-    run_ok(local, "--configfile", str(write_config(local, SMALL)))
+    # the same config on this machine (the session's shared local run) gives the same numbers
+    local = small_run[0]
     for name in ["probe.npz"]:
         on_slurm, here = load_probe(workdir / "results/tiny" / name), load_probe(local / "results/tiny" / name)
         np.testing.assert_array_equal(on_slurm["trajectory"], here["trajectory"])

@@ -196,6 +196,7 @@ def test_train_refuses_windows_without_ground_truth(trained, backbone):
         train_model(trained[0], rows, {"steps": 1, "batch_size": 1, "lr": 1e-3, "seed": 0, "draws": 1}, "cpu")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_trained_elsewhere_runs_the_dag_with_its_own_dimensions(trained, backbone, tmp_path):
     """The preset `checkpoint` reads checkpoints/my-model: here the fixture's checkpoint, as a user would copy it."""
     import shutil

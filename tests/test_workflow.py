@@ -1,18 +1,22 @@
 """Real Snakemake runs of the whole DAG on the tiny model: outputs, the NPZ contract, and
-that a change reruns exactly the stages that depend on it."""
+that a change reruns exactly the stages that depend on it.
+
+The session's shared run (conftest.small_run) is read here; the rerun tests plan on a copy of it (a dry run: what
+reruns is decided while the DAG is built), and the tests that check what a rerun writes run it for real."""
 from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import SMALL, copy_workflow, executed_rules, run_ok, snakemake, write_config
+from conftest import SMALL, TINY_PRESET, copy_run, executed_rules, planned_rules, run_ok, snakemake, write_config
 from mimic_redundancy.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
+
+pytestmark = pytest.mark.slow  # the session's shared DAG run and real reruns
 
 FIGURES = ["plot", "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps", "plot_sweep"]
 MODEL_JOBS = ["backbone", "depth", "depth_features", "features", "probe", "sweep"]
@@ -22,20 +26,16 @@ ALL_BUT_PREFETCH = sorted(FIGURES + MODEL_JOBS + TABLES + ["validate"])
 HEAD_AND_AFTER = sorted(set(ALL_BUT_PREFETCH) - {"features", "depth_features"})
 
 
-@pytest.fixture(scope="module")
-def completed(tmp_path_factory):
-    """One full run of the small config; tests copy it before changing anything."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("completed"))
-    config = write_config(workdir, SMALL)
-    result = run_ok(workdir, "--configfile", str(config))
-    return workdir, result
+@pytest.fixture
+def completed(small_run):
+    """The session's full run of the SMALL config (conftest.small_run); copy it before changing anything."""
+    return small_run
 
 
 @pytest.fixture
 def rerun(completed, tmp_path):
     """A private copy of the completed run, and a function that reruns it with config overrides."""
-    workdir = tmp_path / "run"
-    shutil.copytree(completed[0], workdir, symlinks=True)
+    workdir = copy_run(completed[0], tmp_path / "run")
 
     def run(overrides: dict):
         config = write_config(workdir, {**SMALL, **overrides})
@@ -44,14 +44,26 @@ def rerun(completed, tmp_path):
     return workdir, run
 
 
+@pytest.fixture
+def plan(completed, tmp_path):
+    """A private copy of the completed run, and a function that lists the jobs a run with config overrides would
+    execute (a dry run)."""
+    workdir = copy_run(completed[0], tmp_path / "run")
+
+    def planned(overrides: dict):
+        return planned_rules(workdir, "--configfile", str(write_config(workdir, {**SMALL, **overrides})))
+
+    return workdir, planned
+
+
 def test_full_run_writes_every_declared_output(completed):
     workdir, result = completed
     assert executed_rules(result) == sorted(ALL_BUT_PREFETCH + ["prefetch"])
     out = workdir / "results/tiny"
     for name in ["prefetch.json", "features/inference.safetensors", "features/train.safetensors", "validate.json", "probe.npz", "sweep.npz", "backbone.npz", "metrics.csv",
-                 "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "convergence.json", "sweep.csv",
-                 "backbone.csv", "backbone.json", "depth/features.safetensors", "depth.npz", "depth.csv", "depth.json",
-                 "early_stop.csv", "early_stop.json"]:
+                 "early_exit.csv", "convergence.csv", "convergence_by_part.csv", "mse_by_part.csv", "convergence.json",
+                 "sweep.csv", "backbone.csv", "backbone.json", "depth/features.safetensors", "depth.npz", "depth.csv",
+                 "depth.json", "early_stop.csv", "early_stop.json"]:
         assert (out / name).stat().st_size > 0, name
     for figure in ["convergence", "heatmaps", "sweep", "backbone", "early_stop", "depth"]:
         assert (out / f"figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
@@ -161,7 +173,7 @@ def test_backbone_summary_recomputed_from_the_npz(completed):
 
 def test_report_builds(completed, tmp_path):
     report = tmp_path / "report.html"
-    result = snakemake(completed[0], "--configfile", str(completed[0] / "test-config.yaml"), "--report", str(report))
+    result = snakemake(completed[0], "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
     html = report.read_text()
     for caption in ["Quality vs number of function evaluations", "Redundancy of the video backbone",
@@ -170,69 +182,68 @@ def test_report_builds(completed, tmp_path):
     assert "N = 4 samples (2 seeds x 2 prompts), preset" in html
 
 
-def test_second_run_does_nothing(rerun):
-    _, run = rerun
-    assert run({}) == []
+def test_second_run_does_nothing(plan):
+    _, planned = plan
+    assert planned({}) == []
 
 
-def test_other_sources_settings_and_train_settings_rerun_nothing_here(rerun):
+def test_other_sources_settings_and_train_settings_rerun_nothing_here(plan):
     # synthetic inputs read neither the lerobot nor the video_dir keys; no checkpoint preset runs (compare: [])
-    _, run = rerun
-    assert run({"inputs": {"video_dir": "elsewhere", "frame_skip": 3, "lerobot": {"repo": "org/other"}},
-                "train": {"steps": 7}}) == []
+    _, planned = plan
+    assert planned({"inputs": {"video_dir": "elsewhere", "frame_skip": 3, "lerobot": {"repo": "org/other"}},
+                    "train": {"steps": 7}}) == []
 
 
-def test_plot_option_reruns_only_plot(rerun):
-    workdir, run = rerun
-    npz_mtime = (workdir / "results/tiny/probe.npz").stat().st_mtime_ns
-    assert run({"plot": {"dpi": 80, "log_y": True}}) == FIGURES
-    assert (workdir / "results/tiny/probe.npz").stat().st_mtime_ns == npz_mtime
+def test_plot_option_reruns_only_plot(plan):
+    _, planned = plan
+    assert planned({"plot": {"dpi": 80, "log_y": True}}) == FIGURES
 
 
-def test_metrics_option_reruns_metrics_and_plot(rerun):
-    _, run = rerun
-    assert run({"metrics": {"probe_steps": [1, 5, 10], "convergence_thresholds": [0.95]}}) == [
-        "metrics", "plot", "plot_heatmaps"]
+def test_metrics_option_reruns_metrics_and_plot(plan):
+    # plot_sweep too: its title names the samples from convergence.json, which metrics rewrites
+    _, planned = plan
+    assert planned({"metrics": {"probe_steps": [1, 5, 10], "convergence_thresholds": [0.95]}}) == [
+        "metrics", "plot", "plot_heatmaps", "plot_sweep"]
 
 
-def test_more_seeds_rerun_features_and_downstream_only(rerun):
-    workdir, run = rerun
+def test_more_seeds_rerun_features_and_downstream_only(plan):
     # new samples: the backbone runs again (features), and every stage that reads them
-    assert run({"seeds": [0, 1, 2]}) == ALL_BUT_PREFETCH
-    assert load_probe(workdir / "results/tiny/probe.npz")["seed"].tolist() == [0, 0, 1, 1, 2, 2]
+    _, planned = plan
+    assert planned({"seeds": [0, 1, 2]}) == ALL_BUT_PREFETCH
 
 
-def test_probe_steps_rerun_the_head_stages_not_the_backbones_features(rerun):
+def test_probe_steps_rerun_the_head_stages_not_the_backbones_features(plan):
     # validate certifies the probe at the configured steps, so it reruns too; the hiddens do not change
-    _, run = rerun
-    assert run({"probe": {"steps": 12, "batch_size": 4}}) == HEAD_AND_AFTER
+    _, planned = plan
+    assert planned({"probe": {"steps": 12, "batch_size": 4}}) == HEAD_AND_AFTER
 
 
-def test_new_prompts_rerun_the_features_and_everything_after(rerun):
-    _, run = rerun
-    assert run({"prompts": ["pick up the red block", "close the drawer"]}) == ALL_BUT_PREFETCH
+def test_new_prompts_rerun_the_features_and_everything_after(plan):
+    _, planned = plan
+    assert planned({"prompts": ["pick up the red block", "close the drawer"]}) == ALL_BUT_PREFETCH
 
 
-def test_changing_the_preset_reruns_validate_and_everything_after(rerun):
-    workdir, run = rerun
-    tiny = {"dim": 512, "depth": 3, "extract_layer": 1, "backbone": "tiny-random", "tokenizer": "builtin"}
-    old_npz = (workdir / "results/tiny/probe.npz").read_bytes()
-    # a different preset: its own results folder, the tiny results untouched
-    ran = run({"presets": {"tiny": tiny, "tiny-shallow": {**tiny, "depth": 2}}, "preset": "tiny-shallow"})
-    assert ran == sorted(ALL_BUT_PREFETCH + ["prefetch"])
-    assert (workdir / "results/tiny-shallow/figures/convergence.png").exists()
-    assert (workdir / "results/tiny/probe.npz").read_bytes() == old_npz
+def test_changing_the_preset_reruns_validate_and_everything_after(plan):
+    _, planned = plan
+    tiny = dict(TINY_PRESET)
+    # a different preset: its own results folder (every job of it), nothing of tiny's
+    assert planned({"presets": {"tiny": tiny, "tiny-shallow": {**tiny, "depth": 2}}, "preset": "tiny-shallow"}) == \
+        sorted(ALL_BUT_PREFETCH + ["prefetch"])
     # editing the selected preset's head reruns validate onward; the backbone's features stay
-    assert run({"presets": {"tiny": {**tiny, "depth": 2}}}) == HEAD_AND_AFTER
+    assert planned({"presets": {"tiny": {**tiny, "depth": 2}}}) == HEAD_AND_AFTER
 
 
 def test_a_different_model_seed_changes_the_actions(rerun):
+    """A real rerun (also with one more seed): the new samples are added, the old ones keep their noise, and the
+    other weights change the actions."""
     workdir, run = rerun
     before = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
-    assert run({"model_seed": 1}) == ALL_BUT_PREFETCH
-    after = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
-    np.testing.assert_array_equal(before[0], after[0])  # same noise
-    assert np.abs(before[-1] - after[-1]).max() > 1e-3  # other weights
+    assert run({"model_seed": 1, "seeds": [0, 1, 2]}) == ALL_BUT_PREFETCH
+    probe = load_probe(workdir / "results/tiny/probe.npz")
+    after = probe["trajectory"]
+    assert probe["seed"].tolist() == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(before[0], after[0, :4])  # same noise
+    assert np.abs(before[-1] - after[-1, :4]).max() > 1e-3  # other weights
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -249,11 +260,11 @@ def test_a_job_that_fails_leaves_no_output_that_looks_complete(workflow):
     assert not list((workflow / "results/tiny").glob(".*tmp*"))
 
 
-def test_editing_plot_code_reruns_only_figures(rerun):
-    workdir, run = rerun
+def test_editing_plot_code_reruns_only_figures(plan):
+    workdir, planned = plan
     plots = workdir / "src/mimic_redundancy/plots.py"
     plots.write_text(plots.read_text() + "\n# edited\n")
-    assert run({}) == FIGURES
+    assert planned({}) == FIGURES
 
 
 def test_lint_reports_nothing(workflow):
@@ -289,7 +300,7 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     (workdir / "no-backbone").mkdir()
     (workdir / "no-backbone/sitecustomize.py").write_text(NO_BACKBONE)
     env = {**os.environ, "PYTHONPATH": str(workdir / "no-backbone")}
-    config = str(workdir / "test-config.yaml")
+    config = str(write_config(workdir, SMALL))
     targets = ["results/tiny/validate.json", "results/tiny/probe.npz", "results/tiny/sweep.npz"]
     result = snakemake(workdir, *targets, "--forcerun", "validate", "probe", "sweep", "--configfile", config, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

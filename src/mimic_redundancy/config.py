@@ -5,6 +5,7 @@ Each `*_settings` function returns exactly what its stage reads; the rules pass 
 """
 from __future__ import annotations
 
+import copy
 import re
 import sys
 from itertools import product
@@ -59,28 +60,36 @@ def _describe(error) -> str:
 
 
 def _schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text())
+    # libyaml when present: the pure-Python loader took ~0.15 s of every Snakemake start for this file
+    return yaml.load(SCHEMA.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _exact_validator():
-    """Draft 2020-12 with exact integers: JSON Schema's 'integer' accepts 50.0 (and YAML's `50.0` is a float),
-    which then crashes a job (torch.linspace, manual_seed, indexing) after deleting its old outputs."""
+    """Draft 2020-12 with exact integers (JSON Schema's 'integer' accepts 50.0, and YAML's `50.0` is a float, which
+    then crashes a job after deleting its old outputs) that fills the schema's defaults as it validates, as
+    snakemake.utils.validate does (the FAQ recipe): one pass over the config instead of two."""
     from jsonschema import Draft202012Validator, validators
 
     checker = Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
-    return validators.extend(Draft202012Validator, type_checker=checker)
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults}, type_checker=checker)
 
 
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (filling schema defaults) and return it; raise ConfigError on any problem."""
-    from snakemake.utils import validate
-
     schema = _schema()
     errors = sorted(_exact_validator()(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:  # listed one per line with key and allowed values, before Snakemake's own check
+    if errors:  # listed one per line with key and allowed values
         raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e) for e in errors))
-    validate(config, str(SCHEMA))  # Snakemake's check, which also fills the schema's defaults
     problems = []
     if config["preset"] not in config["presets"]:
         problems.append(f"config key 'preset': unknown preset '{config['preset']}'; allowed: "
@@ -96,14 +105,39 @@ def validate_config(config: dict) -> dict:
             problems.append(f"config key 'presets.{name}.tokenizer': "
                             + ("a pretrained backbone brings its own tokenizer; allowed: pipeline" if pretrained
                                else "'pipeline' needs a pretrained backbone repo; allowed: builtin or a Hub repo"))
+    if not problems:
+        problems += _resolve_selected(config)
     problems += _cross_key_problems(config)
-    if config["preset"] in config["compare"]:  # e.g. --config preset=trained with the default compare: [trained]
+    if config["preset"] in config["compare"]:  # e.g. --config preset=tiny compare=[tiny]
         config["compare"] = [name for name in config["compare"] if name != config["preset"]]
         print(f"config note: preset '{config['preset']}' is also listed in 'compare'; it is run once and not "
               f"compared with itself (compare: {config['compare']})", file=sys.stderr)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return config
+
+
+SELECTED = "{preset}"  # in a checkpoint folder: the selected preset (presets.trained: results/{preset}/train/checkpoint)
+
+
+def _resolve_selected(config: dict) -> list[str]:
+    """Resolve `{preset}` in checkpoint folders to the selected preset, so `trained` is the checkpoint of the preset
+    being run (`--config preset=tiny-t5` trains tiny-t5, never tiny). A selected preset that is itself a checkpoint
+    is not trained here: the presets that follow it are dropped from 'compare', with a note."""
+    selected = config["preset"]
+    following = [name for name, spec in config["presets"].items() if SELECTED in spec.get("checkpoint", "")]
+    if selected in following:
+        return [f"config key 'preset': preset '{selected}' is the checkpoint of the selected preset "
+                f"({config['presets'][selected]['checkpoint']}); select the preset to train instead, e.g. "
+                f"--config preset=tiny (it then runs beside '{selected}')"]
+    for name in following:
+        config["presets"][name] = {"checkpoint": config["presets"][name]["checkpoint"].replace(SELECTED, selected)}
+    untrainable = [name for name in config["compare"] if name in following and "checkpoint" in config["presets"][selected]]
+    if untrainable:
+        config["compare"] = [name for name in config["compare"] if name not in untrainable]
+        print(f"config note: preset '{selected}' is a checkpoint and is not trained here, so {untrainable} (its "
+              f"trained checkpoint) are not compared (compare: {config['compare']})", file=sys.stderr)
+    return []
 
 
 def _cross_key_problems(config: dict) -> list[str]:
@@ -158,6 +192,11 @@ def shard_problems(shards: int, total: int, batch_size: int) -> list[str]:
     return []
 
 
+def sharded(config: dict) -> bool:
+    """Whether the sharded stages run one job per shard and a gather (config `shards` > 1)."""
+    return config["shards"] > 1
+
+
 def shard_items(config: dict, stage: str) -> list[str]:
     """The shard wildcard values of a stage, '1-of-4' .. '4-of-4' (the backbone analysis: at most one per sample
     of backbone.samples)."""
@@ -189,6 +228,25 @@ def shard_rows(shard: str | None, total: int, batch_size: int = 1, allow_empty: 
 def default_config() -> dict:
     """config.yaml, checked and with the schema's defaults: the embedded default that benchmarks and checks use."""
     return validate_config(yaml.safe_load((SCHEMA.parents[1] / "config.yaml").read_text()))
+
+
+def run_presets(config: dict) -> list[str]:
+    """The selected preset and those compared with it, in that order."""
+    return [config["preset"], *config["compare"]]
+
+
+def preset_names(config: dict) -> list[str]:
+    return list(config["presets"])
+
+
+def hub_cache(config: dict) -> str:
+    return config["hub"]["cache_dir"]
+
+
+def video_dir_table(config: dict) -> Path | None:
+    """inputs.source video_dir: the episodes.csv its videos are listed in (None for the other sources)."""
+    inputs = config["inputs"]
+    return Path(inputs["video_dir"]) / "episodes.csv" if inputs["source"] == "video_dir" else None
 
 
 def samples(config: dict) -> list[tuple[int, str]]:
@@ -229,7 +287,8 @@ def trained_from(config: dict, preset: str) -> str | None:
     """The preset whose train rule writes this checkpoint preset's folder (results/<p>/train/checkpoint)."""
     folder = config["presets"][preset].get("checkpoint", "")
     match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
-    return match.group(1) if match and match.group(1) in config["presets"] else None
+    source = config["presets"].get(match.group(1)) if match else None
+    return match.group(1) if source is not None and "checkpoint" not in source else None  # a checkpoint is not trained
 
 
 def trained_presets(config: dict) -> list[str]:
@@ -409,12 +468,13 @@ def train_settings(config: dict, preset: str) -> dict:
 
 
 def compare_settings(config: dict) -> dict:
-    return {"presets": [config["preset"], *config["compare"]], **metrics_settings(config)}
+    return {"presets": run_presets(config), **metrics_settings(config)}
 
 
 def metrics_settings(config: dict) -> dict:
-    return dict(config["metrics"])
+    # keys sorted: Snakemake compares params as text, so the key order of a --configfile must not rerun a stage
+    return dict(sorted(config["metrics"].items()))
 
 
 def plot_settings(config: dict) -> dict:
-    return dict(config["plot"])
+    return dict(sorted(config["plot"].items()))

@@ -72,19 +72,33 @@ def summary_rows(errors: dict[str, np.ndarray], steps: list[int]) -> list[dict]:
     return rows
 
 
-def metrics_rows(probe: dict, probe_steps: list[int]) -> list[dict]:
-    return summary_rows(step_errors(probe), sorted(probe_steps))
+PART_AXES = {"dimension": 3, "position": 2}  # action dimension D, chunk position N of [P, S, N, D]
+
+
+def part_errors(probe: dict, probe_steps: list[int]) -> dict[str, np.ndarray]:
+    """MSE vs the final actions per action dimension and per chunk position, at each probe step: name -> [P, parts]
+    (mean over samples and the other axis)."""
+    traj = probe["trajectory"].astype(np.float64)
+    sq = (traj[sorted(probe_steps)] - traj[-1]) ** 2  # [P, S, N, D]
+    return {name: sq.mean(axis=(1, 5 - axis)) for name, axis in PART_AXES.items()}
+
+
+def part_rows(probe: dict, probe_steps: list[int]) -> list[dict]:
+    """mse_by_part.csv: one row per (axis, part, probe step), the MSE and its fraction of the first probe step's."""
+    steps, rows = sorted(probe_steps), []
+    for name, per_part in part_errors(probe, steps).items():
+        first = np.where(per_part[:1] > 0, per_part[:1], 1.0)
+        for index in range(per_part.shape[1]):
+            rows += [{"axis": name, "index": index, "step": s, "mse_vs_final": float(per_part[p, index]),
+                      "relative_to_first_step": float(per_part[p, index] / first[0, index])}
+                     for p, s in enumerate(steps)]
+    return rows
 
 
 def part_convergence(probe: dict, probe_steps: list[int], threshold: float) -> list[dict]:
     """Convergence step of each action dimension and each chunk position (which parts converge last)."""
-    traj = probe["trajectory"].astype(np.float64)
-    steps = sorted(probe_steps)
-    sq = (traj[steps] - traj[-1]) ** 2  # [P, S, N, D]
-    rows = []
-    for axis, name in [(3, "dimension"), (2, "position")]:
-        other = 2 if axis == 3 else 3
-        per_part = sq.mean(axis=(1, other))  # [P, parts]
+    steps, rows = sorted(probe_steps), []
+    for name, per_part in part_errors(probe, steps).items():
         for index in range(per_part.shape[1]):
             curve = per_part[:, index].tolist()
             rows.append({"axis": name, "index": index, "convergence_step": convergence_step(steps, curve, threshold),
@@ -100,9 +114,9 @@ def write_csv(path, rows: list[dict]) -> None:
             writer.writerows(rows)
 
 
-def read_csv(path, strings: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN; the `strings` columns as
-    strings); errors name the file, what is wrong, and the command that rebuilds it."""
+def read_csv(path, text_columns: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN; `text_columns` as str);
+    errors name the file, what is wrong, and the command that rebuilds it."""
     from .io import input_error
 
     try:
@@ -124,7 +138,7 @@ def read_csv(path, strings: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
             raise input_error(path, f"line {line} does not have the header's {len(header)} cells; "
                                     "the file is damaged or was cut short")
     try:
-        return {c: np.array([r[c] for r in rows]) if c in strings else
+        return {c: np.array([r[c] for r in rows]) if c in text_columns else
                 np.array([float(r[c]) if r[c] not in ("", "None") else np.nan for r in rows]) for c in header}
     except ValueError as error:
         raise input_error(path, f"a cell is not a number ({error})") from None
@@ -132,7 +146,8 @@ def read_csv(path, strings: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
 
 def write_metrics(npz_path, settings: dict, out: dict) -> None:
     """metrics.csv (probe steps), early_exit.csv (every step), convergence.csv (per threshold),
-    convergence_by_part.csv, and convergence.json (the headline, at the first threshold)."""
+    convergence_by_part.csv, mse_by_part.csv (the heatmaps' values) and convergence.json (the headline, at the
+    first threshold)."""
     probe = load_probe(npz_path)
     steps = probe["trajectory"].shape[0] - 1
     too_large = [s for s in settings["probe_steps"] if s > steps]
@@ -149,6 +164,7 @@ def write_metrics(npz_path, settings: dict, out: dict) -> None:
              for t in thresholds]
     write_csv(out["thresholds"], table)
     write_csv(out["parts"], part_convergence(probe, settings["probe_steps"], thresholds[0]))
+    write_csv(out["part_errors"], part_rows(probe, settings["probe_steps"]))
     headline = thresholds[0]
     write_json(out["summary"], {
         "convergence_threshold": headline,
@@ -286,7 +302,7 @@ def write_comparison(presets: list[str], files: dict, table_path) -> dict:
         row["depth_random_backbone"] = depth["random_backbone"]
         rows.append(row)
         runs[preset] = {"metrics": metrics, "summary": summary, "sweep": sweep, "early_stop_summary": early,
-                        "early_stop": read_csv(paths["early_stop"], strings=("rule", "half")),
+                        "early_stop": read_csv(paths["early_stop"], text_columns=("rule", "half")),
                         "depth": read_csv(paths["depth"]), "depth_summary": depth}
     write_csv(table_path, rows)
     return runs

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io import BACKBONE_ARRAYS, atomic_path, load_npz, load_probe, read_json  # noqa: E402
-from .metrics import describe_probe, read_csv  # noqa: E402
+from .io import atomic_path, read_json  # noqa: E402
+from .metrics import read_csv  # noqa: E402
 
 
 def _provenance(preset: str, samples: str) -> str:
@@ -79,31 +79,34 @@ def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path
     _save(fig, style, png_path, svg_path)
 
 
-def heatmap_figure(npz_path, probe_steps: list[int], style: dict, png_path, svg_path) -> None:
-    """Remaining error per action dimension and per chunk position (relative to the first probe step)."""
-    probe = load_probe(npz_path)
-    traj = probe["trajectory"].astype(np.float64)
-    steps = sorted(probe_steps)
-    sq = (traj[steps] - traj[-1]) ** 2  # [P, S, N, D]
+def heatmap_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
+    """Remaining error per action dimension and per chunk position (relative to the first probe step), from
+    mse_by_part.csv (metrics.part_rows)."""
+    table, summary = read_csv(table_path, text_columns=("axis",)), read_json(summary_path)
+    steps = sorted({int(s) for s in table["step"]})
     fig, axes = plt.subplots(1, 2, figsize=(style["width"] * 1.6, style["height"]))
-    for ax, (name, per_part) in zip(axes, [("action dimension", sq.mean(axis=(1, 2))),
-                                           ("chunk position", sq.mean(axis=(1, 3)))]):
-        relative = per_part / np.where(per_part[:1] > 0, per_part[:1], 1.0)
-        image = ax.imshow(relative.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1,
-                          extent=(-0.5, len(steps) - 0.5, -0.5, per_part.shape[1] - 0.5))
+    for ax, part in zip(axes, ["dimension", "position"]):
+        name = {"dimension": "action dimension", "position": "chunk position"}[part]
+        rows = table["axis"] == part
+        parts = int(table["index"][rows].max()) + 1
+        relative = np.full((parts, len(steps)), np.nan)
+        relative[table["index"][rows].astype(int), [steps.index(int(s)) for s in table["step"][rows]]] = \
+            table["relative_to_first_step"][rows]
+        image = ax.imshow(relative, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1,
+                          extent=(-0.5, len(steps) - 0.5, -0.5, parts - 0.5))
         ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
         ax.set_xlabel("Euler step")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.set_title(f"MSE vs final per {name}\n(relative to step {steps[0]})", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.05)
-    fig.suptitle(_provenance(str(probe["preset"]), describe_probe(probe)), fontsize=9)
+    fig.suptitle(_provenance(summary["preset"], summary["samples"]), fontsize=9)
     _save(fig, style, png_path, svg_path)
 
 
-def sweep_figure(table_path, probe_path, style: dict, png_path, svg_path) -> None:
-    """Quality vs number of function evaluations, and wall time per K."""
-    table, probe = read_csv(table_path), load_probe(probe_path)
+def sweep_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
+    """Quality vs number of function evaluations, and wall time per K (sweep.csv; provenance from convergence.json)."""
+    table, summary = read_csv(table_path), read_json(summary_path)
     nfe = table["nfe"]
     fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(style["width"] * 1.6, style["height"]))
     for key, label in [("mse_vs_main", f"vs main run ({int(table['main_steps'][0])} steps)"),
@@ -121,15 +124,13 @@ def sweep_figure(table_path, probe_path, style: dict, png_path, svg_path) -> Non
     ax_time.set_xlabel("function evaluations K")
     ax_time.set_ylabel(f"wall seconds for all {int(table['n_samples'][0])} samples")
     ax_time.set_title(f"Sampling time (median of {int(table['timing_repeats'][0])})", fontsize=9)
-    fig.suptitle(_provenance(str(probe["preset"]), describe_probe(probe)) + f", device {probe['device']}",
-                 fontsize=9)
+    fig.suptitle(_provenance(summary["preset"], summary["samples"]) + f", device {summary['device']}", fontsize=9)
     _save(fig, style, png_path, svg_path)
 
 
-def backbone_figure(table_path, summary_path, npz_path, style: dict, png_path, svg_path) -> None:
+def backbone_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
     """How much the per-step recomputed video hiddens move, and what it does to the final actions."""
     table, summary = read_csv(table_path), read_json(summary_path)
-    run = load_npz(npz_path, BACKBONE_ARRAYS)
     steps = table["step"]
     fig, (ax, ax_cos) = plt.subplots(1, 2, figsize=(style["width"] * 1.6, style["height"]))
     _band(ax, steps, table, "rel_diff_vs_cached", "vs hiddens cached once (step 1)")
@@ -160,7 +161,7 @@ EARLY_STOP_LINES = [("fixed_step_xt", "stop at step k, return $x_k$"),
 def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path) -> None:
     """Error against NFE of every stopping rule (means, 95% CIs), against the final action, the fine reference
     and the ground truth (where known); the calibrated clean-change rule on the evaluation half is starred."""
-    table, summary = read_csv(table_path, strings=("rule", "half")), read_json(summary_path)
+    table, summary = read_csv(table_path, text_columns=("rule", "half")), read_json(summary_path)
     targets = [("vs_final", "MSE vs the final action"),
                ("vs_reference", f"MSE vs the {summary['reference_steps']}-step reference")]
     if summary["n_samples_gt"]:
