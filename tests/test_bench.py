@@ -69,7 +69,7 @@ def test_model_benchmarks_report_ratios_with_their_measurements():
 def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
     from mimic_redundancy.bench import markdown, shard_benchmarks
 
-    results = shard_benchmarks(tmp_path, samples=8, steps=2, shards=(2,))
+    results = shard_benchmarks(tmp_path, samples=16, steps=2, shards=(2,))  # 2 probe batches of 8
     shard = results["shard_job_peak_rss_mb"]
     assert sorted(shard["measured"]["shards"]) == ["tiny/shards/1-of-2/probe", "tiny/shards/2-of-2/probe"]
     assert 100 < shard["measured"]["eight_sample_job"] and isinstance(shard["met"], bool)

@@ -200,7 +200,9 @@ def test_on_slurm_each_shard_is_a_job_a_cancelled_shard_is_redone_alone(runs, tm
             run.kill()
             pytest.fail("Snakemake did not notice the cancelled shard within 400 s")
     first = log.read_text()
-    assert run.returncode != 0 and "Error in rule probe" in first, first[-3000:]
+    # a task cancelled while pending leaves no sacct record of its own, so the plugin reads the array's state
+    # (COMPLETED) and Snakemake reports the shard's output missing: the run fails, naming rule and file
+    assert run.returncode != 0 and re.search(r"(Error|MissingOutputException) in rule probe", first), first[-3000:]
     jobs = {}
     for job, _, rule in SUBMITTED.findall(first):
         jobs.setdefault(rule, []).append(job)
@@ -209,18 +211,17 @@ def test_on_slurm_each_shard_is_a_job_a_cancelled_shard_is_redone_alone(runs, tm
     assert all(state == "COMPLETED" and "gres/gpu=1" in tres for state, tres in states.values()), states
     tasks = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"], capture_output=True,
                            text=True, timeout=30, check=True).stdout.split()
-    assert sorted(tasks)[:3] == [f"{array}_{i}|COMPLETED" for i in (1, 2, 3)], tasks
-    assert tasks[-1].startswith(f"{array}_4|CANCELLED"), tasks
+    assert sorted(tasks) == [f"{array}_{i}|COMPLETED" for i in (1, 2, 3)], tasks  # one array, 3 tasks done
     assert not (workdir / "results/tiny/probe.npz").exists()
-    done = sorted(p.parent.name for p in (workdir / "results/tiny/shards").glob("*/probe.npz"))
-    assert done == ["1-of-4", "2-of-4", "3-of-4"]
+    done = {p.parent.name for p in (workdir / "results/tiny/shards").glob("*/probe.npz")}
+    [lost] = {f"{i}-of-4" for i in range(1, 5)} - done
 
     redo = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=420)
     assert redo.returncode == 0, redo.stdout[-3000:] + redo.stderr[-3000:]
     text = redo.stdout + redo.stderr
     assert sorted(rule for _, _, rule in SUBMITTED.findall(text)) == ["gather_probe", "probe"]
-    assert "Missing output files: results/tiny/shards/4-of-4/probe.npz" in text
-    assert not re.search(r"Missing output files: results/tiny/shards/[123]-of-4", text)
+    assert f"Missing output files: results/tiny/shards/{lost}/probe.npz" in text
+    assert len(re.findall(r"Missing output files: results/tiny/shards/", text)) == 1
     on_slurm, here = io.load_probe(workdir / "results/tiny/probe.npz"), io.load_probe(runs[1][0] / "results/tiny/probe.npz")
     for key in ("trajectory", "clean_prediction", "seed", "prompt"):
         assert np.array_equal(on_slurm[key], here[key]), key

@@ -266,7 +266,8 @@ def shard_benchmarks(workdir: Path, samples: int = 1000, steps: int = 50, shards
 
     targets = ["results/tiny/probe.npz", "results/tiny/metrics.csv", "results/tiny/figures/convergence.png",
                "results/tiny/figures/heatmaps.png"]
-    base = {"compare": [], "probe": {"steps": steps, "batch_size": 8},
+    base = {"compare": [], "probe": {"steps": steps, "batch_size": 8}, "early_stop": {"target_step": min(5, steps)},
+            "metrics": {"probe_steps": sorted({max(1, steps * i // 10) for i in range(1, 11)})},
             "presets": {"trained": {"checkpoint": "checkpoints/untrained"}}}  # no training draws in the features
     runs = {}
     for label, seeds, count in [("8 samples", 4, 1)] + [(f"{samples} samples, {n} shards", samples // 2, n)
