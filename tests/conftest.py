@@ -101,3 +101,21 @@ def small_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL}, sort_keys=False))
     return workdir, run_ok(workdir)
+
+
+@pytest.fixture
+def completed(small_run):
+    """The session's full run of the SMALL config (conftest.small_run); copy it before changing anything."""
+    return small_run
+
+
+@pytest.fixture
+def rerun(completed, tmp_path):
+    """A private copy of the completed run, and a function that reruns it with config overrides."""
+    workdir = copy_run(completed[0], tmp_path / "run")
+
+    def run(overrides: dict):
+        config = write_config(workdir, {**SMALL, **overrides})
+        return executed_rules(run_ok(workdir, "--configfile", str(config)))
+
+    return workdir, run

@@ -1,36 +1,16 @@
-"""Real Snakemake runs of the two analyses of issue 15 (targets only, not the whole DAG): their tables are
-recomputed from their NPZ files, and a change reruns exactly the stages that depend on it."""
+"""The two analyses of issue 15 (adaptive early stopping, the video-denoising depth) in the session's shared DAG
+run: their tables are recomputed from their NPZ files, and a change reruns exactly the stages that depend on it."""
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import pytest
 
-from conftest import SMALL, copy_run, executed_rules, planned_rules, snakemake, write_config
+from conftest import SMALL, copy_run, executed_rules, planned_rules, write_config
 from mimic_redundancy.early_stop import early_stop_tables
 from mimic_redundancy.io import DEPTH_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 from mimic_redundancy.metrics import read_csv, seed_spread
 
 pytestmark = pytest.mark.slow  # reads the session's shared DAG run (conftest.small_run), reruns copies of it
-
-
-@pytest.fixture
-def completed(small_run):
-    return small_run
-
-
-@pytest.fixture
-def rerun(small_run, tmp_path):
-    """A copy of the shared run, and what a run with SMALL plus overrides executes there (for real)."""
-    workdir = copy_run(small_run[0], tmp_path / "run")
-
-    def run(overrides):
-        result = snakemake(workdir, "--configfile", str(write_config(workdir, {**SMALL, **overrides})), timeout=900)
-        assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        return executed_rules(result)
-
-    return workdir, run
 
 
 def test_tables_come_from_the_npz_files(completed):

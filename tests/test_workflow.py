@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SMALL, TINY_PRESET, copy_run, executed_rules, planned_rules, run_ok, snakemake, write_config
+from conftest import SMALL, TINY_PRESET, copy_run, executed_rules, planned_rules, snakemake, write_config
 from mimic_redundancy.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 
 pytestmark = pytest.mark.slow  # the session's shared DAG run and real reruns
@@ -24,24 +24,6 @@ TABLES = ["backbone_metrics", "depth_metrics", "early_stop", "metrics", "sweep_m
 ALL_BUT_PREFETCH = sorted(FIGURES + MODEL_JOBS + TABLES + ["validate"])
 # what a change of the head alone reruns: not the backbone's features (inference, training, depth)
 HEAD_AND_AFTER = sorted(set(ALL_BUT_PREFETCH) - {"features", "depth_features"})
-
-
-@pytest.fixture
-def completed(small_run):
-    """The session's full run of the SMALL config (conftest.small_run); copy it before changing anything."""
-    return small_run
-
-
-@pytest.fixture
-def rerun(completed, tmp_path):
-    """A private copy of the completed run, and a function that reruns it with config overrides."""
-    workdir = copy_run(completed[0], tmp_path / "run")
-
-    def run(overrides: dict):
-        config = write_config(workdir, {**SMALL, **overrides})
-        return executed_rules(run_ok(workdir, "--configfile", str(config)))
-
-    return workdir, run
 
 
 @pytest.fixture
