@@ -106,3 +106,23 @@ def test_the_heatmaps_table_holds_the_per_part_errors():
         per_part = direct[row["axis"]]
         assert row["mse_vs_final"] == pytest.approx(per_part[p, row["index"]], rel=1e-12)
         assert row["relative_to_first_step"] == pytest.approx(per_part[p, row["index"]] / per_part[0, row["index"]])
+
+
+def test_step_and_part_errors_hold_one_step_at_a_time():
+    """A large run's metrics job stays within a probe job's memory: the float64 temporaries are one step's
+    [S, N, D] block, not a float64 copy of the whole trajectory (docs/sharding.md, 1,000 samples)."""
+    import tracemalloc
+
+    from mimic_redundancy.metrics import part_errors, step_errors
+
+    rng = np.random.default_rng(0)
+    probe = {"trajectory": rng.standard_normal((51, 200, 32, 20), dtype=np.float32),
+             "clean_prediction": rng.standard_normal((50, 200, 32, 20), dtype=np.float32),
+             "gt_actions": np.full((200, 32, 20), np.nan, np.float32)}
+    tracemalloc.start()
+    errors, parts = step_errors(probe), part_errors(probe, [5, 25, 50])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.25 * probe["trajectory"].nbytes, peak  # a float64 copy would be 2x
+    expected = ((probe["trajectory"][7].astype(np.float64) - probe["trajectory"][-1]) ** 2).mean(axis=(-2, -1))
+    assert np.array_equal(errors["vs_final"][7], expected) and parts["dimension"].shape == (3, 20)

@@ -15,7 +15,10 @@ from .stats import mean_ci
 
 
 def mse_vs(arrays: np.ndarray, final: np.ndarray, axis=(-2, -1)) -> np.ndarray:
-    """Per-sample MSE over (chunk, action dim): [..., S, N, D] vs [S, N, D] -> [..., S]."""
+    """Per-sample MSE over (chunk, action dim): [..., S, N, D] vs [S, N, D] -> [..., S]. One leading entry (step)
+    at a time, so the float64 temporaries stay one [S, N, D] block however many steps a large run has."""
+    if arrays.ndim > final.ndim:
+        return np.stack([mse_vs(a, final, axis) for a in arrays])
     return ((arrays.astype(np.float64) - final) ** 2).mean(axis=axis)
 
 
@@ -34,7 +37,7 @@ def step_errors(probe: dict) -> dict[str, np.ndarray]:
     errors = {
         "vs_final": mse_vs(traj, final),
         "clean_vs_final": np.concatenate([nan_row, mse_vs(clean, final)]),
-        "xt_vs_clean": np.concatenate([nan_row, ((traj[1:].astype(np.float64) - clean) ** 2).mean(axis=(-2, -1))]),
+        "xt_vs_clean": np.concatenate([nan_row, np.stack([mse_vs(x, c) for x, c in zip(traj[1:], clean)])]),
     }
     gt = probe.get("gt_actions")
     if gt is not None and np.isfinite(gt).all(axis=(-2, -1)).any():
@@ -78,9 +81,14 @@ PART_AXES = {"dimension": 3, "position": 2}  # action dimension D, chunk positio
 def part_errors(probe: dict, probe_steps: list[int]) -> dict[str, np.ndarray]:
     """MSE vs the final actions per action dimension and per chunk position, at each probe step: name -> [P, parts]
     (mean over samples and the other axis)."""
-    traj = probe["trajectory"].astype(np.float64)
-    sq = (traj[sorted(probe_steps)] - traj[-1]) ** 2  # [P, S, N, D]
-    return {name: sq.mean(axis=(1, 5 - axis)) for name, axis in PART_AXES.items()}
+    traj = probe["trajectory"]
+    final = traj[-1].astype(np.float64)
+    rows = {name: [] for name in PART_AXES}
+    for step in sorted(probe_steps):  # one [S, N, D] block at a time (a large run's trajectory stays float32)
+        sq = (traj[step].astype(np.float64) - final) ** 2
+        for name, axis in PART_AXES.items():
+            rows[name].append(sq.mean(axis=tuple(a for a in (0, 1, 2) if a != axis - 1)))  # keep N or D
+    return {name: np.stack(values) for name, values in rows.items()}
 
 
 def part_rows(probe: dict, probe_steps: list[int]) -> list[dict]:
