@@ -19,6 +19,7 @@ rule train:
     params:
         settings=lambda w: cfg.train_settings(config, w.preset),
     threads: 2
+    priority: 10  # the critical path: every stage of the trained preset waits for it, so it starts first
     benchmark:
         results("{preset}", "benchmarks/train.tsv")
     log:
