@@ -21,16 +21,19 @@ TINY_PRESET = dict(DEFAULT_CONFIG["presets"]["tiny"])
 TINY = {"preset": "tiny", **TINY_PRESET, "model_seed": DEFAULT_CONFIG["model_seed"], "device": "cpu"}
 TINY_INPUTS = {k: DEFAULT_CONFIG["inputs"][k] for k in ("frames", "height", "width")}
 
-# Small but complete: 2 seeds x 2 prompts, 10 Euler steps; one preset (tests/test_real_inputs.py runs
-# the default's train + trained-preset comparison). The session's shared run (small_run) uses it.
+# Small but complete: 2 seeds x 2 prompts, 10 Euler steps, two probe batches (so that 2 shards can split it: the
+# sharded runs compare with small_run); one preset (tests/test_real_inputs.py runs the default's train +
+# trained-preset comparison). The session's shared run (small_run) uses it.
 SMALL = {
     "compare": [],
     "seeds": [0, 1],
-    "probe": {"steps": 10, "batch_size": 4},
+    "probe": {"steps": 10, "batch_size": 2},
     "metrics": {"probe_steps": [2, 4, 6, 8, 10], "convergence_thresholds": [0.9, 0.99]},
     "sweep": {"steps": [1, 2, 5, 10], "reference_steps": 20, "repeats": 1},
     "depth": {"times": [0, 1.0], "steps": 4},  # the video-denoising depth: the clean and the fully noised video
 }
+# SMALL in 2 shards: 4 samples in 2 probe batches, one batch per shard (and half of the training windows' draws)
+SHARDS = {**SMALL, "shards": 2}
 
 
 def copy_workflow(dest: Path) -> Path:

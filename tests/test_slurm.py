@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SMALL, SNAKEMAKE, copy_workflow, executed_rules, write_config
+from conftest import REPO, SHARDS, SMALL, SNAKEMAKE, copy_workflow, executed_rules, planned_jobs, write_config
 from mimic_redundancy.io import load_probe
 
 pytestmark = pytest.mark.slow  # real Slurm jobs
@@ -106,8 +106,11 @@ def test_reruns_submit_only_what_changed(rerun):
     assert submissions(plot_only) == {}
     assert executed_rules(plot_only) == ["plot", "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps",
                                          "plot_sweep"]
-    more_seeds = ok(slurm(rerun, {"plot": {"dpi": 72}, "seeds": [0, 1, 2]}))
-    assert sorted(submissions(more_seeds)) == MODEL_JOBS  # new samples: new features, and all that reads them
+    # new samples: new features, and every job that reads them (a dry run: what reruns is decided at DAG build,
+    # the same for every executor; the runs above and below submit for real)
+    more_seeds = ok(slurm(rerun, {"plot": {"dpi": 72}, "seeds": [0, 1, 2]}, "-n"))
+    assert MODEL_JOBS == sorted(set(planned_jobs(more_seeds.stdout)) & set(MODEL_JOBS))
+    assert all(planned_jobs(more_seeds.stdout)[rule] == 1 for rule in MODEL_JOBS)
 
 
 def test_a_failing_job_names_the_rule_and_its_slurm_log(rerun):
@@ -122,12 +125,13 @@ def test_a_failing_job_names_the_rule_and_its_slurm_log(rerun):
 
 
 def test_a_job_cancelled_by_slurm_leaves_nothing_complete_and_is_redone(rerun):
-    config = write_config(rerun, {**SMALL, "seeds": [0, 1, 2, 3], "probe": {"steps": 10, "batch_size": 1}})
+    # a new probe batch size: only the probe reruns (the features and validation are those of the completed run)
+    config = write_config(rerun, {**SMALL, "probe": {"steps": 10, "batch_size": 1}})
     command = [str(SNAKEMAKE), "--profile", "profiles/slurm", "results/tiny/probe.npz", "--configfile", str(config)]
     output = rerun / "cancelled-run.log"
     with open(output, "w") as sink:
         run = subprocess.Popen(command, cwd=rerun, stdout=sink, stderr=subprocess.STDOUT, text=True)
-        job, deadline = None, time.monotonic() + 240  # features and validate run first
+        job, deadline = None, time.monotonic() + 240
         while job is None and time.monotonic() < deadline and run.poll() is None:
             match = next((m for m in SUBMITTED.finditer(output.read_text()) if m.group(3) == "probe"), None)
             job = match.group(1) if match else None
@@ -145,7 +149,7 @@ def test_a_job_cancelled_by_slurm_leaves_nothing_complete_and_is_redone(rerun):
     assert not list((rerun / "results/tiny").glob(".probe.npz.tmp*"))
     redo = ok(subprocess.run(command, cwd=rerun, capture_output=True, text=True, timeout=420))
     assert sorted(submissions(redo)) == ["probe"]
-    assert load_probe(rerun / "results/tiny/probe.npz")["seed"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert load_probe(rerun / "results/tiny/probe.npz")["seed"].tolist() == [0, 0, 1, 1]
 
 
 def test_a_cluster_without_accounting_runs_with_squeue_status(rerun):
@@ -154,8 +158,66 @@ def test_a_cluster_without_accounting_runs_with_squeue_status(rerun):
     subprocess.run([str(tools / "stop.sh"), "slurmdbd"], check=True, timeout=120)
     try:
         assert subprocess.run(["sacct", "-X", "-n"], capture_output=True, timeout=30).returncode != 0
-        result = ok(slurm(rerun, {"seeds": [0, 1, 2]}, "results/tiny/probe.npz", "--slurm-status-command", "squeue",
-                          timeout=300))
-        assert sorted(submissions(result)) == ["features", "probe", "validate"]
+        result = ok(slurm(rerun, {"probe": {"steps": 10, "batch_size": 1}}, "results/tiny/probe.npz",
+                          "--slurm-status-command", "squeue", timeout=300))
+        assert sorted(submissions(result)) == ["probe"]
     finally:
         subprocess.run([str(tools / "start.sh")], check=True, timeout=300, stdout=sys.stderr)
+
+
+# -- sharding on Slurm (config `shards`; the local runs: tests/test_shards.py) -----------------------------------
+
+ARRAY_SUBMITTED = re.compile(r"Submitted array job with Snakemake IDs [\d,]+ and SLURM job ID (\d+)")
+
+
+def test_on_slurm_each_shard_is_a_job_a_cancelled_shard_is_redone_alone(small_run, tmp_path):
+    """features: 2 Slurm jobs; probe: one array job of 2 tasks (--slurm-array-jobs). One probe task is
+    cancelled: the run fails, and the next run submits that shard alone. The gathered NPZ equals the local
+    unsharded one (the session's SMALL run)."""
+    workdir = copy_workflow(tmp_path / "slurm")
+    config = write_config(workdir, SHARDS)
+    command = [str(SNAKEMAKE), "--profile", "profiles/slurm", "results/tiny/probe.npz", "--configfile", str(config),
+               "--slurm-array-jobs=probe"]
+    log = workdir / "first-run.log"
+    with open(log, "w") as sink:
+        run = subprocess.Popen(command, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        array, deadline = None, time.monotonic() + 400  # features and validate run first
+        while array is None and time.monotonic() < deadline and run.poll() is None:
+            match = ARRAY_SUBMITTED.search(log.read_text())
+            array = match.group(1) if match else None
+            time.sleep(0.5)
+        assert array is not None, log.read_text()[-3000:]
+        subprocess.run(["scancel", f"{array}_2"], check=True, timeout=30)  # one task: shard 2 of 2
+        try:
+            run.wait(timeout=400)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            pytest.fail("Snakemake did not notice the cancelled shard within 400 s")
+    first = log.read_text()
+    # a task cancelled while pending leaves no sacct record of its own, so the plugin reads the array's state
+    # (COMPLETED) and Snakemake reports the shard's output missing: the run fails, naming rule and file
+    assert run.returncode != 0 and re.search(r"(Error|MissingOutputException) in rule probe", first), first[-3000:]
+    jobs = {}
+    for job, _, rule in SUBMITTED.findall(first):
+        jobs.setdefault(rule, []).append(job)
+    assert len(jobs["features"]) == 2 and len(jobs["validate"]) == 1, jobs
+    states = sacct(jobs["features"])
+    assert all(state == "COMPLETED" and "gres/gpu=1" in tres for state, tres in states.values()), states
+    tasks = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"], capture_output=True,
+                           text=True, timeout=30, check=True).stdout.split()
+    # one array: the task not cancelled is done (a task cancelled while pending has no record of its own)
+    assert f"{array}_1|COMPLETED" in tasks and sum(t.endswith("|COMPLETED") for t in tasks) == 1, tasks
+    assert not (workdir / "results/tiny/probe.npz").exists()
+    done = {p.parent.name for p in (workdir / "results/tiny/shards").glob("*/probe.npz")}
+    [lost] = {f"{i}-of-2" for i in (1, 2)} - done
+
+    redo = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=420)
+    assert redo.returncode == 0, redo.stdout[-3000:] + redo.stderr[-3000:]
+    text = redo.stdout + redo.stderr
+    assert sorted(rule for _, _, rule in SUBMITTED.findall(text)) == ["gather_probe", "probe"]
+    assert f"Missing output files: results/tiny/shards/{lost}/probe.npz" in text
+    assert len(re.findall(r"Missing output files: results/tiny/shards/", text)) == 1
+    on_slurm = load_probe(workdir / "results/tiny/probe.npz")
+    here = load_probe(small_run[0] / "results/tiny/probe.npz")
+    for key in ("trajectory", "clean_prediction", "seed", "prompt"):
+        assert np.array_equal(on_slurm[key], here[key]), key

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SMALL, TINY_PRESET, copy_run, executed_rules, planned_rules, snakemake, write_config
+from conftest import SMALL, TINY_PRESET, copy_run, executed_rules, planned_rules, run_ok, snakemake, write_config
 from mimic_redundancy.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 
 pytestmark = pytest.mark.slow  # the session's shared DAG run and real reruns
@@ -52,7 +52,7 @@ def test_full_run_writes_every_declared_output(completed):
         assert b"<svg" in (out / f"figures/{figure}.svg").read_bytes()[:1000], figure
     for stage in ALL_BUT_PREFETCH + ["prefetch"]:
         assert (out / f"logs/{stage}.log").exists(), stage
-    assert "batch 1/1: 4 samples x 10 steps" in (out / "logs/probe.log").read_text()
+    assert "batch 2/2: 2 samples x 10 steps" in (out / "logs/probe.log").read_text()
     assert "nothing to download" in json.loads((out / "prefetch.json").read_text())["note"]
     # the closing summary points at the figure and table and names the convergence step
     summary = json.loads((out / "convergence.json").read_text())
@@ -216,11 +216,14 @@ def test_changing_the_preset_reruns_validate_and_everything_after(plan):
 
 
 def test_a_different_model_seed_changes_the_actions(rerun):
-    """A real rerun (also with one more seed): the new samples are added, the old ones keep their noise, and the
-    other weights change the actions."""
-    workdir, run = rerun
+    """Every stage reruns; a real rerun of the probe (also with one more seed): the new samples are added, the old
+    ones keep their noise, and the other weights change the actions."""
+    workdir, _ = rerun
     before = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
-    assert run({"model_seed": 1, "seeds": [0, 1, 2]}) == ALL_BUT_PREFETCH
+    config = str(write_config(workdir, {**SMALL, "model_seed": 1, "seeds": [0, 1, 2]}))
+    assert planned_rules(workdir, "--configfile", config) == ALL_BUT_PREFETCH  # every stage reruns
+    assert executed_rules(run_ok(workdir, "results/tiny/probe.npz", "--configfile", config)) == ["features", "probe",
+                                                                                                  "validate"]
     probe = load_probe(workdir / "results/tiny/probe.npz")
     after = probe["trajectory"]
     assert probe["seed"].tolist() == [0, 0, 1, 1, 2, 2]
@@ -274,7 +277,6 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     from mimic_redundancy.samples import synthetic_samples
     from mimic_redundancy.model import build_model
     from mimic_redundancy.probe import probe_trajectory, video_hiddens
-    from mimic_redundancy.sweep import run_sweep
 
     workdir, _ = rerun
     before = {"probe": load_probe(workdir / "results/tiny/probe.npz"),
@@ -302,10 +304,12 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     model = {**cfg.model_settings(full, "tiny"), **full["presets"]["tiny"], "device": "cpu"}
     net = build_model(model, torch.device("cpu"))
     samples = synthetic_samples(cfg.samples(full), full["inputs"], {"chunk_len": 32, "action_dim": 20, "joint_dim": 32})
-    batch = samples.batch(slice(None), "cpu")
-    trajectory, clean, _ = probe_trajectory(net, batch, video_hiddens(net, batch), 10)
-    np.testing.assert_array_equal(probe["trajectory"], trajectory.numpy())
-    np.testing.assert_array_equal(probe["clean_prediction"], clean.numpy())
+    for start in range(0, len(samples), SMALL["probe"]["batch_size"]):  # the probe's batches: bit for bit
+        batch = samples.batch(slice(start, start + SMALL["probe"]["batch_size"]), "cpu")
+        trajectory, clean, _ = probe_trajectory(net, batch, video_hiddens(net, batch), 10)
+        rows = slice(start, start + len(batch.seeds))
+        np.testing.assert_array_equal(probe["trajectory"][:, rows], trajectory.numpy())
+        np.testing.assert_array_equal(probe["clean_prediction"][:, rows], clean.numpy())
 
 
 def test_backbone_samples_limits_the_recompute_and_says_so(rerun):
