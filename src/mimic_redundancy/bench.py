@@ -199,8 +199,7 @@ def _snakemake(workdir: Path, *args: str) -> float:
 
 def pipeline_benchmarks(workdir: Path, noop_repeats: int) -> dict:
     """A full run of the embedded default in a fresh copy, then a plot-only change, then no-op runs."""
-    for name in ["Snakefile", "config.yaml", "rules", "scripts", "schemas", "src", "envs", "profiles", "report"]:
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, workdir / name)
+    _copy_workflow(workdir)
     full = _snakemake(workdir)
     (workdir / "plot-only.yaml").write_text("plot: {dpi: 100}\n")  # only a figure option changes
     plot_only = _snakemake(workdir, "--configfile", "plot-only.yaml")
