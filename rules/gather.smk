@@ -1,7 +1,14 @@
 # Shards (config `shards` > 1): each sharded stage's jobs write under results/{preset}/shards/<i-of-n>/, and
 # these rules join them, in order, into exactly the files an unsharded run writes, so nothing downstream knows
 # there were shards. Gathering streams (features) or holds one stage's arrays (NPZ): no model is built.
+# On Slurm, gather_features is a job without a GPU (it streams the feature files, GBs on a 7B backbone); the NPZ
+# gathers run on the head node, like the metrics (1,000 samples' probe arrays: 1.5 s), and wait in no queue.
 if SHARDED:
+
+    localrules:
+        gather_probe,
+        gather_sweep,
+        gather_backbone,
 
     rule gather_features:
         input:
