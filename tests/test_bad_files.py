@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -153,12 +154,21 @@ def test_every_documented_command_runs(docs_run):
     for command in commands:
         env, argv = as_argv(command.replace("<preset>", "tiny"))
         runs.setdefault((tuple(sorted(env.items())), tuple(argv)), command)
-    for (env, argv), command in runs.items():
-        env, argv = dict(env), list(argv)
+
+    def dry_run(key):
+        env, argv = dict(key[0]), list(key[1])
         if "--unlock" not in argv:
             argv.append("-n")
-        result = subprocess.run(argv, cwd=docs_run, capture_output=True, text=True, timeout=300,
-                                env={**os.environ, **env})
+        return argv, subprocess.run(argv, cwd=docs_run, capture_output=True, text=True, timeout=300,
+                                    env={**os.environ, **env})
+
+    # two at a time (a dry run takes no lock and changes no file); --unlock runs alone, after them
+    unlock = [key for key in runs if "--unlock" in key[1]]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(dry_run, [key for key in runs if key not in unlock]))
+    results += [dry_run(key) for key in unlock]
+    for (argv, result), command in zip(results, [runs[key] for key in runs if key not in unlock] +
+                                       [runs[key] for key in unlock]):
         output = result.stdout + result.stderr
         planned = planned_jobs(output)
         targets = [w for w in argv[1:] if w.startswith("results/")]

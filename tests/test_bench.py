@@ -38,9 +38,10 @@ def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
 def test_training_from_features_is_compared_with_the_librarys_loop(tmp_path):
     from mimic_redundancy.bench import training_from_features
 
-    entry = training_from_features(steps=3, draws=2, seeds=[0], out=tmp_path)
+    entry = training_from_features(steps=3, draws=2, seeds=[0], out=tmp_path, score_steps=5)
     measured = entry["measured"]
     assert measured["steps"] == 3 and measured["draws"] == 2 and measured["windows"] == 64
+    assert measured["score_steps"] == 5 and "(5 Euler steps)" in entry["how"]
     for mode in ("library", "features"):
         [run] = measured[mode]
         assert run["final_mse_vs_gt"] > 0 and len(run["median_loss_per_tenth"]) == 3

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import SMALL, executed_rules, snakemake, write_config
+from conftest import SMALL, executed_rules, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow  # real Snakemake runs against the loopback Hub
 from hub_server import HubServer, save_t5_tokenizer, save_tiny_cosmos_pipeline
@@ -65,9 +65,11 @@ def hub_requests(server: HubServer) -> list[str]:
     return [path for _, path in server.requests if "agent-harnesses" not in path]
 
 
-@pytest.mark.parametrize("overrides, repo", [({"preset": "tiny-t5"}, T5), (COSMOS, TINY_COSMOS)],
+# the backbone analysis builds the model as features does: for the tokenizer alone (tiny-t5), features covers it
+@pytest.mark.parametrize("overrides, repo, stages", [({"preset": "tiny-t5"}, T5, ["features", "validate"]),
+                                                     (COSMOS, TINY_COSMOS, ["backbone", "features", "validate"])],
                          ids=["tiny-t5", "cosmos"])
-def test_prefetch_then_every_job_that_reads_the_cache_runs_offline(workflow, hub, overrides, repo):
+def test_prefetch_then_every_job_that_reads_the_cache_runs_offline(workflow, hub, overrides, repo, stages):
     """prefetch online, then the jobs that load Hub files (features, the backbone analysis) and a head-only job
     (validate) offline: no Hub request after prefetch. (The rest of the DAG reads only their outputs.)"""
     preset = overrides["preset"]
@@ -86,9 +88,10 @@ def test_prefetch_then_every_job_that_reads_the_cache_runs_offline(workflow, hub
     assert f"-> commit {entry['resolved_revision']}" in log and "bytes in" in log
 
     before = len(hub_requests(hub))
-    targets = [f"results/{preset}/validate.json", f"results/{preset}/backbone.npz"]
+    targets = [f"results/{preset}/{name}" for stage, name in [("validate", "validate.json"),
+                                                               ("backbone", "backbone.npz")] if stage in stages]
     result = ok(run(workflow, hub.url, overrides, *targets))
-    assert executed_rules(result) == ["backbone", "features", "validate"]
+    assert executed_rules(result) == stages
     assert len(hub_requests(hub)) == before, "no job may talk to the Hub after prefetch"
     report = json.loads((workflow / f"results/{preset}/validate.json").read_text())
     assert report["passed"] and report["fidelity_max_abs_diff"] <= 1e-5
@@ -102,14 +105,17 @@ def test_prefetch_then_every_job_that_reads_the_cache_runs_offline(workflow, hub
 
 
 def test_a_changed_revision_reruns_prefetch_and_everything_downstream(workflow, hub):
-    # the part of the DAG up to validate (the whole DAG's reruns follow the same params; tests/test_workflow.py)
-    target = "results/tiny-t5/validate.json"
+    # the part of the DAG up to the first job that reads the cache (what reruns after it follows the same params:
+    # tests/test_workflow.py); what reruns is decided at DAG build, so a dry run plans it, then prefetch runs
+    target = "results/tiny-t5/features/inference.safetensors"
     ok(run(workflow, hub.url, {"preset": "tiny-t5"}, target))
     pinned = {"preset": "tiny-t5", "presets": {"tiny-t5": {"tokenizer": {"repo": T5, "revision": hub.commit(T5)}}}}
-    assert executed_rules(ok(run(workflow, hub.url, pinned, target))) == ["features", "prefetch", "validate"]
+    planned = ok(run(workflow, hub.url, pinned, target, "-n"))
+    assert planned_jobs(planned.stdout + planned.stderr) == {"prefetch": 1, "features": 1}
+    assert executed_rules(ok(run(workflow, hub.url, pinned, "results/tiny-t5/prefetch.json"))) == ["prefetch"]
     manifest = json.loads((workflow / "results/tiny-t5/prefetch.json").read_text())
     assert manifest["repos"][0]["revision"] == manifest["repos"][0]["resolved_revision"] == hub.commit(T5)
-    assert executed_rules(ok(run(workflow, hub.url, pinned, target))) == []
+    assert executed_rules(ok(run(workflow, hub.url, pinned, "results/tiny-t5/prefetch.json"))) == []
 
 
 def test_a_job_whose_repo_is_not_in_the_cache_fails_at_once(workflow, hub):
@@ -126,7 +132,7 @@ def test_a_job_whose_repo_is_not_in_the_cache_fails_at_once(workflow, hub):
     # the advice works: the manifest is up to date, so it must force prefetch (the target before --forcerun)
     assert "`snakemake --profile profiles/local results/tiny-t5/prefetch.json --forcerun prefetch`" in log
     assert executed_rules(ok(run_fix(workflow, hub.url, {"preset": "tiny-t5"}, log))) == ["prefetch"]
-    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json"))
+    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/features/inference.safetensors"))
 
 
 def test_a_damaged_cached_file_is_detected_not_used_and_a_forced_prefetch_fetches_it_again(workflow, hub):
@@ -163,7 +169,9 @@ def test_an_interrupted_prefetch_is_redone_never_used(workflow, hub):
     assert "download of model google-t5/t5-small" in (workflow / "results/tiny-t5/logs/prefetch.log").read_text()
     assert not (workflow / "results/tiny-t5/prefetch.json").exists()
     hub.truncate.clear()
-    ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/validate.json"))
+    # the next run fetches it whole (that a job then loads it from the cache: the tests above)
+    assert executed_rules(ok(run(workflow, hub.url, {"preset": "tiny-t5"}, "results/tiny-t5/prefetch.json"))) == \
+        ["prefetch"]
     entry = json.loads((workflow / "results/tiny-t5/prefetch.json").read_text())["repos"][0]
     size = hub.files(T5)["tokenizer.json"][0]
     assert (workflow / entry["snapshot"] / "tokenizer.json").stat().st_size == size
@@ -239,8 +247,9 @@ TRAINED_COSMOS = {"presets": {"cosmos": {**COSMOS["presets"]["cosmos"], "dtype":
 
 def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workflow, hub):
     """prefetch -> features (the only backbone pass of the study, bf16) -> train (head only) -> the trained
-    preset's probe; no Hub request after prefetch; then the backbone's files leave the cache and every head
-    stage still runs, bit for bit."""
+    preset's probe; no Hub request after prefetch; then the backbone's files leave the cache and validate, probe
+    and train still run, bit for bit (every head stage, sweep included, on a removed backbone: tests/test_workflow.py
+    test_head_stages_never_build_the_backbone...)."""
     import numpy as np
 
     from mimic_redundancy.io import load_probe
@@ -250,12 +259,11 @@ def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workf
     before = len(hub_requests(hub))
     # the head stages of both presets (the whole DAG of a Hub preset: test_prefetch_then_every_job...; of a trained
     # preset: tests/test_real_inputs.py)
-    targets = [f"results/{p}/{f}" for p in ("cosmos", "cosmos-trained") for f in ("validate.json", "probe.npz",
-                                                                                 "sweep.npz")]
+    targets = [f"results/{p}/{f}" for p in ("cosmos", "cosmos-trained") for f in ("validate.json", "probe.npz")]
     result = ok(run(workflow, hub.url, TRAINED_COSMOS, *targets, "results/cosmos/train/summary.json"))
     assert len(hub_requests(hub)) == before, "no job may talk to the Hub after prefetch"
     # the trained preset reuses cosmos's manifest and features: one backbone pass for both
-    assert executed_rules(result) == ["features", "probe", "probe", "sweep", "sweep", "train", "validate", "validate"]
+    assert executed_rules(result) == ["features", "probe", "probe", "train", "validate", "validate"]
     commit = hub.commit(TINY_COSMOS)
     folder = workflow / "results/cosmos/train/checkpoint"
     config = json.loads((folder / "config.json").read_text())
@@ -281,8 +289,8 @@ def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workf
     shutil.rmtree(workflow / f"resources/hf/hub/models--{TINY_COSMOS.replace('/', '--')}")
     npz = {p: load_probe(workflow / f"results/{p}/probe.npz") for p in ("cosmos", "cosmos-trained")}
     again = ok(run(workflow, hub.url, TRAINED_COSMOS, *targets, "results/cosmos/train/summary.json",
-                   "--forcerun", "validate", "probe", "sweep", "train"))
-    assert executed_rules(again) == ["probe", "probe", "sweep", "sweep", "train", "validate", "validate"]
+                   "--forcerun", "validate", "probe", "train"))
+    assert executed_rules(again) == ["probe", "probe", "train", "validate", "validate"]
     assert len(hub_requests(hub)) == before
     for preset, old in npz.items():
         new = load_probe(workflow / f"results/{preset}/probe.npz")

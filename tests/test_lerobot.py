@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
 from datasets import ACTION_DIM, JOINT_DIM, write_lerobot, write_lerobot_layout
 from hub_server import HubServer
-from mimic_redundancy.io import load_probe
 from mimic_redundancy.lerobot import read_layout, read_lerobot
 from mimic_redundancy.readers import DataError
 
@@ -222,22 +222,24 @@ def test_a_truncated_data_file_is_detected(hub_root, tmp_path):
 
 @pytest.mark.slow
 def test_a_v30_dataset_runs_through_the_dag(hub_root, tmp_path):
-    """One real Snakemake run: prefetch (metadata, then the selected files), validate and probe, offline."""
+    """One real Snakemake run: prefetch (metadata, then the selected files), then the job that reads the dataset
+    (features) offline. (The head stages read only the features: the v2.1 DAG in tests/test_real_inputs.py.)"""
     workdir = copy_workflow(tmp_path / "wf")
     overrides = {**SMALL, "seeds": [0], "inputs": {"source": "lerobot", "lerobot": {"repo": "test-org/libero-v30"},
                                                    "camera": "observation.images.image2", "episodes": [1],
                                                    "frame_skip": 2, "windows_per_episode": 2}}
     config = write_config(workdir, overrides)
     with HubServer(hub_root) as server:
-        result = snakemake(workdir, "results/tiny/probe.npz", "--configfile", str(config), env=_env(tmp_path, server),
-                           timeout=600)
+        result = snakemake(workdir, "results/tiny/features/inference.safetensors", "--configfile", str(config),
+                           env=_env(tmp_path, server), timeout=600)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    assert executed_rules(result) == ["features", "prefetch", "probe", "validate"]
+    assert executed_rules(result) == ["features", "prefetch"]
     manifest = json.loads((workdir / "results/tiny/prefetch.json").read_text())
     [entry] = manifest["repos"]
     assert entry["layout"]["keys"]["camera"] == "observation.images.image2"
     assert sorted(f["path"] for f in entry["files"] if not f["path"].startswith("meta/")) == [
         "data/chunk-000/file-000.parquet", "videos/observation.images.image2/chunk-000/file-000.mp4"]
-    probe = load_probe(workdir / "results/tiny/probe.npz")
-    assert probe["episode"].tolist() == [1, 1] and probe["start"].tolist() == [0, 8]
-    assert probe["trajectory"].shape[2:] == (32, ACTION_DIM) and np.isfinite(probe["gt_actions"]).all()
+    with safe_open(str(workdir / "results/tiny/features/inference.safetensors"), "pt") as features:
+        assert features.get_tensor("episode").tolist() == [1, 1] and features.get_tensor("start").tolist() == [0, 8]
+        actions = features.get_tensor("gt_actions")
+    assert actions.shape[1:] == (32, ACTION_DIM) and actions.isfinite().all()

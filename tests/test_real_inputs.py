@@ -21,8 +21,11 @@ REPO = "test-org/libero-tiny"
 PER_PRESET = ["backbone", "backbone_metrics", "depth", "depth_metrics", "early_stop", "metrics", "plot",
               "plot_backbone", "plot_depth", "plot_early_stop", "plot_heatmaps", "plot_sweep", "probe", "sweep",
               "sweep_metrics", "validate"]  # plus prefetch, features and depth_features for tiny alone
-# train on episode 1 only: the probe's episode 0 is held out
+# train on episode 1 only: the probe's episode 0 is held out. The sweep and the per-step backbone recompute, which
+# the small_run checks in full, are cut to what the comparison needs (2 K values; the first 2 samples).
 LEROBOT = {**SMALL, "compare": ["trained"], "train": {"steps": 30, "batch_size": 4, "episodes": [1]},
+           "sweep": {"steps": [1, 5], "reference_steps": 10, "repeats": 1},
+           "backbone": {"fixed_video_noise": False, "samples": 2},
            "inputs": {"source": "lerobot", "lerobot": {"repo": REPO}, "frame_skip": 2, "windows_per_episode": 2}}
 
 
