@@ -19,9 +19,10 @@ from hub_server import HubServer, save_t5_tokenizer, save_tiny_cosmos_pipeline
 
 T5 = "google-t5/t5-small"
 TINY_COSMOS = "test-org/tiny-cosmos"
-# the cosmos preset pointed at the tiny test pipeline (2 transformer blocks)
+# the cosmos preset pointed at the tiny test pipeline (2 transformer blocks); the per-step backbone recompute on
+# the first 2 samples (it loads the pipeline as for all)
 COSMOS = {"presets": {"cosmos": {"backbone": {"repo": TINY_COSMOS, "revision": "main"}, "extract_layer": 1}},
-          "preset": "cosmos"}
+          "preset": "cosmos", "backbone": {"fixed_video_noise": False, "samples": 2}}
 
 
 @pytest.fixture(scope="module")
