@@ -116,8 +116,11 @@ def test_reruns_submit_only_what_changed(rerun):
 
 
 def test_a_failing_job_names_the_rule_and_its_slurm_log(rerun):
+    # timing only: the job fails ~7 s after submission, so the first status check at 10 s (the profile's 5 s would
+    # see it at 20 s) reports it; after a failure the plugin sleeps out its next interval before Snakemake exits
     start = time.monotonic()
-    result = slurm(rerun, {"device": "cuda"}, "results/tiny/validate.json", timeout=300)
+    result = slurm(rerun, {"device": "cuda"}, "results/tiny/validate.json",
+                   "--slurm-init-seconds-before-status-checks", "10", timeout=300)
     assert result.returncode != 0 and time.monotonic() - start < 300
     output = result.stdout + result.stderr
     [(job, log)] = submissions(result).values()

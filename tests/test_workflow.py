@@ -215,20 +215,22 @@ def test_changing_the_preset_reruns_validate_and_everything_after(plan):
     assert planned({"presets": {"tiny": {**tiny, "depth": 2}}}) == HEAD_AND_AFTER
 
 
-def test_a_different_model_seed_changes_the_actions(rerun):
-    """Every stage reruns; a real rerun of the probe (also with one more seed): the new samples are added, the old
-    ones keep their noise, and the other weights change the actions."""
+def test_a_different_model_seed_changes_the_weights_and_keeps_the_samples(rerun):
+    """Every stage reruns; a real rerun of the features (also with one more seed): the new samples are added, the old
+    ones keep their initial action noise, and the other backbone weights change the hiddens the head stages read.
+    (The head's own weights follow model_seed too: tests/test_probe.py::test_weights_are_seeded.)"""
+    from safetensors.torch import load_file
+
     workdir, _ = rerun
-    before = load_probe(workdir / "results/tiny/probe.npz")["trajectory"]
+    features = workdir / "results/tiny/features/inference.safetensors"
+    before = load_file(features)
     config = str(write_config(workdir, {**SMALL, "model_seed": 1, "seeds": [0, 1, 2]}))
     assert planned_rules(workdir, "--configfile", config) == ALL_BUT_PREFETCH  # every stage reruns
-    assert executed_rules(run_ok(workdir, "results/tiny/probe.npz", "--configfile", config)) == ["features", "probe",
-                                                                                                  "validate"]
-    probe = load_probe(workdir / "results/tiny/probe.npz")
-    after = probe["trajectory"]
-    assert probe["seed"].tolist() == [0, 0, 1, 1, 2, 2]
-    np.testing.assert_array_equal(before[0], after[0, :4])  # same noise
-    assert np.abs(before[-1] - after[-1, :4]).max() > 1e-3  # other weights
+    assert executed_rules(run_ok(workdir, str(features.relative_to(workdir)), "--configfile", config)) == ["features"]
+    after = load_file(features)
+    assert after["seed"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(before["noise"], after["noise"][:4])  # same samples, same noise
+    assert (before["hiddens.0"] - after["hiddens.0"][:4]).abs().max() > 1e-3  # other weights
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

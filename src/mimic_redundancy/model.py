@@ -130,7 +130,7 @@ def check_guardrail(snapshot, guardrail_snapshot) -> None:
             "(CUDA torch only), and fetch its weights on the head node with prefetch (the guardrail repo is "
             "gated: export HF_TOKEN there; see docs/cluster.md)") from None
     if guardrail_snapshot is None:
-        raise BackboneError(f"the backbone needs NVIDIA's safety checker, but the manifest lists no 'guardrail' repo: "
+        raise BackboneError("the backbone needs NVIDIA's safety checker, but the manifest lists no 'guardrail' repo: "
                             "rerun prefetch on the head node with HF_TOKEN set (see docs/cluster.md)")
 
 
