@@ -48,7 +48,7 @@ def code(*modules):
 
 
 # what every model stage runs; the backbone stages also run BACKBONE_CODE, the head-only stages HEAD_CODE
-MODEL_CODE = code("stages", "hub", "model", "checkpoints", "io", "features", "samples")
+MODEL_CODE = code("stages", "numerics", "hub", "model", "checkpoints", "io", "features", "samples")
 BACKBONE_CODE = MODEL_CODE + code("tokenizer", "readers", "lerobot", "probe")
 HEAD_CODE = MODEL_CODE + code("probe")
 

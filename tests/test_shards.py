@@ -82,7 +82,7 @@ def test_npz_shards_join_along_the_sample_axis_of_the_contract(tmp_path):
                   "prompt": np.array(["a" * (1 + i) for i in seeds]), "source": "synthetic",
                   "window": np.array(seeds), "episode": -np.ones(s, np.int64), "start": -np.ones(s, np.int64),
                   "preset": "tiny", "device": "cpu", "config_json": "{}", "config_digest": digest,
-                  "versions_json": "{}"}
+                  "versions_json": "{}", "numerics_json": "{}"}
         io.save_npz(path, arrays, io.SWEEP_ARRAYS)
 
     shard(tmp_path / "1.npz", [0, 1])

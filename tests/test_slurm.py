@@ -2,6 +2,7 @@
 job, cheap jobs on the head node, nothing hangs. Skipped where no cluster answers, except under CI."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,14 +12,19 @@ import time
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import REPO, SHARDS, SMALL, SNAKEMAKE, copy_workflow, executed_rules, planned_jobs, write_config
 from mimic_redundancy.io import load_probe
 
 pytestmark = pytest.mark.slow  # real Slurm jobs
 MODEL_JOBS = ["backbone", "depth", "depth_features", "features", "probe", "sweep", "validate"]
-# one CPU per job (profiles/slurm reads MIMIC_SLURM_CPUS): the test node's 2 CPUs and 2 fake GPUs run two jobs at once
+# one CPU per job (profiles/slurm reads MIMIC_SLURM_CPUS): the test node's 2 CPUs and 2 fake GPUs run two jobs at once.
+# The shared run (`completed`) keeps the profile's default (2 CPUs per job) and must equal the local profile's
+# 1-thread jobs bit for bit: numerics.threads, not the job's CPUs, fixes the numbers.
 ENV = {**os.environ, "MIMIC_SLURM_CPUS": "1"}
+DEFAULT_ENV = {k: v for k, v in os.environ.items() if k != "MIMIC_SLURM_CPUS"}
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+/rule_(\w+)/\S+)\)")
 
 
@@ -43,10 +49,10 @@ def cluster():
         pytest.skip(message)
 
 
-def slurm(workdir, overrides: dict, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:
+def slurm(workdir, overrides: dict, *args: str, timeout: int = 420, env: dict = ENV) -> subprocess.CompletedProcess:
     config = write_config(workdir, {**SMALL, **overrides})
     return subprocess.run([str(SNAKEMAKE), "--profile", "profiles/slurm", *args, "--configfile", str(config)],
-                          cwd=workdir, capture_output=True, text=True, timeout=timeout, env=ENV)
+                          cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def ok(result):
@@ -68,7 +74,7 @@ def sacct(job_ids) -> dict[str, tuple[str, str]]:
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("slurm"))
-    result = ok(slurm(workdir, {}))
+    result = ok(slurm(workdir, {}, env=DEFAULT_ENV, timeout=600))
     return workdir, result
 
 
@@ -91,15 +97,24 @@ def test_model_jobs_run_as_slurm_jobs_and_match_the_local_profile(completed, sma
     for rule, (job, log) in jobs.items():
         state, tres = accounting[job]
         assert state == "COMPLETED", (rule, state)
-        assert "gres/gpu=1" in tres and "cpu=1," in tres, (rule, tres)  # the profile's requests reached Slurm
+        # the profile's requests reached Slurm: its default 2 CPUs per job (the local profile runs 1 thread per job)
+        assert "gres/gpu=1" in tres and "cpu=2," in tres, (rule, tres)
         assert log.startswith(str(workdir / "logs/slurm")) and "Finished jobid" in open(log).read(), rule
-    # the same config on this machine (the session's shared local run) gives the same numbers
+    # the same config on this machine (the session's shared local run) gives the same numbers, bit for bit: every
+    # NPZ array but wall times, and every features tensor
     local = small_run[0]
-    for name in ["probe.npz"]:
-        on_slurm, here = load_probe(workdir / "results/tiny" / name), load_probe(local / "results/tiny" / name)
-        np.testing.assert_array_equal(on_slurm["trajectory"], here["trajectory"])
-        np.testing.assert_array_equal(on_slurm["clean_prediction"], here["clean_prediction"])
-        assert str(on_slurm["config_digest"]) == str(here["config_digest"])
+    for name in ["probe.npz", "sweep.npz", "backbone.npz", "depth.npz"]:
+        with np.load(workdir / "results/tiny" / name) as on_slurm, np.load(local / "results/tiny" / name) as here:
+            assert sorted(on_slurm.files) == sorted(here.files), name
+            for key in on_slurm.files:
+                if "seconds" not in key:
+                    np.testing.assert_array_equal(on_slurm[key], here[key], err_msg=f"{name}: {key}")
+            assert json.loads(str(on_slurm["numerics_json"]))["threads"] == 1, name
+    for name in ["features/inference.safetensors", "depth/features.safetensors"]:
+        on_slurm, here = load_file(workdir / "results/tiny" / name), load_file(local / "results/tiny" / name)
+        assert sorted(on_slurm) == sorted(here), name
+        for key in on_slurm:
+            assert torch.equal(on_slurm[key], here[key]), f"{name}: {key}"
 
 
 def test_reruns_submit_only_what_changed(rerun):

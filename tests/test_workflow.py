@@ -86,6 +86,10 @@ def test_npz_follows_the_contract(completed):
     settings = json.loads(str(probe["config_json"]))
     assert settings["steps"] == 10 and settings["model"]["preset"] == "tiny"
     assert json.loads(str(probe["versions_json"]))["torch"].startswith("2.13.0")
+    # the numerics in force are the config's, whatever threads Snakemake gave the job (profiles/local: 1, rule: 2)
+    numerics = json.loads(str(probe["numerics_json"]))
+    assert numerics["threads"] == 1 and numerics["deterministic"] is True and numerics["device"] == "cpu"
+    assert settings["model"]["numerics"] == {"deterministic": True, "threads": 1}
     # index 0 is the initial noise: drawn from the sample's seed after its video and joint state
     g = torch.Generator().manual_seed(1)
     torch.rand(5, 3, 32, 32, generator=g), torch.randn(32, generator=g)
@@ -276,6 +280,7 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     import os
 
     from mimic_redundancy import config as cfg
+    from mimic_redundancy import numerics
     from mimic_redundancy.samples import synthetic_samples
     from mimic_redundancy.model import build_model
     from mimic_redundancy.probe import probe_trajectory, video_hiddens
@@ -303,6 +308,7 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     np.testing.assert_array_equal(sweep["final"], before["sweep"]["final"])
     # the same samples through the whole model, hiddens computed from the video in this process
     full = cfg.validate_config(yaml.safe_load((workdir / "config.yaml").read_text()) | SMALL)
+    numerics.apply(full["numerics"], torch.device("cpu"))  # the jobs' numerics: bit for bit at any core count
     model = {**cfg.model_settings(full, "tiny"), **full["presets"]["tiny"], "device": "cpu"}
     net = build_model(model, torch.device("cpu"))
     samples = synthetic_samples(cfg.samples(full), full["inputs"], {"chunk_len": 32, "action_dim": 20, "joint_dim": 32})
@@ -326,3 +332,19 @@ def test_backbone_samples_limits_the_recompute_and_says_so(rerun):
         rows = list(csv.DictReader(f))
     assert {(r["n_samples"], r["of_samples"]) for r in rows} == {("2", "4")}
     assert load_npz(workdir / "results/tiny/backbone.npz", BACKBONE_ARRAYS)["seed"].tolist() == [0, 0]
+
+
+def test_files_made_under_other_numerics_are_stale_and_refused(plan):
+    """numerics.threads joins every model stage's settings: a change reruns every model stage and what follows (the
+    job's CPUs do not), and a head stage refuses features computed under other numerics, naming the fix."""
+    from mimic_redundancy import config as cfg
+    from mimic_redundancy.features import FeaturesError, load_features
+
+    workdir, planned = plan
+    assert planned({"numerics": {"threads": 2}}) == ALL_BUT_PREFETCH
+    assert planned({}) == []  # the job's threads (Snakemake's --cores, Slurm's cpus_per_task) are not a setting
+    other = cfg.validate_config(yaml.safe_load((workdir / "config.yaml").read_text()) | SMALL
+                                | {"numerics": {"threads": 2, "deterministic": True}})
+    with pytest.raises(FeaturesError, match="computed for other settings.*--forcerun features"):
+        load_features(workdir / "results/tiny/features/inference.safetensors",
+                      cfg.features_digest(other, "tiny", "inference"), "inference")

@@ -277,10 +277,17 @@ def data_settings(config: dict, limit: int | None = None) -> dict:
 def model_settings(config: dict, preset: str) -> dict:
     """The action head: built from settings (its weights from model_seed) or a checkpoint's."""
     spec = config["presets"][preset]
+    numerics = numerics_settings(config)
     if "checkpoint" in spec:  # the weights come from the checkpoint, not from model_seed
-        return {"preset": preset, **spec, "device": config["device"]}
+        return {"preset": preset, **spec, "device": config["device"], "numerics": numerics}
     head = {k: v for k, v in spec.items() if k not in ("backbone", "tokenizer", "extract_layer", "dtype")}
-    return {"preset": preset, **head, "model_seed": config["model_seed"], "device": config["device"]}
+    return {"preset": preset, **head, "model_seed": config["model_seed"], "device": config["device"],
+            "numerics": numerics}
+
+
+def numerics_settings(config: dict) -> dict:
+    """What fixes a model job's numbers (numerics.py): part of every model stage's settings and features identity."""
+    return dict(sorted(config["numerics"].items()))
 
 
 def trained_from(config: dict, preset: str) -> str | None:
@@ -346,11 +353,12 @@ def _features_identity(config: dict, preset: str) -> dict:
     backbone = backbone_spec(config, source)
     model = model_settings(config, source)
     dims = {k: model[k] for k in ("chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
-    probe = {"backbone": backbone, "dims": dims, "data": data_settings(config)}
+    numerics = numerics_settings(config)
+    probe = {"backbone": backbone, "dims": dims, "data": data_settings(config), "numerics": numerics}
     train = None
     if source in trained_presets(config):
         train = {"backbone": backbone, "dims": dims, "data": train_data_settings(config),
-                 "draws": config["features"]["draws"], "seed": config["train"]["seed"]}
+                 "draws": config["features"]["draws"], "seed": config["train"]["seed"], "numerics": numerics}
     return {"inference": probe, "train": train}
 
 
@@ -368,7 +376,7 @@ def features_settings(config: dict, preset: str) -> dict:
     synthetic = config["inputs"]["source"] == "synthetic"
     model = model_settings(config, preset)  # only what fixes the data's dimensions: the head may change freely
     dims = {k: model[k] for k in ("preset", "chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
-    return {"model": dims, **identity, "device": config["device"],
+    return {"model": dims, **identity, "device": config["device"], "numerics": numerics_settings(config),
             "prompts": config["prompts"] if synthetic else []}
 
 
@@ -427,14 +435,15 @@ def _depth_identity(config: dict, preset: str) -> dict:
     model = model_settings(config, source)
     dims = {k: model[k] for k in ("chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
     return {"backbone": backbone_spec(config, source), "dims": dims, "data": data_settings(config),
-            "times": sorted(float(t) for t in config["depth"]["times"])}
+            "times": sorted(float(t) for t in config["depth"]["times"]), "numerics": numerics_settings(config)}
 
 
 def depth_features_settings(config: dict, preset: str) -> dict:
     """The depth_features stage: one backbone build, every probe sample at every video-denoising time."""
     model = model_settings(config, preset)
     dims = {k: model[k] for k in ("preset", "chunk_len", "action_dim", "joint_dim", "checkpoint") if k in model}
-    return {"model": dims, "depth": _depth_identity(config, preset), "device": config["device"]}
+    return {"model": dims, "depth": _depth_identity(config, preset), "device": config["device"],
+            "numerics": numerics_settings(config)}
 
 
 def depth_settings(config: dict, preset: str) -> dict:

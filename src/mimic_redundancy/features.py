@@ -55,6 +55,7 @@ FEATURE_METADATA = {
     "dtypes_json": "dtype of each backbone component", "backbone_parameters": "parameter count of the backbone",
     "checks_json": "the backbone checks (tokenizer, finite hiddens)", "seconds_json": "backbone seconds per row",
     "versions_json": "library versions", "device": "where the backbone ran", "draws": "draws per training window",
+    "numerics_json": "the numeric settings in force (threads, deterministic, device, torch)",
 }
 
 

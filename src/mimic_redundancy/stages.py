@@ -15,13 +15,15 @@ class ValidationFailed(RuntimeError):
     pass
 
 
-def _threads_and_device(model: dict, threads: int):
-    import torch
-
+def _threads_and_device(settings: dict, threads: int):
+    """The device of a model job, with its numerics (threads, determinism) set from `settings['numerics']`, not from
+    the `threads` the executor gave the job (numerics.py)."""
+    from . import numerics
     from .model import resolve_device
 
-    torch.set_num_threads(max(1, threads))
-    return resolve_device(model["device"])
+    device = resolve_device(settings["device"])
+    numerics.apply(settings["numerics"], device, job_cpus=threads)
+    return device
 
 
 def _read_data(model: dict, data: dict, snapshots: dict, limit: int | None = None, shard: str | None = None,
@@ -80,12 +82,14 @@ def _save_run(npz_path, arrays: dict, contract: dict, settings: dict, device, sa
     """Add the run metadata every run NPZ carries (io.RUN_METADATA), then write the NPZ."""
     import json
 
+    from . import numerics
     from .io import config_digest, save_npz
     from .model import library_versions
 
     text, digest = config_digest(settings)
     arrays.update(samples.metadata(), preset=settings["model"]["preset"], device=str(device), config_json=text,
-                  config_digest=digest, versions_json=json.dumps(library_versions(), sort_keys=True))
+                  config_digest=digest, versions_json=json.dumps(library_versions(), sort_keys=True),
+                  numerics_json=json.dumps(numerics.record(device), sort_keys=True))
     save_npz(npz_path, arrays, contract)
 
 
@@ -126,6 +130,8 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
     from .model import backbone_dtypes, build_backbone, library_versions
     from .tokenizer import tokenizer_problems
 
+    from . import numerics
+
     model, backbone = settings["model"], settings["inference"]["backbone"]
     device = _threads_and_device(settings, threads)  # settings['device']
     snapshots = local_snapshots(read_json(manifest_path))  # offline; fails at once if not prefetched
@@ -144,7 +150,8 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
         raise ValidationFailed("backbone check failed: tokenizer: " + "; ".join(problems))
     extra = {"backbone_json": backbone, "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
              "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())),
-             "versions_json": library_versions(), "build_seconds": f"{built:.3f}"}
+             "versions_json": library_versions(), "build_seconds": f"{built:.3f}",
+             "numerics_json": numerics.record(device)}
     rows = feats.compute_features(wrapper, samples, device)
     finite = all(bool(h.float().isfinite().all()) for h in rows.hiddens)
     checks.append({"name": "finite hiddens", "passed": finite, "detail": f"every row's hiddens "  # equal in every shard
@@ -183,6 +190,8 @@ def depth_features(settings: dict, manifest_path, features_path, threads: int = 
     from .io import read_json
     from .model import backbone_dtypes, build_backbone, library_versions
 
+    from . import numerics
+
     depth = settings["depth"]
     device = _threads_and_device(settings, threads)
     snapshots = local_snapshots(read_json(manifest_path))
@@ -196,7 +205,7 @@ def depth_features(settings: dict, manifest_path, features_path, threads: int = 
         raise ValidationFailed(f"backbone check failed: non-finite hiddens in {features_path}")
     extra = {"backbone_json": depth["backbone"], "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
              "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())), "draws": "0",
-             "versions_json": library_versions(), "checks_json": []}
+             "versions_json": library_versions(), "checks_json": [], "numerics_json": numerics.record(device)}
     feats.save_features(features_path, rows, "depth", depth, extra)
 
 
