@@ -30,9 +30,13 @@ report: $(VENV)/.installed
 	$(BIN)/snakemake --report results/report.html $(SMK)
 	@echo "report: results/report.html"
 
-# speed goals as ratios measured side by side (results/bench/summary.{json,md}); a few minutes
+# speed goals as ratios measured side by side (results/bench/summary.{json,md}, rewritten as each benchmark
+# starts and ends; a line per benchmark on stdout): about 10 minutes on 2 idle cores (estimated). The whole
+# study, with 1,000 samples in 1 and 8 shards, 5 repeats and 3 training seeds (about 50 minutes):
+# make bench BENCH="--full"
+BENCH ?=
 bench: $(VENV)/.installed
-	$(BIN)/python -m mimic_redundancy.bench --out results/bench
+	$(BIN)/python -m mimic_redundancy.bench --out results/bench $(BENCH)
 
 # on a CUDA machine: features + head stages there, every tensor's device, timings and peak memory per stage;
 # the 7B-shaped backbone: make gpu-check GPU_CHECK="--backbone full --dtype bfloat16"

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow  # whole programs: gpu-check in a subprocess, the training comparison, the benchmarks
+# the tests marked slow run whole programs: gpu-check in a subprocess, the training comparison, the benchmarks;
+# the bench's runner (progress lines, a summary after every benchmark) is checked with small stand-in benchmarks
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
     result = subprocess.run([sys.executable, "-m", "mimic_redundancy.gpu_check", "--device", "cpu", "--steps", "3",
                              "--dtype", "bfloat16", "--samples", "2"],
@@ -35,6 +39,7 @@ def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
                                               "recompute_mib"}  # None on the CPU: torch's CUDA allocator only
 
 
+@pytest.mark.slow
 def test_training_from_features_is_compared_with_the_librarys_loop(tmp_path):
     from mimic_redundancy.bench import training_from_features
 
@@ -50,6 +55,7 @@ def test_training_from_features_is_compared_with_the_librarys_loop(tmp_path):
     assert rows[0] == "mode,seed,step,loss" and len(rows) == 1 + 2 * 3
 
 
+@pytest.mark.slow
 def test_model_benchmarks_report_ratios_with_their_measurements():
     from mimic_redundancy.bench import markdown, model_benchmarks
 
@@ -67,6 +73,7 @@ def test_model_benchmarks_report_ratios_with_their_measurements():
     assert "| probe_overhead_ratio |" in markdown({"results": results})
 
 
+@pytest.mark.slow
 def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
     from mimic_redundancy.bench import markdown, shard_benchmarks
 
@@ -79,3 +86,84 @@ def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
     assert sorted(after) == ["tiny/gather_probe", "tiny/metrics", "tiny/plot", "tiny/plot_heatmaps"]
     assert results["gather_seconds"]["value"] >= 0 and list(results["samples_per_second"]["value"]) == ["2"]
     assert "| shard_job_peak_rss_mb |" in markdown({"results": results})
+
+
+def _summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_the_bench_prints_each_benchmark_and_writes_the_summary_after_each(tmp_path, capsys):
+    from mimic_redundancy.bench import run_entries
+
+    seen = {}
+
+    def second():  # what a reader finds on disk while the second benchmark runs; then it fails
+        seen["summary"], seen["md"] = _summary(tmp_path), (tmp_path / "summary.md").read_text()
+        raise RuntimeError("snakemake failed")
+
+    entries = [("first", lambda: {"first_ratio": {"value": 1.5, "goal": "<= 2", "met": True, "how": "stand-in"}}),
+               ("second", second),
+               ("third", lambda: {"third_seconds": {"value": 0.25, "how": "stand-in"}})]
+    summary = run_entries(entries, tmp_path, {"mode": "default"}, {"shards": "runs with --full"})
+
+    during = seen["summary"]
+    assert during["results"] == {"first_ratio": {"value": 1.5, "goal": "<= 2", "met": True, "how": "stand-in"}}
+    assert during["running"] == "second" and during["completed"] is False and list(during["entries"]) == ["first"]
+    assert "| first_ratio | 1.5 | <= 2 | yes | stand-in |" in seen["md"] and "**Incomplete**" in seen["md"]
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [re.sub(r"\d[\d.]* s", "N s", line) for line in lines] == [
+        "bench: first ... started", "bench: first done in N s",
+        "bench: second ... started", "bench: second FAILED after N s: RuntimeError: snakemake failed",
+        "bench: third ... started", "bench: third done in N s"]
+    assert summary == _summary(tmp_path) and summary["mode"] == "default"
+    assert summary["completed"] is False and summary["running"] is None
+    assert set(summary["results"]) == {"first_ratio", "third_seconds"}
+    assert summary["entries"]["second"]["status"] == "failed"
+    assert summary["entries"]["second"]["error"] == "RuntimeError: snakemake failed"
+    assert summary["skipped"] == {"shards": "runs with --full"}
+    assert "Skipped: shards: runs with --full" in (tmp_path / "summary.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "summary.md"]  # no temporary files left
+
+
+def test_a_killed_bench_keeps_the_benchmarks_that_finished(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal
+        from mimic_redundancy.bench import run_entries
+        run_entries([("first", lambda: {{"first_ratio": {{"value": 1.0, "how": "stand-in"}}}}),
+                     ("second", lambda: os.kill(os.getpid(), signal.SIGKILL))], {str(tmp_path)!r})
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert re.fullmatch(r"bench: first \.\.\. started\nbench: first done in [\d.]+ s\nbench: second \.\.\. started\n",
+                        run.stdout)
+    summary = _summary(tmp_path)
+    assert summary["results"] == {"first_ratio": {"value": 1.0, "how": "stand-in"}}
+    assert summary["completed"] is False and summary["running"] == "second"
+    assert summary["entries"]["first"]["status"] == "done"
+    assert "running in `second`" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_bench_that_runs_to_its_end_says_so(tmp_path):
+    from mimic_redundancy.bench import run_entries
+
+    summary = run_entries([("only", lambda: {"x": {"value": 2.0, "how": "stand-in"}})], tmp_path)
+    assert _summary(tmp_path)["completed"] is True and summary["entries"]["only"]["seconds"] >= 0
+    assert "Completed: every benchmark ran to its end." in (tmp_path / "summary.md").read_text()
+
+
+def test_the_default_bench_leaves_the_1000_sample_sharding_study_to_full(tmp_path):
+    from mimic_redundancy.bench import parse_args, plan, settings
+
+    run = lambda *argv: settings(parse_args(list(argv)))
+    names = lambda *argv: [name for name, _ in plan(run(*argv), tmp_path)[0]]
+    assert run() == {"mode": "default", "repeats": 3, "train_steps": 150, "train_seeds": [0], "pipeline": True,
+                     "shard_samples": 0}
+    assert names() == ["model_ratios", "training_from_features", "default_run"]
+    assert "--full" in plan(run(), tmp_path)[1]["shards"]
+    assert run("--full") == {"mode": "full", "repeats": 5, "train_steps": 150, "train_seeds": [0, 1, 2],
+                             "pipeline": True, "shard_samples": 1000}
+    assert names("--full") == ["model_ratios", "training_from_features", "default_run", "shards_1000_samples"]
+    assert names("--shard-samples", "16")[-1] == "shards_16_samples"
+    assert names("--full", "--shard-samples", "0", "--skip-pipeline") == ["model_ratios", "training_from_features"]
+    assert run("--full", "--repeats", "2", "--train-seeds", "1")["repeats"] == 2

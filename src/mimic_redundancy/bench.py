@@ -2,6 +2,9 @@
 
 Writes results/bench/summary.json and summary.md. Every entry records its value, its goal,
 whether the goal is met, and how it was measured (repeats, min/median/max of each side).
+Both files are rewritten (atomically) as each benchmark starts and ends, and a line is printed then,
+so a bench that is stopped keeps what finished; `completed` says whether every benchmark ran to its end.
+The 1,000-sample sharding study (about half an hour on 2 cores) runs only with --full.
 Run on an otherwise idle machine: the ratios are robust to a uniformly slower machine, not to
 another process competing for the cores in the middle of a measurement.
 """
@@ -16,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["pick up the red block", "open the top drawer"]
@@ -317,7 +322,23 @@ def shard_benchmarks(workdir: Path, samples: int = 1000, steps: int = 50, shards
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| measure | value | goal | met | how |", "|---|---|---|---|---|"]
+    lines = []
+    if "completed" in summary:
+        entries = summary.get("entries", {})
+        if summary["completed"]:
+            lines.append("Completed: every benchmark ran to its end.\n")
+        else:
+            running = f" (stopped or still running in `{summary['running']}`)" if summary.get("running") else ""
+            failed = [k for k, v in entries.items() if v["status"] != "done"]
+            lines.append(f"**Incomplete**{running}: finished {[k for k in entries if k not in failed]}"
+                         + (f", failed {failed}" if failed else "") + ".\n")
+        if entries:
+            done = [f"{k} {v['seconds']:.1f}" + ("" if v["status"] == "done" else f" ({v['status']})")
+                    for k, v in entries.items()]
+            lines.append("Benchmarks (seconds): " + ", ".join(done) + ".\n")
+        for key, why in summary.get("skipped", {}).items():
+            lines.append(f"Skipped: {key}: {why}\n")
+    lines += ["| measure | value | goal | met | how |", "|---|---|---|---|---|"]
     for key, entry in summary["results"].items():
         if key == "samples_per_second":
             value = ", ".join(f"{k} shard(s) {v:.2f}" for k, v in entry["value"].items())
@@ -344,39 +365,134 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def run_entries(entries: Iterable[tuple[str, Callable[[], dict]]], out: Path, header: dict | None = None,
+                skipped: dict | None = None) -> dict:
+    """Run the benchmarks `entries` ((name, fn): fn() returns a dict of results) one after the other.
+
+    Prints `bench: <name> ... started` and `bench: <name> done in <s> s` (flushed) around each, and rewrites
+    out/summary.json and out/summary.md (atomically: a temporary file renamed over the old one) as each starts
+    and ends, so a bench that is killed keeps every benchmark that finished. A benchmark that raises is
+    recorded as failed (its error and traceback on stderr) and the next one runs. `completed` is true only
+    once every benchmark has run to its end; `running` names the one in progress."""
+    from .io import atomic_path, write_json
+
+    out = Path(out)
+    summary = {**(header or {}), "results": {}, "entries": {}, "skipped": dict(skipped or {}), "running": None,
+               "completed": False}
+
+    def save():
+        write_json(out / "summary.json", summary)
+        with atomic_path(out / "summary.md") as tmp:
+            tmp.write_text(markdown(summary))
+
+    for name, fn in entries:
+        print(f"bench: {name} ... started", flush=True)
+        summary["running"] = name
+        save()
+        start = time.perf_counter()
+        try:
+            results = fn()
+        except Exception as error:  # a KeyboardInterrupt stops the bench; the summary says what finished
+            seconds = time.perf_counter() - start
+            traceback.print_exc()
+            sys.stderr.flush()
+            message = f"{type(error).__name__}: {error}"
+            summary["entries"][name] = {"status": "failed", "seconds": seconds, "error": message[-3000:]}
+            print(f"bench: {name} FAILED after {seconds:.1f} s: {message.splitlines()[0] if message else ''}",
+                  flush=True)
+        else:
+            seconds = time.perf_counter() - start
+            summary["results"].update(results)
+            summary["entries"][name] = {"status": "done", "seconds": seconds, "results": list(results)}
+            print(f"bench: {name} done in {seconds:.1f} s", flush=True)
+        summary["running"] = None
+        save()
+    summary["completed"] = all(e["status"] == "done" for e in summary["entries"].values())
+    save()
+    return summary
+
+
+# what --full adds to the default (about 10 minutes on 2 idle cores): the sharding study, more repeats of the
+# side-by-side ratios, more training seeds (the default's settings first, then --full's)
+FULL_SHARD_SAMPLES = 1000
+REPEATS = (3, 5)
+TRAIN_SEEDS = (1, 3)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "results/bench"))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--full", action="store_true",
+                        help=f"the whole study: also {FULL_SHARD_SAMPLES} samples in 1 and in 8 shards, "
+                             f"{REPEATS[1]} repeats, {TRAIN_SEEDS[1]} training seeds (about 50 minutes on 2 cores, "
+                             "against about 10 without)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"repeats of each side of the ratios (default {REPEATS[0]}, {REPEATS[1]} with --full)")
     parser.add_argument("--skip-pipeline", action="store_true", help="only the in-process model benchmarks")
     parser.add_argument("--train-steps", type=int, default=150, help="steps of each training comparison run")
-    parser.add_argument("--shard-samples", type=int, default=1000, help="samples of the sharded-probe benchmark "
-                        "(0: skip it; it takes about ten minutes on 2 cores)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--train-seeds", type=int, default=None,
+                        help=f"training seeds of the comparison (default {TRAIN_SEEDS[0]}, {TRAIN_SEEDS[1]} with --full)")
+    parser.add_argument("--shard-samples", type=int, default=None,
+                        help=f"samples of the sharded-probe benchmark (default: {FULL_SHARD_SAMPLES} with --full, "
+                             "else 0; 0 skips it)")
+    return parser.parse_args(argv)
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """What this run measures: the default's settings, or --full's, unless given on the command line."""
+    pick = lambda given, pair: given if given is not None else pair[args.full]
+    return {"mode": "full" if args.full else "default", "repeats": pick(args.repeats, REPEATS),
+            "train_steps": args.train_steps, "train_seeds": list(range(pick(args.train_seeds, TRAIN_SEEDS))),
+            "pipeline": not args.skip_pipeline,
+            "shard_samples": pick(args.shard_samples, (0, FULL_SHARD_SAMPLES))}
+
+
+def plan(run: dict, out: Path) -> tuple[list[tuple[str, Callable[[], dict]]], dict[str, str]]:
+    """The benchmarks of `run` (settings()) in order, as (name, fn), and those skipped, with why."""
+    entries = [("model_ratios", lambda: model_benchmarks(run["repeats"])),
+               ("training_from_features", lambda: {"training_from_features_vs_library": training_from_features(
+                   run["train_steps"], draws=4, seeds=run["train_seeds"], out=Path(out))})]
+    skipped = {}
+    if run["pipeline"]:
+        entries.append(("default_run", lambda: _in_tmp(lambda tmp: pipeline_benchmarks(tmp, noop_repeats=3))))
+    else:
+        skipped["default_run"] = "--skip-pipeline: no Snakemake runs (default run, plot-only change, no-op)"
+    if run["shard_samples"]:
+        entries.append((f"shards_{run['shard_samples']}_samples",
+                        lambda: _in_tmp(lambda tmp: shard_benchmarks(tmp, samples=run["shard_samples"]))))
+    else:
+        skipped["shards"] = (f"the sharding study ({FULL_SHARD_SAMPLES} samples in 1 and in 8 shards, about half an "
+                             "hour on 2 cores) runs with --full (make bench BENCH=\"--full\") or --shard-samples N")
+    return entries, skipped
+
+
+def main(argv=None) -> int:
     import platform
     import os
 
-    from .io import write_json
     from .model import library_versions
 
-    results = model_benchmarks(args.repeats)
-    results["training_from_features_vs_library"] = training_from_features(
-        args.train_steps, draws=4, seeds=[0, 1, 2], out=Path(args.out))
-    if not args.skip_pipeline:
-        with tempfile.TemporaryDirectory() as tmp:
-            results.update(pipeline_benchmarks(Path(tmp), noop_repeats=3))
-    if args.shard_samples:
-        with tempfile.TemporaryDirectory() as tmp:
-            results.update(shard_benchmarks(Path(tmp), samples=args.shard_samples))
-    summary = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "versions": library_versions(),
-               "results": results}
-    out = Path(args.out)
-    write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(markdown(summary))
+    args = parse_args(argv)
+    run = settings(args)
+    entries, skipped = plan(run, Path(args.out))
+    for key, why in skipped.items():
+        print(f"bench: {key} skipped: {why}", flush=True)
+    header = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "versions": library_versions(),
+              "mode": run["mode"], "settings": run, "argv": list(sys.argv[1:] if argv is None else argv)}
+    start = time.perf_counter()
+    summary = run_entries(entries, Path(args.out), header, skipped)
     print(markdown(summary))
-    missed = [k for k, v in results.items() if v.get("met") is False]
+    missed = [k for k, v in summary["results"].items() if v.get("met") is False]
     print(f"goals missed: {missed}" if missed else "all goals met")
-    return 0
+    failed = [k for k, v in summary["entries"].items() if v["status"] != "done"]
+    print(f"bench: {'completed' if summary['completed'] else f'INCOMPLETE, failed: {failed}'} in "
+          f"{time.perf_counter() - start:.1f} s; {Path(args.out) / 'summary.json'}", flush=True)
+    return 0 if summary["completed"] else 1
+
+
+def _in_tmp(fn: Callable[[Path], dict]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return fn(Path(tmp))
 
 
 if __name__ == "__main__":
