@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # extra snakemake arguments, e.g. make run SMK="--config preset=tiny"
 SMK ?=
 
-.PHONY: run test test-fast lint report bench gpu-check slurm-up slurm-down clean
+.PHONY: run sim test test-fast lint report bench gpu-check slurm-up slurm-down clean
 
 # torch first and pinned: an unpinned torch requirement pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -14,16 +14,25 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# the closed loop's simulator (the extra .[sim]: Meta-World, MuJoCo), in the same venv
+$(VENV)/.installed-sim: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test,sim]'
+	touch $@
+
 run: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local $(SMK)
 
 # the whole suite (what .ci/run runs): real Snakemake runs, the loopback Hub, real Slurm when one answers
-test: $(VENV)/.installed
+test: $(VENV)/.installed-sim
 	$(BIN)/pytest
 
 # the inner loop, under 2 minutes: no Slurm, no DAG runs (the tests marked slow are left out)
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed-sim
 	$(BIN)/pytest -q -m "not slow"
+
+# the closed-loop study on Meta-World, on the CPU, offline (docs/closed-loop.md): demos -> train -> rollouts
+sim: $(VENV)/.installed-sim
+	$(BIN)/snakemake --profile profiles/local --configfile configs/metaworld.yaml $(SMK)
 
 # the HTML report of the last run: every figure with its caption, and the tables
 report: $(VENV)/.installed

@@ -5,6 +5,8 @@
 #     -> depth_metrics -> plot_depth
 #   features -> train (head only) -> checkpoint preset (the same DAG on trained weights, the same features)
 #     -> compare (presets side by side)
+#   inputs.source demos (the closed loop): demos (the simulator's expert) -> features ... train -> rollout (every K and
+#     early-stopping rule, in the simulator) -> rollout_metrics -> plot_rollout, rollout_videos
 # Run: snakemake --profile profiles/local   (or profiles/slurm on a cluster)
 
 configfile: "config.yaml"
@@ -23,6 +25,7 @@ include: "rules/early_stop.smk"
 include: "rules/depth.smk"
 include: "rules/train.smk"
 include: "rules/compare.smk"
+include: "rules/sim.smk"
 
 
 rule all:

@@ -55,7 +55,10 @@ HEAD_CODE = MODEL_CODE + code("probe")
 
 def data_files(wildcards):
     """inputs.source video_dir: the table and the videos it names (those that exist: a missing one is
-    reported by the job, naming the table row), so editing the data reruns the model stages."""
+    reported by the job, naming the table row), so editing the data reruns the model stages; demos: the demos
+    stage's summary (written after its dataset)."""
+    if cfg.closed_loop(config):
+        return ["results/demos/summary.json"]
     table = cfg.video_dir_table(config)
     if table is None or not table.is_file():
         return []
@@ -109,6 +112,10 @@ def all_targets():
             targets += [results(source, f"figures/train_loss.{ext}") for ext in ["png", "svg"]]
     if len(run_presets()) > 1:
         targets += ["results/compare/comparison.csv", "results/compare/figures/comparison.png"]
+    for preset in cfg.rollout_presets(config):  # the closed loop (rules/sim.smk)
+        targets += [results(preset, name) for name in ["rollout.npz", "rollout.csv", "rollout.json",
+                                                       "figures/rollout.png", "figures/rollout.svg",
+                                                       "rollout/videos.json"]]
     return targets
 
 
@@ -143,6 +150,13 @@ def final_targets(preset):
 def print_summary(presets):
     for preset in presets:
         _print_summary(preset)
+    for preset in cfg.rollout_presets(config):
+        path = Path(results(preset, "rollout.json"))
+        if path.exists():
+            rollout = json.loads(path.read_text())
+            print(f"\nclosed loop, preset {preset}: {results(preset, 'figures/rollout.png')}")
+            for task, answer in rollout["tasks"].items():
+                print(f"  {task}: {answer['decision']}")
     if len(presets) > 1:
         print(f"\nside by side: results/compare/figures/comparison.png, results/compare/comparison.csv")
 

@@ -15,6 +15,10 @@ def test_conda_env_pins_match_the_python_project():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert all("==" in p for p in project), "every dependency is pinned exactly"
     assert sorted(p.lower() for p in pip) == sorted(p.lower() for p in project)
+    sim = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["sim"]
+    env = yaml.safe_load((REPO / "envs/sim.yaml").read_text())  # the closed loop's rules: the pipeline + the simulator
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(p.lower() for p in pip) == sorted(p.lower() for p in project + sim)
 
 
 def test_default_config_is_valid_and_complete():

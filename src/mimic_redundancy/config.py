@@ -164,6 +164,7 @@ def _cross_key_problems(config: dict) -> list[str]:
                             f"below {pool[0]} or above {pool[-1]}")
     if config["inputs"]["source"] == "synthetic":  # real data: the windows are known once read (shard_rows checks)
         problems += shard_problems(config["shards"], len(samples(config)), config["probe"]["batch_size"])
+    problems += _closed_loop_problems(config)
     if config["early_stop"]["target_step"] > steps:
         problems.append(f"config key 'early_stop.target_step': {config['early_stop']['target_step']} exceeds probe.steps "
                         f"({steps}); allowed: integers from 1 to {steps}")
@@ -174,6 +175,35 @@ def _cross_key_problems(config: dict) -> list[str]:
     if len(set(labels)) != len(labels):  # comparison.csv names its columns convergence_step_<t:g>
         problems.append(f"config key 'metrics.convergence_thresholds': {config['metrics']['convergence_thresholds']} "
                         f"has thresholds that print alike ({labels}); allowed: distinct fractions between 0 and 1")
+    return problems
+
+
+def _closed_loop_problems(config: dict) -> list[str]:
+    """The rollout rules against the probe schedule, and the window convention a closed loop can feed."""
+    steps, rollout, problems = config["probe"]["steps"], config["rollout"], []
+    if not closed_loop(config):  # the rollout settings are read by closed-loop runs alone
+        return problems
+    for key in ("steps", "stop_steps"):
+        too_large = [k for k in rollout[key] if k > steps]
+        if too_large:
+            problems.append(f"config key 'rollout.{key}': {too_large} exceed probe.steps ({steps}); allowed: integers "
+                            f"from 1 to {steps} (every rule is a schedule of at most probe.steps head evaluations)")
+    if config["inputs"]["frame_window"] != "history":
+        problems.append("config key 'inputs.frame_window': the closed loop's policy sees only the frames up to now, so "
+                        "its training windows must too; allowed with inputs.source demos: history")
+    try:  # the simulator's own lists: only closed-loop configs import it (a few seconds)
+        from .sim.metaworld_env import SimError, check_camera, check_task
+    except (ModuleNotFoundError, ValueError) as error:  # not installed, or MUJOCO_GL unusable
+        return problems + [f"config key 'inputs.source': demos needs the simulator: {error}"]
+    for check, values in [(check_task, list(config["sim"]["tasks"])), (check_camera, [config["sim"]["camera"]])]:
+        for value in values:
+            try:
+                check(value)
+            except SimError as error:
+                problems.append(str(error))
+    if rollout["execute_steps"] > rollout["max_steps"]:
+        problems.append(f"config key 'rollout.execute_steps': {rollout['execute_steps']} exceeds rollout.max_steps "
+                        f"({rollout['max_steps']}); allowed: 1 to {rollout['max_steps']}")
     return problems
 
 
@@ -260,9 +290,47 @@ def input_settings(config: dict) -> dict:
     keys = {"synthetic": ["frames", "height", "width"],
             "lerobot": ["frames", "height", "width", "frame_skip", "episodes", "windows_per_episode", "lerobot",
                         "camera", "state_key", "action_key", "prompt"],
-            "video_dir": ["frames", "height", "width", "frame_skip", "episodes", "video_dir"]}[inputs["source"]]
-    return {"source": inputs["source"], **{k: inputs[k] for k in keys},
-            **({"windows_per_episode": 1} if inputs["source"] == "video_dir" else {})}
+            "video_dir": ["frames", "height", "width", "frame_skip", "episodes", "video_dir"],
+            "demos": ["frames", "height", "width", "frame_skip", "frame_window", "episodes", "windows_per_episode",
+                      "camera", "state_key", "action_key", "prompt"]}[inputs["source"]]
+    extra = {"video_dir": {"windows_per_episode": 1}, "demos": {"dataset": DEMOS_DATASET, "demos": demos_settings(config)},
+             "lerobot": {"frame_window": inputs["frame_window"]} if inputs["frame_window"] != "forward" else {}}
+    return {"source": inputs["source"], **{k: inputs[k] for k in keys}, **extra.get(inputs["source"], {})}
+
+
+# -- the closed loop (docs/closed-loop.md) -----------------------------------------------------------------------
+DEMOS_DATASET = "results/demos/dataset"  # the demos stage's LeRobot v3.0 dataset (inputs.source demos)
+
+
+def closed_loop(config: dict) -> bool:
+    """Whether the run is a closed-loop study: demonstrations in, rollouts out (inputs.source demos)."""
+    return config["inputs"]["source"] == "demos"
+
+
+def demos_settings(config: dict) -> dict:
+    """What decides the demonstrations: the tasks and their prompts, layouts, camera, size, rate, step limit."""
+    sim, inputs = config["sim"], config["inputs"]
+    return {**{k: sim[k] for k in ("backend", "tasks", "demos", "layout_seed", "camera", "fps", "max_steps")},
+            "height": inputs["height"], "width": inputs["width"]}
+
+
+def rollout_presets(config: dict) -> list[str]:
+    """The presets rolled out: the checkpoints among the run's presets (a random head does no task)."""
+    return [p for p in run_presets(config) if "checkpoint" in config["presets"][p]] if closed_loop(config) else []
+
+
+def rollout_settings(config: dict, preset: str) -> dict:
+    """The rollout stage: the policy (its head, the backbone, what it sees), the simulator, the rules, the episodes."""
+    rollout = dict(sorted(config["rollout"].items()))
+    inputs = {k: config["inputs"][k] for k in ("frames", "frame_skip", "height", "width", "state_key", "camera")}
+    return {"model": model_settings(config, preset), "backbone": backbone_spec(config, preset), "inputs": inputs,
+            "demos": demos_settings(config), "probe_steps": config["probe"]["steps"],
+            "rollout": {k: v for k, v in rollout.items() if k not in ("margin", "videos")},
+            "numerics": numerics_settings(config), "device": config["device"]}
+
+
+def rollout_metrics_settings(config: dict) -> dict:
+    return {"margin": config["rollout"]["margin"], "steps": sorted(config["rollout"]["steps"])}
 
 
 def data_settings(config: dict, limit: int | None = None) -> dict:
@@ -473,7 +541,8 @@ def train_settings(config: dict, preset: str) -> dict:
     return {"model": model_settings(config, preset), "backbone": backbone_spec(config, preset),
             "features_digest": features_digest(config, preset, "train"),
             "check_digest": features_digest(config, preset, "inference"), "draws": config["features"]["draws"],
-            **{k: train[k] for k in ("steps", "batch_size", "lr", "seed", "check_samples")}}
+            **{k: train[k] for k in ("steps", "batch_size", "lr", "seed", "check_samples")},
+            **({"flow_times": train["flow_times"]} if train["flow_times"] != "library" else {})}
 
 
 def compare_settings(config: dict) -> dict:

@@ -72,6 +72,34 @@ DEPTH_ARRAYS = {
     **RUN_METADATA,
 }
 
+# The closed loop's rollout.npz (sim/rollout.py): R = rules, S = episodes (the sharded axis: tasks x rollout.episodes,
+# task-major), M = decisions an episode may take (ceil(max_steps / execute_steps)), T = rollout.max_steps, C = costs.
+ROLLOUT_ARRAYS = {
+    "success": "bool [R, S]: whether the episode reached the task's success under the rule",
+    "steps_to_success": "int64 [R, S]: env steps until the first success, -1 if never",
+    "steps": "int64 [R, S]: env steps taken (the episode ends at its first success or at max_steps)",
+    "nfe": "int64 [R, S, M]: head evaluations of each decision, -1 after the episode ended",
+    "actions": "float32 [R, S, T, 4]: the actions executed (clipped to [-1, 1]), NaN after the episode ended; replaying them open loop gives the outcome",
+    "seconds": "float64 [R, S, C]: wall seconds of the episode per cost (sim, render, backbone, head; batched calls split evenly)",
+    "task": "str [S]: the Meta-World task of each episode",
+    "layout_seed": "int64 [S]: the episode's layout: metaworld.MT1(task, seed=layout_seed).train_tasks[layout_index]",
+    "layout_index": "int64 [S]: see layout_seed",
+    "prompt": "str [S]: the prompt the policy was given",
+    "rule": "str [R]: the rule's name (K=50, stop@40 clean, ...)",
+    "rule_kind": "str [R]: fixed_k, fixed_step_xt, fixed_step_clean or clean_change (sim/policy.py)",
+    "rule_param": "float64 [R]: K, the stop step, or eps",
+    "costs": "str [C]: the names of the cost columns of seconds",
+    "max_steps": "int64 []: an episode's step limit",
+    "execute_steps": "int64 []: actions executed per decision",
+    "total_episodes": "int64 []: episodes of the whole run (all shards)",
+    "preset": "str []: the policy's preset",
+    "device": "str []: the device the run used",
+    "config_json": "str []: the resolved settings of the run, JSON",
+    "config_digest": "str []: sha256 of config_json",
+    "versions_json": "str []: library and simulator versions, JSON",
+    "numerics_json": "str []: the numeric settings in force, JSON",
+}
+
 
 def contract_markdown() -> str:
     """The NPZ contract as markdown tables (docs/npz.md holds this text; tests/test_layout.py keeps them equal)."""
@@ -85,7 +113,7 @@ def contract_markdown() -> str:
         return rows
 
     parts = [("`probe.npz`", PROBE_ARRAYS, {}), ("`sweep.npz` adds", SWEEP_ARRAYS, RUN_METADATA),
-             ("`backbone.npz` adds", BACKBONE_ARRAYS, RUN_METADATA)]
+             ("`backbone.npz` adds", BACKBONE_ARRAYS, RUN_METADATA), ("`rollout.npz` (the closed loop)", ROLLOUT_ARRAYS, {})]
     lines = []
     for title, arrays, skip in parts:
         lines += [f"{title}:", "", *table(arrays, skip), ""]

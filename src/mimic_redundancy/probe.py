@@ -51,21 +51,31 @@ def probe_trajectory(net, batch: Batch, hiddens: list[torch.Tensor], steps: int)
     Returns (trajectory (K+1, b, N, D) with [0] = noise and [-1] = final actions,
              clean_prediction (K, b, N, D), times (K+1,)).
     """
+    times = torch.linspace(0.0, 1.0, steps + 1, device=batch.noise.device)
+    trajectory, clean = [batch.noise], []
+    for x, x1_hat in euler_steps(net, batch, hiddens, steps):
+        trajectory.append(x)
+        clean.append(x1_hat)
+    return torch.stack(trajectory), torch.stack(clean), times
+
+
+@torch.no_grad()
+def euler_steps(net, batch: Batch, hiddens: list[torch.Tensor], steps: int):
+    """`MimicVideo.sample`'s Euler integration from batch.noise, one step at a time: yields (x_s, x1_hat_s) after
+    each step s = 1 .. steps (x1_hat_s: the clean prediction of the evaluation from x_(s-1)). A caller may stop
+    early (the stopping rules of the closed loop); the values are those of the full run."""
     if net.action_normalizer is not None:
         raise NotImplementedError("the probe does not handle models with an action normalizer yet")
     times = torch.linspace(0.0, 1.0, steps + 1, device=batch.noise.device)
     delta = 1.0 / steps
     x = batch.noise.clone()
-    trajectory, clean = [x], []
     for t in times[:-1]:
         embed = net.forward(actions=x, time=t, video_hiddens=hiddens, prompts=batch.prompts,
                             joint_state=batch.joint_state, return_embed_only=True)
         x1_hat = net.to_pred[0](embed)
         flow = (x1_hat - x) / (1.0 - t).clamp_min(net.eps)  # as MimicVideo.forward with model_output_clean
         x = x + delta * flow
-        trajectory.append(x)
-        clean.append(x1_hat)
-    return torch.stack(trajectory), torch.stack(clean), times
+        yield x, x1_hat
 
 
 def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int, video_time=None) -> torch.Tensor:

@@ -99,6 +99,13 @@ def read_episodes(inputs: dict, snapshots: dict | None = None) -> list[Episode]:
         if not snapshots or "dataset" not in snapshots:
             raise DataError("inputs.source 'lerobot' needs the dataset prefetched: run the prefetch rule")
         return read_lerobot(snapshots["dataset"], inputs)
+    if inputs["source"] == "demos":  # the demos stage's dataset, written here (no Hub)
+        from .lerobot import read_lerobot
+
+        if not (Path(inputs["dataset"]) / "meta/info.json").is_file():
+            raise DataError(f"{inputs['dataset']}: no demonstrations; run the demos rule first "
+                            f"(snakemake --profile profiles/local results/demos/summary.json)")
+        return read_lerobot(Path(inputs["dataset"]), inputs)
     episodes = read_video_dir(Path(inputs["video_dir"]))
     wanted = inputs["episodes"]
     if wanted == "all":

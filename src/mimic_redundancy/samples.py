@@ -72,10 +72,18 @@ class SampleSet:
 
 # -- windows ---------------------------------------------------------------------------------------------------
 
-def window_frames(frames: torch.Tensor, start: int, count: int, skip: int, size: tuple[int, int]) -> torch.Tensor:
+def history_index(t: int, count: int, skip: int) -> list[int]:
+    """Frames t-(count-1)*skip, ..., t-skip, t; before the episode's first frame, the first frame again (what a
+    policy acting at frame t has seen: the closed loop's and its training windows' convention)."""
+    return [max(0, t - (count - 1 - i) * skip) for i in range(count)]
+
+
+def window_frames(frames: torch.Tensor, start: int, count: int, skip: int, size: tuple[int, int],
+                  history: bool = False) -> torch.Tensor:
+    """The window's frames: from `start` on (LiberoDataset's convention), or (`history`) those up to `start`."""
     from torch.nn.functional import interpolate
 
-    clip = frames[start:start + (count - 1) * skip + 1:skip]
+    clip = frames[history_index(start, count, skip)] if history else frames[start:start + (count - 1) * skip + 1:skip]
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
     return interpolate(clip, size=size, mode="bilinear", antialias=True)
@@ -116,6 +124,8 @@ def synthetic_samples(pairs: list[tuple[int, str]], inputs: dict, dims: dict,
 def window_starts(episode: Episode, inputs: dict, chunk_len: int, per_episode: int | None) -> list[int]:
     """`per_episode` evenly spaced window starts (None: every start), each window inside the episode."""
     span = max(chunk_len, (inputs["frames"] - 1) * inputs["frame_skip"] + 1)
+    if inputs.get("frame_window") == "history":  # the frames lie before the start: the action chunk sets the span
+        span = chunk_len
     if episode.states.shape[0] == 1:  # video_dir: one window, from the first frame
         return [0]
     last = episode.states.shape[0] - span
@@ -153,7 +163,8 @@ def real_samples(episodes: list[Episode], seeds: list[int], inputs: dict, dims: 
                 if actions.shape[0] < chunk:
                     raise DataError(f"{episode.where}: {actions.shape[0]} action rows, fewer than chunk_len {chunk}")
                 gt = torch.from_numpy(np.ascontiguousarray(actions[:chunk]))
-            windows[w] = (window_frames(frames, start, inputs["frames"], inputs["frame_skip"], size),
+            windows[w] = (window_frames(frames, start, inputs["frames"], inputs["frame_skip"], size,
+                                        history=inputs.get("frame_window") == "history"),
                           torch.from_numpy(episode.states[start].copy()), gt)
         del frames
     take = lambda i: torch.stack([windows[w][i] for _, w in picked]) if picked else torch.zeros(0)
@@ -166,7 +177,7 @@ def real_samples(episodes: list[Episode], seeds: list[int], inputs: dict, dims: 
 def _checked_frames(episode: Episode, inputs: dict) -> torch.Tensor:
     """The decoded frames of an episode, checked against its rows and the window length."""
     frames = episode_frames(episode)
-    needed = (inputs["frames"] - 1) * inputs["frame_skip"] + 1
+    needed = 1 if inputs.get("frame_window") == "history" else (inputs["frames"] - 1) * inputs["frame_skip"] + 1
     if episode.states.shape[0] > 1 and frames.shape[0] < episode.states.shape[0]:
         raise DataError(f"{episode.video or episode.where}: {frames.shape[0]} video frames, but {episode.where} has "
                         f"{episode.states.shape[0]} rows (one per frame); the video is truncated")

@@ -31,10 +31,29 @@ def _require_ground_truth(rows) -> None:
                         "(video_dir: fill the 'actions' column, or select other episodes with inputs.episodes)")
 
 
+def noisy_flow_times(net):
+    """settings flow_times 'noisy': the loss's flow times with density 2(1 - t/s) on [0, s] (s = the library's
+    largest time, 0.999; t up to 0.97), mostly near the noise, as pi0 samples them. The library's own (density 2t) puts most
+    weight near the data, where its loss divides by (1 - t)^2: on Meta-World's demonstrations a head trained with
+    them did not beat the mean action (docs/closed-loop.md)."""
+    s = net.sample_time_s
+    return lambda u: s * (1.0 - torch.sqrt((1.0 - u).clamp_min(0.0)))  # u: the library's uniform draw
+
+
 def _optimize(net, n_windows: int, settings: dict, device, loss_of) -> tuple[list[dict], dict]:
     """AdamW on the action head for settings['steps'] minibatches of window indices drawn with settings['seed']
     (`loss_of(windows, generator)` gives the loss); returns (one loss row per step, a summary)."""
     torch.manual_seed(settings["seed"])
+    library_times = net.sample_time_fn
+    if settings.get("flow_times", "library") == "noisy":
+        net.sample_time_fn = noisy_flow_times(net)
+    try:
+        return _steps(net, n_windows, settings, device, loss_of)
+    finally:
+        net.sample_time_fn = library_times  # training only: sampling never reads it
+
+
+def _steps(net, n_windows: int, settings: dict, device, loss_of) -> tuple[list[dict], dict]:
     order = torch.Generator().manual_seed(settings["seed"])
     if net.video_predict_wrapper is not None:
         for p in net.video_predict_wrapper.parameters():
@@ -61,7 +80,8 @@ def _optimize(net, n_windows: int, settings: dict, device, loss_of) -> tuple[lis
     first = sum(r["loss"] for r in rows[:tenth]) / tenth
     last = sum(r["loss"] for r in rows[-tenth:]) / tenth
     summary = {"steps": settings["steps"], "batch_size": settings["batch_size"], "lr": settings["lr"],
-               "seed": settings["seed"], "windows": n_windows, "trained_parameters": sum(p.numel() for p in params),
+               "seed": settings["seed"], "flow_times": settings.get("flow_times", "library"), "windows": n_windows,
+               "trained_parameters": sum(p.numel() for p in params),
                "seconds": rows[-1]["seconds"], "loss_first_tenth": first, "loss_last_tenth": last,
                "loss_ratio": last / first, "steps_per_tenth": tenth}
     log.info("trained %d steps in %.1f s: loss %.4f -> %.4f (ratio %.3f)", settings["steps"], summary["seconds"],

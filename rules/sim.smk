@@ -1,0 +1,143 @@
+# The closed loop (inputs.source demos; docs/closed-loop.md): the simulator's scripted expert writes demonstrations
+# as a LeRobot v3.0 dataset, which features, train, probe, sweep and early_stop read like any dataset; the trained
+# policy is then rolled out in the simulator at every K and early-stopping rule, on paired episodes.
+#   demos -> features -> train -> [trained] probe, sweep, early_stop -> rollout -> rollout_metrics -> plot_rollout
+#                                                                            \-> rollout_videos (replayed)
+# Rollouts are CPU jobs (simulation and rendering; the tiny head is cheap): on Slurm they ask for no GPU.
+localrules:
+    rollout_metrics,
+    plot_rollout,
+
+SIM_CODE = code("sim/metaworld_env", "io")
+ROLLOUT_CODE = MODEL_CODE + SIM_CODE + code("probe", "sim/policy", "sim/rollout", "sim/stages", "lerobot")
+
+
+rule demos:
+    input:
+        code=SIM_CODE + code("sim/demos", "sim/stages"),
+    output:
+        dataset=directory(cfg.DEMOS_DATASET),
+        summary="results/demos/summary.json",
+    params:
+        settings=cfg.demos_settings(config),
+    threads: 1
+    benchmark:
+        "results/demos/benchmarks/demos.tsv"
+    log:
+        "results/demos/logs/demos.log",
+    message:
+        "Record the scripted expert's demonstrations of {params.settings[tasks]} as a LeRobot v3.0 dataset"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/demos.py"
+
+
+rule rollout:
+    input:
+        checkpoint=checkpoint_files,
+        dataset=rules.demos.output.summary,
+        early_stop=results("{preset}", "early_stop.json"),
+        code=ROLLOUT_CODE,
+    output:
+        npz=sharded("rollout.npz"),
+    params:
+        settings=lambda w: cfg.rollout_settings(config, w.preset),
+        dataset=cfg.DEMOS_DATASET,
+    threads: 1
+    benchmark:
+        sharded("benchmarks/rollout.tsv")
+    log:
+        sharded("logs/rollout.log"),
+    message:
+        "Roll out preset {wildcards.preset} in closed loop at every K and early-stopping rule"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/rollout.py"
+
+
+if SHARDED:
+
+    localrules:
+        gather_rollout,
+
+    rule gather_rollout:
+        input:
+            shards=shards_of("rollout", "rollout.npz"),
+            code=code("shards", "io"),
+        output:
+            npz=results("{preset}", "rollout.npz"),
+        params:
+            stage="rollout",
+        log:
+            results("{preset}", "logs/gather_rollout.log"),
+        message:
+            "Gather the rollout shards of preset {wildcards.preset}"
+        conda:
+            "../envs/pipeline.yaml"
+        script:
+            "../scripts/gather.py"
+
+
+rule rollout_metrics:
+    input:
+        npz=results("{preset}", "rollout.npz"),
+        early_stop=results("{preset}", "early_stop.csv"),
+        code=code("sim/answers", "stats", "io"),
+    output:
+        table=report(results("{preset}", "rollout.csv"), caption="../report/rollout_table.rst", category="Closed loop"),
+        summary=results("{preset}", "rollout.json"),
+    params:
+        settings=cfg.rollout_metrics_settings(config),
+    log:
+        results("{preset}", "logs/rollout_metrics.log"),
+    message:
+        "Success rates, paired differences and the cheapest non-inferior rule of preset {wildcards.preset}"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/rollout_metrics.py"
+
+
+rule plot_rollout:
+    input:
+        table=rules.rollout_metrics.output.table,
+        summary=rules.rollout_metrics.output.summary,
+        code=code("sim/answers", "plots", "io"),
+    output:
+        png=report(results("{preset}", "figures/rollout.png"), caption="../report/rollout.rst", category="Closed loop"),
+        svg=results("{preset}", "figures/rollout.svg"),
+    params:
+        style=cfg.plot_settings(config),
+    log:
+        results("{preset}", "logs/plot_rollout.log"),
+    message:
+        "Closed-loop figure of preset {wildcards.preset}: success against NFE, paired differences, open-loop MSE"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/plot_rollout.py"
+
+
+rule rollout_videos:
+    input:
+        npz=results("{preset}", "rollout.npz"),
+        code=SIM_CODE + code("sim/rollout", "sim/stages", "sim/demos"),
+    output:
+        videos=directory(results("{preset}", "rollout/videos")),
+        summary=report(results("{preset}", "rollout/videos.json"), caption="../report/rollout_videos.rst",
+                       category="Closed loop"),
+    params:
+        size=config["rollout"]["videos"],
+        settings=lambda w: cfg.rollout_settings(config, w.preset),
+    threads: 1
+    log:
+        results("{preset}", "logs/rollout_videos.log"),
+    message:
+        "Replay the first success and the first failure of every rule of preset {wildcards.preset} (mp4), checking "
+        "that each replay gives the recorded outcome"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/rollout_videos.py"

@@ -1,0 +1,1 @@
+"""The closed-loop code: simulators, demonstrations, rollouts."""

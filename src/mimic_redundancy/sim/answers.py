@@ -1,0 +1,224 @@
+"""The closed loop's answers, from rollout.npz alone (and early_stop.csv for the open-loop side).
+
+Per task and rule: the success rate with its exact (Clopper-Pearson) 95% interval; the paired difference to the
+reference rule (the largest K) on the same episodes, with a paired bootstrap 95% interval (resampling episodes) and
+McNemar's exact test on the discordant pairs; the open-loop MSE of the same rule on the demo windows (early_stop.csv);
+and the headline, a decision: the rule with the fewest head evaluations per decision that is non-inferior to the
+reference within `margin` (the one-sided 95% paired-bootstrap lower bound of its difference above -margin). Where no
+rule qualifies, the episodes a paired non-inferiority test would need (80% power) are estimated from the observed
+discordance.
+"""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+
+from ..io import ROLLOUT_ARRAYS, load_npz, write_json
+
+BOOTSTRAP = 10_000  # paired bootstrap draws (seeded: the tables are reproducible from the NPZ)
+Z_95_ONE_SIDED, Z_80 = 1.6448536269514722, 0.8416212335729143
+
+
+def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact binomial interval of a success rate (never outside [0, 1])."""
+    from scipy.stats import beta
+
+    alpha = 1 - level
+    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, n - successes + 1))
+    high = 1.0 if successes == n else float(beta.ppf(1 - alpha / 2, successes + 1, n - successes))
+    return low, high
+
+
+def mcnemar_exact(better: int, worse: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs against a fair coin."""
+    from scipy.stats import binomtest
+
+    return 1.0 if better + worse == 0 else float(binomtest(better, better + worse, 0.5).pvalue)
+
+
+def paired_bootstrap(rule: np.ndarray, reference: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """(2.5%, 97.5%, 5%) percentiles of the mean paired difference rule - reference over episodes resampled whole."""
+    diff = rule.astype(np.float64) - reference.astype(np.float64)
+    picks = np.random.default_rng(seed).integers(0, diff.size, (BOOTSTRAP, diff.size))
+    means = diff[picks].mean(axis=1)
+    return tuple(float(v) for v in np.percentile(means, [2.5, 97.5, 5.0]))
+
+
+def episodes_needed(discordance: float, margin: float, n: int) -> int:
+    """Episodes for a paired non-inferiority test (one-sided 5%, 80% power, true difference 0) at this discordance
+    (the fraction of episodes where the two rules disagree; at least one in n+1 when none was seen)."""
+    disc = max(discordance, 1.0 / (n + 1))
+    return int(math.ceil((Z_95_ONE_SIDED + Z_80) ** 2 * disc / margin ** 2))
+
+
+def _open_loop(early_stop_csv) -> dict[tuple[str, float], dict]:
+    """(rule kind, param) -> the all-samples row of early_stop.csv (the rule's MSE on the demo windows)."""
+    with open(early_stop_csv, newline="") as f:
+        return {(row["rule"], float(row["param"])): row for row in csv.DictReader(f) if row["half"] == "all"}
+
+
+def rollout_tables(run: dict, open_loop: dict, settings: dict) -> tuple[list[dict], dict]:
+    """(rows of rollout.csv, rollout.json)."""
+    margin = settings["margin"]
+    kinds, params = run["rule_kind"], run["rule_param"]
+    ks = [r for r in range(len(kinds)) if kinds[r] == "fixed_k"]
+    ref = max(ks, key=lambda r: params[r])
+    rows, decisions = [], {}
+    for task in dict.fromkeys(run["task"].tolist()):
+        mine = np.flatnonzero(run["task"] == task)
+        n = mine.size
+        reference = run["success"][ref, mine]
+        task_rows = []
+        for r, name in enumerate(run["rule"]):
+            success = run["success"][r, mine]
+            k = int(success.sum())
+            low, high = clopper_pearson(k, n)
+            nfe = run["nfe"][r, mine]
+            better, worse = int((success & ~reference).sum()), int((~success & reference).sum())
+            d_low, d_high, d_lower = paired_bootstrap(success, reference)
+            mse = open_loop.get((str(kinds[r]), float(params[r])), {})
+            seconds = run["seconds"][r, mine].mean(axis=0)
+            row = {"task": task, "rule": str(name), "kind": str(kinds[r]), "param": float(params[r]), "episodes": n,
+                   "successes": k, "success_rate": k / n, "ci_low": low, "ci_high": high,
+                   "nfe_per_decision": float(nfe[nfe >= 0].mean()), "decisions_mean": float((nfe >= 0).sum(1).mean()),
+                   "steps_mean": float(run["steps"][r, mine].mean()),
+                   "reference": str(run["rule"][ref]), "diff_vs_reference": (k - int(reference.sum())) / n,
+                   "diff_ci_low": d_low, "diff_ci_high": d_high, "diff_lower_one_sided_95": d_lower,
+                   "better_than_reference": better, "worse_than_reference": worse,
+                   "mcnemar_p": mcnemar_exact(better, worse), "non_inferior": bool(d_lower > -margin),
+                   "open_loop_mse_vs_final": float(mse.get("mse_vs_final", "nan") or "nan"),
+                   "open_loop_mse_vs_gt": float(mse.get("mse_vs_gt", "nan") or "nan"),
+                   **{f"seconds_{c}": float(s) for c, s in zip(run["costs"], seconds)}}
+            task_rows.append(row)
+        rows += task_rows
+        decisions[task] = _decide(task_rows, ref_name=str(run["rule"][ref]), margin=margin, n=n)
+    summary = {"margin": margin, "reference": str(run["rule"][ref]), "episodes_per_task": {t: d["episodes"] for t, d in
+                                                                                           decisions.items()},
+               "tasks": decisions, "rules": [str(r) for r in run["rule"]],
+               "n_episodes": int(run["success"].shape[1]), "layout_seed": sorted({int(s) for s in run["layout_seed"]}),
+               "preset": str(run["preset"]), "config_digest": str(run["config_digest"]),
+               "intervals": "success: exact Clopper-Pearson 95%; paired difference: bootstrap over episodes "
+                            f"({BOOTSTRAP} draws), 95% two-sided and the one-sided 95% lower bound; McNemar exact"}
+    return rows, summary
+
+
+def _decide(rows: list[dict], ref_name: str, margin: float, n: int) -> dict:
+    """The headline of one task: the cheapest non-inferior rule, the seed's question (stop at 40 vs 50), and whether
+    open-loop MSE ranks the rules as closed-loop success does."""
+    from scipy.stats import spearmanr
+
+    reference = next(r for r in rows if r["rule"] == ref_name)
+    fitting = sorted((r for r in rows if r["non_inferior"]), key=lambda r: (r["nfe_per_decision"], -r["success_rate"]))
+    pick = fitting[0] if fitting else None
+    discordance = max(((r["better_than_reference"] + r["worse_than_reference"]) / n for r in rows if r is not reference),
+                      default=0.0)
+    out = {"episodes": n, "reference": {k: reference[k] for k in ("rule", "success_rate", "ci_low", "ci_high",
+                                                                  "nfe_per_decision")}}
+    if pick is None:
+        out["decision"] = (f"no rule is non-inferior to {ref_name} within {margin:.0%} on {n} episodes; about "
+                           f"{episodes_needed(discordance, margin, n)} episodes per rule would be needed to decide "
+                           f"(discordance {discordance:.2f})")
+    else:
+        out["decision"] = (f"{pick['rule']}: {pick['nfe_per_decision']:.1f} NFE per decision, success "
+                           f"{pick['success_rate']:.0%} [{pick['ci_low']:.0%}, {pick['ci_high']:.0%}], difference to "
+                           f"{ref_name} {pick['diff_vs_reference']:+.0%} (95% CI [{pick['diff_ci_low']:+.0%}, "
+                           f"{pick['diff_ci_high']:+.0%}]; one-sided lower bound {pick['diff_lower_one_sided_95']:+.0%} > "
+                           f"-{margin:.0%}), N={n} episodes")
+        out["cheapest_non_inferior"] = {k: pick[k] for k in ("rule", "nfe_per_decision", "success_rate", "ci_low",
+                                                             "ci_high", "diff_vs_reference", "diff_ci_low",
+                                                             "diff_ci_high", "diff_lower_one_sided_95", "mcnemar_p")}
+    seed_question = [r for r in rows if r["kind"] in ("fixed_step_xt", "fixed_step_clean", "fixed_k") and r["param"] == 40]
+    out["stop_at_40"] = [{k: r[k] for k in ("rule", "success_rate", "diff_vs_reference", "diff_ci_low", "diff_ci_high",
+                                            "mcnemar_p", "non_inferior")} for r in seed_question]
+    known = [r for r in rows if math.isfinite(r["open_loop_mse_vs_gt"])]
+    if len(known) >= 3 and len({r["success_rate"] for r in known}) > 1:
+        rho = spearmanr([r["open_loop_mse_vs_gt"] for r in known], [r["success_rate"] for r in known]).statistic
+        out["open_loop_vs_closed_loop"] = {"spearman_mse_vs_gt_success": float(rho), "rules": len(known),
+                                           "reads": "negative: lower open-loop MSE goes with more success"}
+    else:
+        out["open_loop_vs_closed_loop"] = {"spearman_mse_vs_gt_success": None, "rules": len(known),
+                                           "reads": "not computed: fewer than 3 rules with an open-loop MSE, or one "
+                                                    "success rate for all"}
+    return out
+
+
+def write_answers(npz_path, early_stop_csv, settings: dict, table_path, summary_path) -> None:
+    from ..metrics import write_csv
+
+    run = load_npz(npz_path, ROLLOUT_ARRAYS)
+    rows, summary = rollout_tables(run, _open_loop(early_stop_csv), settings)
+    write_csv(table_path, rows)
+    write_json(summary_path, {**summary, "rollout": str(npz_path)})
+
+
+def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
+    """Per task, three panels: success against NFE per decision (the K curve and the early stops, exact 95% CIs),
+    the paired difference to the reference (bootstrap 95% CI, the margin), and open-loop MSE against success."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(table_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = json.loads(open(summary_path).read())
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(style["width"] * 2, style["height"] * len(tasks)), squeeze=False)
+    markers = {"fixed_k": "o", "fixed_step_xt": "s", "fixed_step_clean": "D", "clean_change": "^"}
+    for row_axes, task in zip(axes, tasks):
+        mine = [r for r in rows if r["task"] == task]
+        f = lambda r, k: float(r[k])
+        n = int(mine[0]["episodes"])
+        ax = row_axes[0]
+        for kind, marker in markers.items():
+            pts = sorted((r for r in mine if r["kind"] == kind), key=lambda r: f(r, "nfe_per_decision"))
+            if not pts:
+                continue
+            x = [f(r, "nfe_per_decision") for r in pts]
+            y = [f(r, "success_rate") for r in pts]
+            err = [[yy - f(r, "ci_low") for r, yy in zip(pts, y)], [f(r, "ci_high") - yy for r, yy in zip(pts, y)]]
+            ax.errorbar(x, y, yerr=err, marker=marker, linestyle="-" if kind == "fixed_k" else "none", capsize=3,
+                        label={"fixed_k": "K Euler steps", "fixed_step_xt": "stop at s: x_s",
+                               "fixed_step_clean": "stop at s: clean prediction",
+                               "clean_change": "clean-change rule (calibrated)"}[kind])
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("head evaluations per decision (NFE)")
+        ax.set_ylabel("success rate")
+        ax.set_title(f"{task}: success (exact 95% CI), N={n} episodes", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        ax = row_axes[1]
+        order = sorted(mine, key=lambda r: f(r, "nfe_per_decision"))
+        y = np.arange(len(order))
+        d = [f(r, "diff_vs_reference") for r in order]
+        ax.errorbar(d, y, xerr=[[dd - f(r, "diff_ci_low") for r, dd in zip(order, d)],
+                                [f(r, "diff_ci_high") - dd for r, dd in zip(order, d)]], fmt="o", capsize=3)
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.axvline(-summary["margin"], color="red", lw=0.8, ls="--", label=f"margin -{summary['margin']:.0%}")
+        ax.set_yticks(y, [r["rule"] for r in order], fontsize=7)
+        ax.set_xlabel(f"success - success of {summary['reference']} (paired)")
+        ax.set_title(f"paired difference (bootstrap 95% CI), N={n}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+        ax = row_axes[2]
+        known = [r for r in mine if np.isfinite(f(r, "open_loop_mse_vs_gt"))]
+        for r in known:
+            ax.scatter(f(r, "open_loop_mse_vs_gt"), f(r, "success_rate"), marker=markers[r["kind"]], color="C0")
+            ax.annotate(r["rule"], (f(r, "open_loop_mse_vs_gt"), f(r, "success_rate")), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("open-loop MSE vs the expert's actions (demo windows)")
+        ax.set_ylabel("closed-loop success rate")
+        rho = summary["tasks"][task]["open_loop_vs_closed_loop"]["spearman_mse_vs_gt_success"]
+        ax.set_title(f"open loop vs closed loop ({len(known)} rules" + (f", Spearman {rho:.2f})" if rho is not None
+                                                                          else ")"), fontsize=9)
+    fig.suptitle(f"closed loop, preset {summary['preset']}: {summary['n_episodes']} episodes "
+                 f"(layout seeds {summary['layout_seed']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=style["dpi"])
+    fig.savefig(svg)
+    plt.close(fig)

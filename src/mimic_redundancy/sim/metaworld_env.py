@@ -1,0 +1,214 @@
+"""Meta-World (v3 tasks on MuJoCo, rendered headless on the CPU): one task layout as an env that returns camera
+frames, joint states and Meta-World's observation vector, and its scripted expert recording demonstrations.
+
+A layout is (task, layout_seed, layout_index): `metaworld.MT1(task, seed=layout_seed)` fixes 50 object/goal
+placements (`train_tasks`); `layout_index` picks one. The same layout gives identical frames and states in any
+process (a raw env's reset(seed=) is ignored by Meta-World; the layout alone decides).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco import: headless via Mesa's EGL
+
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+class SimError(ValueError):
+    """A simulator setting the pipeline cannot use; the message names the config key and what is allowed."""
+
+
+RENDERING_FIX = ("install Mesa's EGL (apt-get install -y libegl1) and set MUJOCO_GL=egl, or OSMesa (apt-get install "
+                 "-y libosmesa6) and set MUJOCO_GL=osmesa")
+try:  # metaworld imports mujoco, which loads the GL backend MUJOCO_GL names, right now
+    import metaworld  # noqa: E402
+except ModuleNotFoundError as error:
+    raise ModuleNotFoundError(f"{error}: the closed loop needs the simulator; install it with "
+                              "pip install -e '.[sim]' (make sim does)") from None
+except (ImportError, RuntimeError, AttributeError) as error:
+    raise SimError(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: cannot render headless ({type(error).__name__}: "
+                   f"{error}); {RENDERING_FIX}") from None
+
+TASK_NAMES = tuple(metaworld.MT1.ENV_NAMES)  # the 50 v3 tasks, e.g. 'button-press-topdown-v3'
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+LAYOUTS = 50             # train_tasks per MT1 benchmark (metaworld's _N_GOALS)
+STATE_DIM = 9            # qpos[:9]: 7 arm joints + 2 finger joints, radians / metres
+ENV_STATE_DIM = 39       # Meta-World's observation: hand, gripper, object poses (x2: now and previous), goal
+ACTION_DIM = 4           # xyz end-effector delta (x 1/100 m) + gripper effort, each in [-1, 1]
+STEPS_AFTER_SUCCESS = 10  # a demonstration goes on this many steps after the first success, then stops
+MAX_PATH_LENGTH = 1_000_000  # Meta-World raises after 500 steps; callers bound their episodes themselves
+
+# the scripted policies warn on every new process that their gains exceed [-1, 1]; the env clips, as intended
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
+
+
+def check_task(task: str) -> None:
+    if task not in TASK_NAMES:
+        raise SimError(f"config key 'sim.tasks': unknown Meta-World task {task!r}; known tasks: "
+                       f"{', '.join(TASK_NAMES)}")
+
+
+def check_camera(camera: str) -> None:
+    if camera not in CAMERAS:
+        raise SimError(f"config key 'sim.camera': unknown camera {camera!r}; Meta-World's cameras: "
+                       f"{', '.join(CAMERAS)}")
+
+
+def check_layout(layout_index: int) -> None:
+    if not 0 <= layout_index < LAYOUTS:
+        raise SimError(f"config key 'sim.demos': layout {layout_index} does not exist; MT1 has {LAYOUTS} layouts "
+                       f"per task and seed (0-{LAYOUTS - 1}): ask for at most {LAYOUTS} episodes per task")
+
+
+def check_rendering() -> None:
+    """Render one tiny frame with the MUJOCO_GL backend; raise SimError with the fix when it cannot."""
+    import mujoco
+
+    backend = os.environ.get("MUJOCO_GL", "egl")
+    # mujoco picks its GL backend once, at its first import: set MUJOCO_GL before anything imports it
+    chosen = getattr(mujoco, "GLContext", None)
+    chosen = chosen.__module__.rsplit(".", 1)[-1] if chosen is not None else "none"
+    if chosen != backend:
+        raise SimError(f"MUJOCO_GL={backend}, but mujoco was imported earlier with the {chosen!r} backend (MUJOCO_GL "
+                       "unset or different then, e.g. by `import metaworld` before this module): import "
+                       "mimic_redundancy.sim.metaworld_env first, or export MUJOCO_GL=egl before Python starts")
+    try:
+        model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='0.1'/></worldbody></mujoco>")
+        data = mujoco.MjData(model)
+        mujoco.mj_forward(model, data)
+        with mujoco.Renderer(model, 8, 8) as renderer:
+            renderer.update_scene(data)
+            renderer.render()
+    except Exception as error:
+        raise SimError(f"MUJOCO_GL={backend}: cannot render headless ({type(error).__name__}: {error}); "
+                       f"{RENDERING_FIX}") from None
+
+
+def versions() -> dict[str, str]:
+    """The simulator's package versions (recorded in every dataset and rollout)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("metaworld", "mujoco", "gymnasium")}
+
+
+@functools.lru_cache(maxsize=8)
+def benchmark(task: str, layout_seed: int) -> metaworld.MT1:
+    """MT1(task, seed): ~0.7 s (it resets an env 50 times), so built once per task and seed."""
+    check_task(task)
+    return metaworld.MT1(task, seed=layout_seed)
+
+
+@dataclass
+class Observation:
+    image: np.ndarray | None       # (H, W, 3) uint8, right side up (None: not rendered)
+    state: np.ndarray              # (9,) float32: qpos[:9]
+    environment_state: np.ndarray  # (39,) float32: Meta-World's observation vector
+
+
+class MetaWorldEnv:
+    """One layout of one task, rendering `camera` at height x width. Counts seconds spent in physics
+    (`sim_seconds`) and in rendering (`render_seconds`) since construction."""
+
+    def __init__(self, task: str, layout_seed: int, layout_index: int, camera: str = "corner", height: int = 32,
+                 width: int = 32):
+        check_task(task)
+        check_camera(camera)
+        check_layout(layout_index)
+        mt1 = benchmark(task, layout_seed)
+        # a fresh env per episode: MuJoCo's warm-start state would otherwise carry over between episodes
+        self.env = mt1.train_classes[task](render_mode="rgb_array", camera_name=camera, width=width, height=height)
+        self.env.set_task(mt1.train_tasks[layout_index])
+        self.env.model.light_castshadow[:] = 0  # shadows and reflections: ~0.2 -> ~0.03 s per 128x128 frame
+        self.env.model.mat_reflectance[:] = 0
+        self.env.max_path_length = MAX_PATH_LENGTH
+        self.sim_seconds = self.render_seconds = 0.0
+
+    def _observation(self, obs: np.ndarray, render: bool = True) -> Observation:
+        return Observation(self.render() if render else None, self.env.data.qpos[:STATE_DIM].astype(np.float32),
+                           np.asarray(obs, dtype=np.float32))
+
+    def reset(self) -> Observation:
+        start = time.perf_counter()
+        obs, _ = self.env.reset()
+        self.sim_seconds += time.perf_counter() - start
+        return self._observation(obs)
+
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, bool]:
+        """Apply `action` (4,), clipped to [-1, 1]; the next observation (its image None unless `render`: a
+        closed loop renders only the frames its policy will see) and whether the task is solved now."""
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        start = time.perf_counter()
+        obs, _, _, _, info = self.env.step(action)
+        self.sim_seconds += time.perf_counter() - start
+        return self._observation(obs, render), bool(info["success"])
+
+    def render(self) -> np.ndarray:
+        """The camera's frame, (H, W, 3) uint8; MuJoCo's rows come bottom-up, so they are reversed."""
+        start = time.perf_counter()
+        image = np.ascontiguousarray(self.env.render()[::-1])
+        self.render_seconds += time.perf_counter() - start
+        return image
+
+    def close(self) -> None:
+        self.env.close()  # without it EGL prints a traceback at interpreter exit
+
+
+def expert(task: str):
+    """Meta-World's scripted policy for `task`: a callable obs (39,) -> action (4,) float32."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    check_task(task)
+    policy = ENV_POLICY_MAP[task]()
+    return lambda obs: np.asarray(policy.get_action(obs), dtype=np.float32)
+
+
+@dataclass
+class EpisodeRecord:
+    """One expert episode: row t is observation t and the action taken from it (T rows)."""
+    task: str
+    layout_seed: int
+    layout_index: int
+    frames: np.ndarray              # (T, H, W, 3) uint8
+    states: np.ndarray              # (T, 9) float32
+    environment_states: np.ndarray  # (T, 39) float32
+    actions: np.ndarray             # (T, 4) float32, as executed (clipped to [-1, 1])
+    success: bool
+    steps_to_success: int           # actions taken until the first success, or -1
+    sim_seconds: float
+    render_seconds: float
+
+
+def run_expert(task: str, layout_seed: int, layout_index: int, camera: str = "corner", height: int = 32,
+               width: int = 32, max_steps: int = 200, noise: float | None = None) -> EpisodeRecord:
+    """The expert on one layout: records observation t, then acts; stops STEPS_AFTER_SUCCESS steps after the first
+    success or after max_steps actions, so T = min(max_steps, steps_to_success + STEPS_AFTER_SUCCESS).
+    `noise`: std of Gaussian noise added to each expert action (before clipping), drawn from a generator seeded by
+    the layout, so noisy episodes repeat too."""
+    if max_steps < 1:
+        raise SimError(f"max_steps must be at least 1, got {max_steps}")
+    policy, env = expert(task), MetaWorldEnv(task, layout_seed, layout_index, camera, height, width)
+    rng = np.random.default_rng([layout_seed, layout_index])
+    frames, states, env_states, actions, first = [], [], [], [], -1
+    try:
+        obs = env.reset()
+        for t in range(max_steps):
+            action = policy(obs.environment_state)
+            if noise:
+                action = action + rng.normal(0.0, noise, ACTION_DIM).astype(np.float32)
+            action = np.clip(action, -1.0, 1.0)
+            frames.append(obs.image), states.append(obs.state), env_states.append(obs.environment_state)
+            actions.append(action)
+            obs, success = env.step(action)
+            if success and first < 0:
+                first = t + 1
+            if first >= 0 and t + 1 >= first + STEPS_AFTER_SUCCESS:
+                break
+    finally:
+        env.close()
+    return EpisodeRecord(task, layout_seed, layout_index, np.stack(frames), np.stack(states), np.stack(env_states),
+                         np.stack(actions), first >= 0, first, env.sim_seconds, env.render_seconds)

@@ -1,0 +1,240 @@
+"""The closed loop on Meta-World (configs/metaworld.yaml, made small): demonstrations -> features -> train -> rollouts
+at every rule, through real Snakemake runs; replays, determinism across processes, shards, the expert through the
+rollout loop, what reruns, and bad input. One small closed-loop run (`loop`) is shared by the module's tests."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, copy_run, copy_workflow, executed_rules, planned_rules, run_ok, snakemake, write_config
+
+# our module first: it sets MUJOCO_GL=egl before mujoco is imported
+metaworld_env = pytest.importorskip("mimic_redundancy.sim.metaworld_env", exc_type=ModuleNotFoundError)
+
+from mimic_redundancy import config as cfg  # noqa: E402
+from mimic_redundancy.io import ROLLOUT_ARRAYS, load_npz  # noqa: E402
+from mimic_redundancy.sim.metaworld_env import SimError  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high")]
+TASK = "button-press-topdown-v3"
+# configs/metaworld.yaml, small: 4 demos, 2 probed, a 30-step head, 4 episodes per rule in 2 batches of 2
+LOOP = {
+    "sim": {"demos": 4, "max_steps": 120},
+    "inputs": {"episodes": [0, 1]},
+    "probe": {"steps": 10, "batch_size": 4},
+    "metrics": {"probe_steps": [2, 4, 6, 8, 10]},
+    "sweep": {"steps": [1, 5, 10], "reference_steps": 20},
+    "early_stop": {"target_step": 2},
+    "train": {"steps": 30},
+    "rollout": {"steps": [1, 10], "stop_steps": [5], "episodes": 4, "batch_size": 2, "max_steps": 24,
+                "execute_steps": 8},
+}
+TARGETS = ["results/trained/rollout.json", "results/trained/figures/rollout.png", "results/trained/rollout/videos.json"]
+RULES = ["K=1", "K=10", "stop@5 x_t", "stop@5 clean"]
+
+
+def merged(*configs: dict) -> dict:
+    """Snakemake's merge of --configfile files over config.yaml (nested keys are updated, not replaced)."""
+    out: dict = {}
+
+    def update(into, new):
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                update(into[key], value)
+            else:
+                into[key] = copy.deepcopy(value)
+
+    for c in configs:
+        update(out, c)
+    return out
+
+
+def loop_config(workdir, extra: dict | None = None) -> dict:
+    files = [yaml.safe_load((workdir / name).read_text()) for name in ["config.yaml", "configs/metaworld.yaml"]]
+    return cfg.validate_config(merged(*files, LOOP, extra or {}))
+
+
+def run_loop(workdir, *args, extra: dict | None = None):
+    config = write_config(workdir, merged(LOOP, extra or {}), "loop.yaml")
+    return snakemake(workdir, *args, "--configfile", "configs/metaworld.yaml", str(config))
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    """The small closed loop, run once: (workdir, result)."""
+    try:
+        metaworld_env.check_rendering()
+    except SimError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the closed-loop tests: {error}")
+        pytest.skip(str(error))
+    workdir = copy_workflow(tmp_path_factory.mktemp("loop"))
+    shutil.copytree(REPO / "configs", workdir / "configs")
+    result = run_loop(workdir, *TARGETS)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return workdir, result
+
+
+def test_the_closed_loop_writes_every_output(loop):
+    workdir, result = loop
+    ran = executed_rules(result)
+    for rule in ["demos", "features", "train", "early_stop", "rollout", "rollout_metrics", "plot_rollout",
+                 "rollout_videos"]:
+        assert rule in ran, rule
+    demos = json.loads((workdir / "results/demos/summary.json").read_text())
+    assert demos["tasks"][TASK]["kept"] + demos["tasks"][TASK]["dropped"] == 4
+    run = load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+    assert run["rule"].tolist()[:4] == RULES and len(run["rule"]) in (4, 5)  # + the calibrated clean-change rule
+    assert run["success"].shape == (len(run["rule"]), 4) and run["nfe"].shape == (len(run["rule"]), 4, 3)
+    assert run["layout_seed"].tolist() == [1] * 4 and run["layout_index"].tolist() == [0, 1, 2, 3]
+    k = {name: r for r, name in enumerate(run["rule"])}
+    assert (run["nfe"][k["K=10"]][run["nfe"][k["K=10"]] >= 0] == 10).all()
+    assert (run["nfe"][k["stop@5 clean"]][run["nfe"][k["stop@5 clean"]] >= 0] == 5).all()
+    # an episode ends at its first success or at max_steps; its executed actions are recorded up to there
+    steps = run["steps"]
+    assert ((steps == 24) | run["success"]).all()
+    assert (np.isfinite(run["actions"][..., 0]).sum(-1) == steps).all()
+    table = (workdir / "results/trained/rollout.csv").read_text().splitlines()
+    assert len(table) == 1 + len(run["rule"])
+    summary = json.loads((workdir / "results/trained/rollout.json").read_text())
+    assert summary["reference"] == "K=10" and summary["tasks"][TASK]["episodes"] == 4
+    assert "episodes" in summary["tasks"][TASK]["decision"]
+    assert (workdir / "results/trained/figures/rollout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    videos = json.loads((workdir / "results/trained/rollout/videos.json").read_text())
+    assert videos["n_videos"] >= len(run["rule"]) and all(v["replayed_outcome_matches"] for v in videos["videos"])
+    for video in videos["videos"]:
+        assert (workdir / "results/trained/rollout/videos" / video["video"]).stat().st_size > 0
+
+
+def test_every_episode_replays_to_its_recorded_outcome(loop):
+    from mimic_redundancy.sim.rollout import replay
+
+    run = load_npz(loop[0] / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+    make_env = lambda task, seed, index: metaworld_env.MetaWorldEnv(task, seed, index, "corner", 32, 32)
+    for r in range(len(run["rule"])):
+        for e in range(len(run["task"])):
+            success, first, _ = replay(make_env, str(run["task"][e]), int(run["layout_seed"][e]),
+                                       int(run["layout_index"][e]), run["actions"][r, e])
+            assert (success, first) == (bool(run["success"][r, e]), int(run["steps_to_success"][r, e])), (r, e)
+
+
+def test_the_same_seeds_give_the_same_rollout_in_another_process_and_in_shards(loop, tmp_path):
+    """The rollout rerun in a new process is bit-identical; so is the same rollout run as 2 shards and gathered."""
+    from mimic_redundancy.shards import gather_npz
+
+    workdir = copy_run(loop[0], tmp_path / "run")
+    before = load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+    again = run_loop(workdir, "results/trained/rollout.npz", "--forcerun", "rollout")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert executed_rules(again) == ["rollout"]
+    after = load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+    for key in ROLLOUT_ARRAYS:
+        if key != "seconds":
+            np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+    code = ("import sys; sys.path.insert(0, 'src'); from mimic_redundancy.sim import stages; "
+            "import json; s = json.load(open('settings.json')); "
+            "stages.rollout(s, 'results/demos/dataset', 'results/trained/early_stop.json', sys.argv[2], shard=sys.argv[1])")
+    (workdir / "settings.json").write_text(json.dumps(cfg.rollout_settings(loop_config(workdir), "trained")))
+    parts = []
+    for shard in ["1-of-2", "2-of-2"]:
+        out = tmp_path / f"{shard}.npz"
+        done = subprocess.run([sys.executable, "-c", code, shard, str(out)], cwd=workdir, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        parts.append(out)
+    gather_npz(parts, tmp_path / "gathered.npz", ROLLOUT_ARRAYS)
+    gathered = load_npz(tmp_path / "gathered.npz", ROLLOUT_ARRAYS)
+    for key in ROLLOUT_ARRAYS:
+        if key != "seconds":
+            np.testing.assert_array_equal(gathered[key], before[key], err_msg=key)
+
+
+def test_the_expert_through_the_rollout_loop_reaches_its_own_success():
+    """Success detection: the scripted expert, acting through run_batch one action per decision, succeeds on the
+    same layouts at the same step as when it records demonstrations."""
+    from mimic_redundancy.sim.policy import ExpertPolicy, Rule
+    from mimic_redundancy.sim.rollout import run_batch
+
+    layouts = [(TASK, 0, i) for i in range(3)]
+    make_env = lambda task, seed, index: metaworld_env.MetaWorldEnv(task, seed, index, "corner", 32, 32)
+    results = run_batch(ExpertPolicy(TASK), Rule("fixed_k", 1), layouts, 0, "press",
+                        {"execute_steps": 1, "max_steps": 150, "seed": 0, "probe_steps": 1}, make_env)
+    for (task, seed, index), result in zip(layouts, results):
+        alone = metaworld_env.run_expert(task, seed, index, max_steps=150)
+        assert result["success"] and result["steps_to_success"] == alone.steps_to_success, index
+        np.testing.assert_array_equal(np.stack(result["actions"]), alone.actions[:alone.steps_to_success])
+
+
+def test_what_reruns(loop, tmp_path):
+    workdir = copy_run(loop[0], tmp_path / "run")
+    plan = lambda extra: planned_rules(workdir, *TARGETS, "--configfile", "configs/metaworld.yaml",
+                                       str(write_config(workdir, merged(LOOP, extra), "loop.yaml")))
+    assert plan({}) == []
+    assert plan({"rollout": {"steps": [1, 2, 10]}}) == ["plot_rollout", "rollout", "rollout_metrics", "rollout_videos"]
+    assert plan({"plot": {"dpi": 72}}) == ["plot_rollout"]
+    assert plan({"rollout": {"margin": 0.1}}) == ["plot_rollout", "rollout_metrics"]
+
+
+def test_bad_rollout_settings_stop_the_dag_naming_the_key(loop, tmp_path):
+    workdir = copy_run(loop[0], tmp_path / "run")
+    for extra, words in [({"rollout": {"steps": [0, 10]}}, "rollout.steps"),
+                         ({"rollout": {"steps": [1, 11]}}, "rollout.steps': [11] exceed probe.steps (10)"),
+                         ({"rollout": {"stop_steps": [12]}}, "rollout.stop_steps': [12] exceed probe.steps"),
+                         ({"inputs": {"frame_window": "forward"}}, "inputs.frame_window"),
+                         ({"sim": {"tasks": {"no-such-task-v3": "x"}}}, "unknown Meta-World task 'no-such-task-v3'"),
+                         ({"sim": {"camera": "ceiling"}}, "unknown camera 'ceiling'")]:
+        result = run_loop(workdir, *TARGETS, "-n", "--forcerun", "rollout", extra=extra)
+        assert result.returncode != 0 and words in result.stdout + result.stderr, (extra, result.stderr[-2000:])
+
+
+def test_a_policy_or_dataset_that_does_not_fit_the_simulator_is_refused(loop, tmp_path):
+    import torch
+
+    from mimic_redundancy.model import DimensionError
+    from mimic_redundancy.readers import DataError
+    from mimic_redundancy.sim import stages
+
+    workdir = loop[0]
+    settings = cfg.rollout_settings(loop_config(workdir), "trained")
+    settings["model"]["checkpoint"] = str(workdir / "results/tiny-policy/train/checkpoint")
+    wrong_state = {**settings, "inputs": {**settings["inputs"], "state_key": "observation.state"}}
+    with pytest.raises(DimensionError, match="39-dim state, but Meta-World's .* observation.state .* 9"):
+        stages._policy(wrong_state, torch.device("cpu"))
+    dataset = workdir / "results/demos/dataset"
+    with pytest.raises(DataError, match="at 80 fps, but the policy is fed 32x32 px .* at 10 fps"):
+        stages.check_dataset(dataset, {**settings, "demos": {**settings["demos"], "fps": 10}})
+    with pytest.raises(DataError, match="32x32 px .* fed 64x64 px"):
+        stages.check_dataset(dataset, {**settings, "inputs": {**settings["inputs"], "height": 64, "width": 64}})
+    broken = tmp_path / "dataset"
+    shutil.copytree(dataset, broken)
+    (video,) = broken.glob("videos/*/*/*.mp4")
+    video.unlink()
+    from mimic_redundancy.lerobot import read_lerobot
+    from mimic_redundancy.readers import episode_frames
+
+    with pytest.raises(DataError, match=f"{video.name}.*not found"):
+        for episode in read_lerobot(broken, {"camera": "observation.images.corner", "state_key":
+                                             "observation.environment_state", "action_key": "action"}):
+            episode_frames(episode)
+
+
+def test_no_rendering_backend_names_the_package():
+    """MUJOCO_GL naming a backend this machine cannot load (OSMesa without libosmesa6, or a typo): the simulator
+    refuses at import, naming the apt packages, before any episode."""
+    code = "from mimic_redundancy.sim import metaworld_env"
+    for backend in ["bogus", "osmesa"]:
+        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MUJOCO_GL": backend},
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        if backend == "osmesa" and done.returncode == 0:
+            continue  # libosmesa6 is installed here: OSMesa renders
+        assert done.returncode != 0 and "SimError" in done.stderr, done.stderr[-2000:]
+        assert f"MUJOCO_GL={backend}: cannot render headless" in done.stderr
+        assert "apt-get install -y libegl1" in done.stderr and "libosmesa6" in done.stderr
