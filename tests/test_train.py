@@ -233,3 +233,49 @@ def test_a_checkpoint_trained_elsewhere_runs_the_dag_with_its_own_dimensions(tra
     assert "checkpoints/my-model/model.safetensors: not a readable safetensors file" in log
     assert "copy the checkpoint folder again" in log
     assert not (workdir / "results/checkpoint/validate.json").exists()
+
+
+def test_noisy_flow_times_and_the_cosine_schedule_change_training_only(backbone):
+    """train.flow_times noisy draws the loss's flow times mostly near the noise (mean s/3 against the library's
+    2s/3), only while training; train.lr_schedule cosine ends at lr 0. Both change the trained weights."""
+    from mimic_redundancy.train import noisy_flow_times
+
+    rows = compute_features(backbone, pool(8), "cpu", draws=1, draw_seed=0)
+    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width)
+    library = net.sample_time_fn
+    from mimic_video.mimic_video import sample_flow_times
+
+    torch.manual_seed(0)
+    draws = sample_flow_times(100_000, s=net.sample_time_s)  # the library's uniform draw, as its training makes it
+    noisy, own = noisy_flow_times(net)(draws), library(draws)
+    s = net.sample_time_s
+    assert abs(float(noisy.mean()) - s / 3) < 0.01 and abs(float(own.mean()) - 2 * s / 3) < 0.01
+    assert 0 <= float(noisy.min()) and float(noisy.max()) <= s
+    weights = {}
+    for extra in [{}, {"flow_times": "noisy"}, {"lr_schedule": "cosine"}]:
+        head = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width)
+        settings = {"steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 0, "draws": 1, **extra}
+        _, summary = train_model(head, rows, settings, "cpu")
+        assert head.sample_time_fn is not None and summary.get("flow_times", "library") == extra.get("flow_times",
+                                                                                                     "library")
+        weights[str(extra)] = torch.cat([p.detach().flatten() for p in head_parameters(head)])
+        assert abs(head.sample_time_fn(torch.tensor([0.5])) - library(torch.tensor([0.5]))) < 1e-7  # restored
+    values = list(weights.values())
+    assert not torch.equal(values[0], values[1]) and not torch.equal(values[0], values[2])
+
+
+def test_a_normalized_state_is_trained_saved_and_reloaded(backbone, tmp_path):
+    """train.normalize_state: the head z-scores its state with the training rows' statistics, the checkpoint keeps
+    them (config.json says so; the weights hold them), and the reloaded head samples bit for bit."""
+    rows = compute_features(backbone, pool(8), "cpu", draws=1, draw_seed=0)
+    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width)
+    _, summary = train_model(net, rows, {"steps": 3, "batch_size": 4, "lr": 1e-3, "seed": 0, "draws": 1,
+                                         "normalize_state": True}, "cpu")
+    np.testing.assert_allclose(summary["joint_normalizer"]["mean"], rows.joint_state.mean(0).numpy(), rtol=1e-6)
+    save_checkpoint(net, tmp_path / "ckpt", BACKBONE, {"test": True})
+    assert json.loads((tmp_path / "ckpt/config.json").read_text())["joint_normalizer"] is True
+    loaded = load_head(tmp_path / "ckpt")
+    assert torch.equal(loaded.joint_normalizer[0].std, net.joint_normalizer[0].std)
+    batch = checks(backbone).batch(slice(None), "cpu")
+    with torch.no_grad():
+        assert torch.equal(library_sample(net, batch, batch.hiddens, 4), library_sample(loaded, batch, batch.hiddens, 4))

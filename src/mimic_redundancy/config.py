@@ -542,7 +542,9 @@ def train_settings(config: dict, preset: str) -> dict:
             "features_digest": features_digest(config, preset, "train"),
             "check_digest": features_digest(config, preset, "inference"), "draws": config["features"]["draws"],
             **{k: train[k] for k in ("steps", "batch_size", "lr", "seed", "check_samples")},
-            **({"flow_times": train["flow_times"]} if train["flow_times"] != "library" else {})}
+            **({"flow_times": train["flow_times"]} if train["flow_times"] != "library" else {}),
+            **({"lr_schedule": train["lr_schedule"]} if train["lr_schedule"] != "constant" else {}),
+            **({"normalize_state": True} if train["normalize_state"] else {})}
 
 
 def compare_settings(config: dict) -> dict:

@@ -279,6 +279,19 @@ def head_parameters(net) -> list[torch.nn.Parameter]:
     return [p for name, p in net.named_parameters() if not name.startswith(WRAPPER_PREFIX)]
 
 
+def attach_joint_normalizer(net, joint_states: torch.Tensor) -> dict:
+    """z-score the head's joint-state input with the training rows' mean and std (mimic-video's own
+    `joint_mean_std` normalizer; constant dimensions keep std 1). Saved with the head (checkpoint config.json
+    'joint_normalizer'), so the checkpoint normalizes as it was trained. Returns the statistics."""
+    from mimic_video.mimic_video import Normalizer
+
+    mean = joint_states.float().mean(dim=0)
+    std = joint_states.float().std(dim=0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    net.joint_normalizer = torch.nn.ModuleList([Normalizer(mean, std)]).to(next(net.parameters()).device)
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
 def head_state(net) -> dict[str, torch.Tensor]:
     return {k: v for k, v in net.state_dict().items() if not k.startswith(WRAPPER_PREFIX)}
 
@@ -300,8 +313,9 @@ def save_checkpoint(head, folder, backbone: dict, provenance: dict) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in head_state(head).items()}, str(tmp / "model.safetensors"),
               metadata={"format": FORMAT_V2})
     args = {k: head._init_kwargs[k] for k in HEAD_ARGUMENTS}
+    extra = {"joint_normalizer": True} if head.joint_normalizer is not None else {}  # its statistics: in the weights
     (tmp / "config.json").write_text(json.dumps({"format": FORMAT_V2, "mimic_video": args, "video_backbone": backbone,
-                                                 "provenance": provenance}, indent=2, sort_keys=True) + "\n")
+                                                 "provenance": provenance, **extra}, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -354,6 +368,9 @@ def load_head(folder, dim_video_hidden: int | None = None):
     elif dim_video_hidden is not None and args["dim_video_hidden"] != dim_video_hidden:
         raise DimensionError(f"{folder / 'config.json'}: the head expects {args['dim_video_hidden']}-dim video "
                              f"hiddens, but the features hold {dim_video_hidden}-dim ones (another backbone?)")
+    if config.get("joint_normalizer"):  # placeholders of the right shape: the weights file holds the statistics
+        joints = args.get("dim_joint_state", LIBRARY_DIMS["joint_dim"])
+        args["joint_mean_std"] = [(torch.zeros(joints), torch.ones(joints))]  # one pair per embodiment
     try:
         net = MimicVideo(video_predict_wrapper=None, **args)
     except (TypeError, AssertionError) as error:

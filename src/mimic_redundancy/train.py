@@ -11,6 +11,7 @@ cached loop comes (make bench).
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -70,6 +71,9 @@ def _steps(net, n_windows: int, settings: dict, device, loss_of) -> tuple[list[d
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if settings.get("lr_schedule", "constant") == "cosine":  # from lr down to 0 at the last step
+            for group in optimizer.param_groups:
+                group["lr"] = settings["lr"] * 0.5 * (1.0 + math.cos(math.pi * step / settings["steps"]))
         optimizer.step()
         rows.append({"step": step, "loss": loss.item(), "grad_norm": float(grad_norm),
                      "seconds": time.perf_counter() - start})
@@ -80,7 +84,8 @@ def _steps(net, n_windows: int, settings: dict, device, loss_of) -> tuple[list[d
     first = sum(r["loss"] for r in rows[:tenth]) / tenth
     last = sum(r["loss"] for r in rows[-tenth:]) / tenth
     summary = {"steps": settings["steps"], "batch_size": settings["batch_size"], "lr": settings["lr"],
-               "seed": settings["seed"], "flow_times": settings.get("flow_times", "library"), "windows": n_windows,
+               "seed": settings["seed"], "flow_times": settings.get("flow_times", "library"),
+               "lr_schedule": settings.get("lr_schedule", "constant"), "windows": n_windows,
                "trained_parameters": sum(p.numel() for p in params),
                "seconds": rows[-1]["seconds"], "loss_first_tenth": first, "loss_last_tenth": last,
                "loss_ratio": last / first, "steps_per_tenth": tenth}
@@ -104,10 +109,16 @@ def train_model(net, rows, settings: dict, device) -> tuple[list[dict], dict]:
                    video_hiddens=batch.hiddens, time_video_denoise=batch.video_time)
 
     log.info("training on %d windows x %d cached draws", len(rows) // draws, draws)
+    normalizer = None
+    if settings.get("normalize_state"):  # z-scored state: Meta-World's goal positions span a few cm of ~1 m values
+        from .model import attach_joint_normalizer
+
+        normalizer = attach_joint_normalizer(net, rows.joint_state)
     before = held_loss(net, rows, device)
     out, summary = _optimize(net, len(rows) // draws, settings, device, loss_of)
     after = held_loss(net, rows, device)
     log.info("loss on %d fixed rows with fixed flow times and noise: %.4f before, %.4f after", EVAL_ROWS, before, after)
+    summary.update(joint_normalizer=normalizer)
     summary.update(source=rows.source, draws=draws, video_time_mean=float(rows.video_time.mean()),
                    fixed_loss_before=before, fixed_loss_after=after, fixed_loss_rows=min(EVAL_ROWS, len(rows)))
     return out, summary
