@@ -88,6 +88,38 @@ def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
     assert "| shard_job_peak_rss_mb |" in markdown({"results": results})
 
 
+@pytest.mark.slow
+def test_rollout_throughput_counts_every_step_of_both_sides():
+    pytest.importorskip("metaworld")  # the closed loop: pip install -e '.[sim]'
+    from mimic_redundancy.bench import markdown, rollout_throughput
+
+    results = rollout_throughput(repeats=1, episodes=2, max_steps=8, k=2)
+    entry = results["rollout_batch_throughput_ratio"]
+    assert entry["value"] > 0 and isinstance(entry["met"], bool) and entry["goal"] == ">= 4"
+    measured = entry["measured"]
+    for side in ("batched", "one_at_a_time"):
+        run = measured[side]
+        assert run["steps"] == 2 * 8 and run["successes"] == [0] and run["repeats"] == 1  # a random head
+        assert set(run["split_seconds"]) == {"sim", "render", "backbone", "head", "env_setup", "reset", "other"}
+        assert all(run["split_seconds"][k] > 0 for k in ("sim", "render", "backbone", "head", "env_setup", "reset"))
+        assert sum(run["split_seconds"].values()) == pytest.approx(run["median"])
+        assert run["steps_per_second"] == pytest.approx(16 / run["median"])
+    assert entry["value"] == pytest.approx(measured["batched"]["steps_per_second"]
+                                           / measured["one_at_a_time"]["steps_per_second"])
+    assert measured["policy_only_ratio"] > 0
+    text = markdown({"results": results})
+    assert "| rollout_batch_throughput_ratio |" in text and "Closed-loop rollout (2 episodes x 8 steps" in text
+
+
+def test_without_the_simulator_the_rollout_entry_is_skipped_saying_what_to_install(tmp_path, monkeypatch):
+    from mimic_redundancy.bench import parse_args, plan, settings
+
+    monkeypatch.setitem(sys.modules, "mimic_redundancy.sim.metaworld_env", None)  # its import now fails
+    entries, skipped = plan(settings(parse_args([])), tmp_path)
+    assert "rollout_throughput" not in [name for name, _ in entries]
+    assert "pip install -e '.[sim]'" in skipped["rollout_throughput"]
+
+
 def _summary(out):
     return json.loads((out / "summary.json").read_text())
 
@@ -153,10 +185,13 @@ def test_a_bench_that_runs_to_its_end_says_so(tmp_path):
 
 
 def test_the_default_bench_leaves_the_1000_sample_sharding_study_to_full(tmp_path):
-    from mimic_redundancy.bench import parse_args, plan, settings
+    from mimic_redundancy.bench import parse_args, plan, settings, simulator_missing
 
     run = lambda *argv: settings(parse_args(list(argv)))
-    names = lambda *argv: [name for name, _ in plan(run(*argv), tmp_path)[0]]
+    names = lambda *argv: [name for name, _ in plan(run(*argv), tmp_path)[0] if name != "rollout_throughput"]
+    sim = simulator_missing() is None  # the closed-loop rollout entry runs where the simulator imports
+    assert ("rollout_throughput" in [name for name, _ in plan(run(), tmp_path)[0]]) == sim
+    assert ("rollout_throughput" in plan(run(), tmp_path)[1]) == (not sim)
     assert run() == {"mode": "default", "repeats": 3, "train_steps": 150, "train_seeds": [0], "pipeline": True,
                      "shard_samples": 0}
     assert names() == ["model_ratios", "training_from_features", "default_run"]

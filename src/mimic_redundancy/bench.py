@@ -169,6 +169,117 @@ def training_from_features(steps: int, draws: int, seeds: list[int], out: Path |
                          "windows": len(pool), "score_steps": score_steps}}
 
 
+SIM_FIX = "pip install -e '.[sim]'"
+ROLLOUT_TASK = "button-press-topdown-v3"
+
+
+def simulator_missing() -> str | None:
+    """Why the closed-loop benchmark cannot run here (the simulator does not import or cannot render), or None."""
+    try:
+        import mimic_redundancy.sim.metaworld_env  # noqa: F401  (first: it sets MUJOCO_GL before mujoco loads)
+    except ModuleNotFoundError as error:
+        return f"the simulator does not import ({error.name or error}): {SIM_FIX}"
+    except (ImportError, ValueError) as error:  # SimError: no headless rendering
+        return f"{str(error).splitlines()[0]} ({SIM_FIX} installs the simulator)"
+    return None
+
+
+def rollout_throughput(repeats: int, episodes: int = 8, max_steps: int = 40, k: int = 10) -> dict:
+    """Env steps per second of the closed loop (sim.rollout.run_batch) with the policy batched over a job's
+    `episodes` episodes (one run_batch over all) against one episode at a time (`episodes` run_batch calls of one),
+    on layouts 0 .. episodes-1 of MT1(ROLLOUT_TASK, seed=1), rule K=k, the make-sim policy's shape
+    (configs/metaworld.yaml: preset tiny-policy, its inputs and rollout.execute_steps) with a random head and the
+    tiny random backbone, one torch thread. Timed alternately (after a short warm-up), `repeats` times each side;
+    every side's wall time is split into the rollout's own costs (run_batch's seconds: sim, render, backbone, head,
+    summed over its episodes), building and closing the envs (env_setup), each env's reset (reset: physics and the
+    first frame, whose render creates the env's GL context; run_batch's seconds leave it out), and the rest (other:
+    the loop, the policy's inputs)."""
+    import yaml
+
+    from .sim import metaworld_env as mw  # first: it sets MUJOCO_GL before anything imports mujoco
+    import torch
+
+    from .model import build_backbone, build_head
+    from .sim.policy import Policy, Rule
+    from .sim.rollout import COSTS, run_batch
+
+    config = yaml.safe_load((REPO / "configs/metaworld.yaml").read_text())
+    preset, inputs = config["presets"][config["preset"]], config["inputs"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the pipeline's numerics default (config.yaml numerics.threads)
+    try:
+        device = torch.device("cpu")
+        wrapper = build_backbone({"kind": preset["backbone"], "model_seed": 0, "tokenizer": preset["tokenizer"],
+                                  "extract_layer": preset["extract_layer"], "dtype": "float32"}, device)
+        dims = {"chunk_len": preset["chunk_len"], "action_dim": mw.ACTION_DIM, "joint_dim": mw.ENV_STATE_DIM}
+        head = build_head({"preset": config["preset"], "dim": preset["dim"], "depth": preset["depth"], "model_seed": 0,
+                           "device": "cpu", "chunk_len": preset["chunk_len"]}, device, dims, wrapper.dim_latent)
+        policy = Policy(head, wrapper, device, inputs)
+        rule = Rule("fixed_k", float(k))
+        settings = {"execute_steps": config["rollout"]["execute_steps"], "max_steps": max_steps, "seed": 0,
+                    "probe_steps": k}
+        layouts = [(ROLLOUT_TASK, 1, i) for i in range(episodes)]
+        camera = config["sim"]["camera"]
+        setup = [0.0, 0.0]  # seconds building and closing envs; their sim + render seconds, reset included
+
+        def make_env(task, seed, index):  # times building and closing each env (not among the rollout's costs)
+            start = time.perf_counter()
+            env = mw.MetaWorldEnv(task, seed, index, camera, inputs["height"], inputs["width"])
+            setup[0] += time.perf_counter() - start
+            close = env.close
+
+            def timed_close():
+                setup[1] += env.sim_seconds + env.render_seconds
+                begin = time.perf_counter()
+                close()
+                setup[0] += time.perf_counter() - begin
+            env.close = timed_close
+            return env
+
+        def side(batches):
+            setup[:] = [0.0, 0.0]
+            start = time.perf_counter()
+            results = [r for batch in batches for r in run_batch(policy, rule, batch, 0, "press the button", settings,
+                                                                 make_env)]
+            wall = time.perf_counter() - start
+            costs = {name: float(sum(r["seconds"][c] for r in results)) for c, name in enumerate(COSTS)}
+            reset = setup[1] - costs["sim"] - costs["render"]  # the envs' own clocks, less run_batch's steps
+            return {"seconds": wall, "steps": sum(r["steps"] for r in results),
+                    "successes": sum(r["success"] for r in results),
+                    "split": {**costs, "env_setup": setup[0], "reset": reset,
+                              "other": wall - sum(costs.values()) - setup[0] - reset}}
+
+        run_batch(policy, rule, layouts[:1], 0, "press the button", {**settings, "max_steps": 1}, make_env)  # warm-up
+        runs = {"batched": [], "one_at_a_time": []}
+        for _ in range(repeats):
+            runs["batched"].append(side([layouts]))
+            runs["one_at_a_time"].append(side([[e] for e in layouts]))
+    finally:
+        torch.set_num_threads(threads)
+
+    def summary(name):
+        done = runs[name]
+        rates = [r["steps"] / r["seconds"] for r in done]
+        split = {key: statistics.mean(r["split"][key] for r in done) for key in done[0]["split"]}
+        return {**_stats([r["seconds"] for r in done]), "steps": done[0]["steps"],
+                "successes": [r["successes"] for r in done], "steps_per_second": statistics.median(rates),
+                "split_seconds": split, "split_fraction": {key: v / sum(split.values()) for key, v in split.items()}}
+
+    batched, single = summary("batched"), summary("one_at_a_time")
+    ratio = batched["steps_per_second"] / single["steps_per_second"]
+    policy_s = lambda s: s["split_seconds"]["backbone"] + s["split_seconds"]["head"]
+    return {"rollout_batch_throughput_ratio": _entry(
+        ratio, ">= 4", ratio >= 4,
+        f"env steps/s of sim.rollout.run_batch over {episodes} episodes at once / {episodes} calls of one episode, "
+        f"layouts 0-{episodes - 1} of MT1('{ROLLOUT_TASK}', seed=1), K={k}, {max_steps} steps, execute_steps "
+        f"{settings['execute_steps']}, preset {config['preset']} (random head: it never succeeds, so every episode "
+        f"runs all {max_steps} steps) on the tiny random backbone, 1 torch thread, CPU; medians of {repeats}; "
+        "wall split (run_batch's sim, render, backbone, head; env setup, reset with its first render, other) in "
+        "measured",
+        batched=batched, one_at_a_time=single, episodes=episodes, max_steps=max_steps, k=k,
+        policy_only_ratio=policy_s(single) / policy_s(batched))}
+
+
 def cosmos_projection(steps: int) -> dict:
     """PROJECTION, not a measurement: the cache speedup for the Cosmos 7B backbone from FLOPs counted
     (torch FlopCounterMode on the meta device) for one backbone transformer call and one action-head
@@ -362,6 +473,14 @@ def markdown(summary: dict) -> str:
         lines.append(f"\nProjection (counted FLOPs, not measured): cache speedup for Cosmos 7B at {projection['steps']} "
                      f"steps = {projection['projected_speedup']:.1f}x (backbone {projection['backbone_gflops_per_call']:.0f} "
                      f"GFLOP per call, action head {projection['action_head_gflops_per_step']:.2f} GFLOP per step).")
+    rollout = summary["results"].get("rollout_batch_throughput_ratio", {}).get("measured")
+    if rollout:
+        split = lambda side: ", ".join(f"{k} {v:.2f}" for k, v in rollout[side]["split_seconds"].items())
+        lines.append(f"\nClosed-loop rollout ({rollout['episodes']} episodes x {rollout['max_steps']} steps, "
+                     f"K={rollout['k']}): batched {rollout['batched']['steps_per_second']:.1f} env steps/s, one "
+                     f"episode at a time {rollout['one_at_a_time']['steps_per_second']:.1f} (policy alone "
+                     f"{rollout['policy_only_ratio']:.1f}x faster batched). Wall seconds per run, batched: "
+                     f"{split('batched')}; one at a time: {split('one_at_a_time')}.")
     return "\n".join(lines) + "\n"
 
 
@@ -453,6 +572,11 @@ def plan(run: dict, out: Path) -> tuple[list[tuple[str, Callable[[], dict]]], di
                ("training_from_features", lambda: {"training_from_features_vs_library": training_from_features(
                    run["train_steps"], draws=4, seeds=run["train_seeds"], out=Path(out))})]
     skipped = {}
+    missing = simulator_missing()
+    if missing:
+        skipped["rollout_throughput"] = missing
+    else:
+        entries.append(("rollout_throughput", lambda: rollout_throughput(run["repeats"])))
     if run["pipeline"]:
         entries.append(("default_run", lambda: _in_tmp(lambda tmp: pipeline_benchmarks(tmp, noop_repeats=3))))
     else:
