@@ -179,6 +179,7 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     with open(table_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -227,6 +228,7 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
             ax.annotate(r["rule"], (f(r, "open_loop_mse_vs_gt"), f(r, "success_rate")), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log labels overlap at this width
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("open-loop MSE vs the expert's actions (demo windows)")
         ax.set_ylabel("closed-loop success rate")
