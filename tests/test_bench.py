@@ -93,22 +93,23 @@ def test_rollout_throughput_counts_every_step_of_both_sides():
     pytest.importorskip("metaworld")  # the closed loop: pip install -e '.[sim]'
     from mimic_redundancy.bench import markdown, rollout_throughput
 
-    results = rollout_throughput(repeats=1, episodes=2, max_steps=8, k=2)
+    results = rollout_throughput(repeats=1, episodes=2, max_steps=8, ks=(1, 2))
     entry = results["rollout_batch_throughput_ratio"]
     assert entry["value"] > 0 and isinstance(entry["met"], bool) and entry["goal"] == ">= 4"
     measured = entry["measured"]
     for side in ("batched", "one_at_a_time"):
         run = measured[side]
-        assert run["steps"] == 2 * 8 and run["successes"] == [0] and run["repeats"] == 1  # a random head
+        # 2 rules x 2 episodes x 8 steps; a random head never succeeds
+        assert run["steps"] == 2 * 2 * 8 and run["successes"] == [0] and run["repeats"] == 1
         assert set(run["split_seconds"]) == {"sim", "render", "backbone", "head", "env_setup", "reset", "other"}
         assert all(run["split_seconds"][k] > 0 for k in ("sim", "render", "backbone", "head", "env_setup", "reset"))
         assert sum(run["split_seconds"].values()) == pytest.approx(run["median"])
-        assert run["steps_per_second"] == pytest.approx(16 / run["median"])
+        assert run["steps_per_second"] == pytest.approx(32 / run["median"])
     assert entry["value"] == pytest.approx(measured["batched"]["steps_per_second"]
                                            / measured["one_at_a_time"]["steps_per_second"])
     assert measured["policy_only_ratio"] > 0
     text = markdown({"results": results})
-    assert "| rollout_batch_throughput_ratio |" in text and "Closed-loop rollout (2 episodes x 8 steps" in text
+    assert "| rollout_batch_throughput_ratio |" in text and "Closed-loop rollout (2 episodes x 8 steps, rules K = 1, 2)" in text
 
 
 def test_without_the_simulator_the_rollout_entry_is_skipped_saying_what_to_install(tmp_path, monkeypatch):

@@ -161,12 +161,13 @@ def test_the_expert_through_the_rollout_loop_reaches_its_own_success():
     """Success detection: the scripted expert, acting through run_batch one action per decision, succeeds on the
     same layouts at the same step as when it records demonstrations."""
     from mimic_redundancy.sim.policy import ExpertPolicy, Rule
-    from mimic_redundancy.sim.rollout import run_batch
+    from mimic_redundancy.sim.rollout import opened, run_batch
 
     layouts = [(TASK, 0, i) for i in range(3)]
     make_env = lambda task, seed, index: metaworld_env.MetaWorldEnv(task, seed, index, "corner", 32, 32)
-    results = run_batch(ExpertPolicy(TASK), Rule("fixed_k", 1), layouts, 0, "press",
-                        {"execute_steps": 1, "max_steps": 150, "seed": 0, "probe_steps": 1}, make_env)
+    with opened(make_env, layouts) as envs:
+        results = run_batch(ExpertPolicy(TASK), Rule("fixed_k", 1), envs, layouts, 0, "press",
+                            {"execute_steps": 1, "max_steps": 150, "seed": 0, "probe_steps": 1})
     for (task, seed, index), result in zip(layouts, results):
         alone = metaworld_env.run_expert(task, seed, index, max_steps=150)
         assert result["success"] and result["steps_to_success"] == alone.steps_to_success, index

@@ -103,6 +103,38 @@ def test_same_episode_in_another_process(written, tmp_path):
         np.testing.assert_array_equal(theirs[key], getattr(ours, key))
 
 
+def _episode(env, task, steps=40):
+    """The expert's first `steps` steps in `env` from its reset: every frame, state and observation."""
+    policy, obs = metaworld_env.expert(task), env.reset()
+    seen = [obs.image, obs.state, obs.environment_state]
+    for t in range(steps):
+        obs, _ = env.step(policy(obs.environment_state), render=t % 4 == 0)
+        seen += [obs.state, obs.environment_state] + ([obs.image] if obs.image is not None else [])
+    return seen
+
+
+def test_a_reset_env_and_the_shared_renderer_repeat_a_fresh_env_bit_for_bit():
+    """A rollout job builds one env per episode and resets it for every rule, and all envs of a task render through
+    one shared GL context: both must give what a fresh env with its own renderer gives. Pick-place moves its object
+    and goal per layout, so a frame from the wrong layout's model would show."""
+    task = "pick-place-v3"
+    fresh = metaworld_env.MetaWorldEnv(task, 1, 0)
+    first = _episode(fresh, task)
+    own = np.ascontiguousarray(fresh.env.render()[::-1])  # gymnasium's own renderer for this env
+    np.testing.assert_array_equal(own, fresh.render())
+    fresh.close()
+    other = metaworld_env.MetaWorldEnv(task, 1, 1)  # shares the GL context; a different layout
+    moved = _episode(other, task)
+    reused = metaworld_env.MetaWorldEnv(task, 1, 0)
+    _episode(reused, task, steps=60)  # dirty it: warm start, contacts, the path length
+    again = _episode(reused, task)
+    reused.close(), other.close()
+    assert len(again) == len(first)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], moved[0])  # the layouts' frames differ: the test can see a wrong model
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(SimError, match=r"'sim\.tasks': unknown Meta-World task 'button-press'; known tasks: "
                                        r".*button-press-topdown-v3"):

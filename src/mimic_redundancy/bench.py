@@ -184,16 +184,19 @@ def simulator_missing() -> str | None:
     return None
 
 
-def rollout_throughput(repeats: int, episodes: int = 8, max_steps: int = 40, k: int = 10) -> dict:
-    """Env steps per second of the closed loop (sim.rollout.run_batch) with the policy batched over a job's
-    `episodes` episodes (one run_batch over all) against one episode at a time (`episodes` run_batch calls of one),
-    on layouts 0 .. episodes-1 of MT1(ROLLOUT_TASK, seed=1), rule K=k, the make-sim policy's shape
+def rollout_throughput(repeats: int, episodes: int | None = None, max_steps: int = 24,
+                       ks: tuple[int, ...] | None = None) -> dict:
+    """Env steps per second of a rollout job (sim.rollout.run_rollouts: every rule on the job's episodes, envs built
+    once per episode and reset for each rule) with the policy batched over the job's `episodes` episodes (one batch)
+    against one episode at a time (batches of one), on layouts 0 .. episodes-1 of MT1(ROLLOUT_TASK, seed=1)
+    (default: a job's batch, configs/metaworld.yaml's rollout.batch_size), the rules K in `ks` (default: its
+    rollout.steps), the make-sim policy's shape
     (configs/metaworld.yaml: preset tiny-policy, its inputs and rollout.execute_steps) with a random head and the
     tiny random backbone, one torch thread. Timed alternately (after a short warm-up), `repeats` times each side;
-    every side's wall time is split into the rollout's own costs (run_batch's seconds: sim, render, backbone, head,
-    summed over its episodes), building and closing the envs (env_setup), each env's reset (reset: physics and the
-    first frame, whose render creates the env's GL context; run_batch's seconds leave it out), and the rest (other:
-    the loop, the policy's inputs)."""
+    every side's wall time is split into the rollout's own costs (its seconds: sim, render, backbone, head, summed
+    over episodes and rules), building and closing the envs (env_setup), the envs' resets (reset: physics and the
+    first frame; the first render of an env creates its GL context), and the rest (other: the loop, the policy's
+    inputs)."""
     import yaml
 
     from .sim import metaworld_env as mw  # first: it sets MUJOCO_GL before anything imports mujoco
@@ -201,10 +204,12 @@ def rollout_throughput(repeats: int, episodes: int = 8, max_steps: int = 40, k: 
 
     from .model import build_backbone, build_head
     from .sim.policy import Policy, Rule
-    from .sim.rollout import COSTS, run_batch
+    from .sim.rollout import COSTS, run_rollouts
 
     config = yaml.safe_load((REPO / "configs/metaworld.yaml").read_text())
     preset, inputs = config["presets"][config["preset"]], config["inputs"]
+    ks = tuple(ks or config["rollout"]["steps"])
+    episodes = episodes or config["rollout"]["batch_size"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the pipeline's numerics default (config.yaml numerics.threads)
     try:
@@ -215,12 +220,12 @@ def rollout_throughput(repeats: int, episodes: int = 8, max_steps: int = 40, k: 
         head = build_head({"preset": config["preset"], "dim": preset["dim"], "depth": preset["depth"], "model_seed": 0,
                            "device": "cpu", "chunk_len": preset["chunk_len"]}, device, dims, wrapper.dim_latent)
         policy = Policy(head, wrapper, device, inputs)
-        rule = Rule("fixed_k", float(k))
+        rules = [Rule("fixed_k", float(k)) for k in ks]
         settings = {"execute_steps": config["rollout"]["execute_steps"], "max_steps": max_steps, "seed": 0,
-                    "probe_steps": k}
+                    "probe_steps": max(ks)}
         layouts = [(ROLLOUT_TASK, 1, i) for i in range(episodes)]
-        camera = config["sim"]["camera"]
-        setup = [0.0, 0.0]  # seconds building and closing envs; their sim + render seconds, reset included
+        camera, prompts = config["sim"]["camera"], {ROLLOUT_TASK: "press the button"}
+        setup = [0.0, 0.0]  # seconds building and closing envs; their sim + render seconds, resets included
 
         def make_env(task, seed, index):  # times building and closing each env (not among the rollout's costs)
             start = time.perf_counter()
@@ -236,24 +241,23 @@ def rollout_throughput(repeats: int, episodes: int = 8, max_steps: int = 40, k: 
             env.close = timed_close
             return env
 
-        def side(batches):
+        def side(batches, job_rules=rules, job_settings=settings):
             setup[:] = [0.0, 0.0]
             start = time.perf_counter()
-            results = [r for batch in batches for r in run_batch(policy, rule, batch, 0, "press the button", settings,
-                                                                 make_env)]
+            arrays = run_rollouts(policy, job_rules, layouts, batches, prompts, [ROLLOUT_TASK], job_settings,
+                                  make_env)
             wall = time.perf_counter() - start
-            costs = {name: float(sum(r["seconds"][c] for r in results)) for c, name in enumerate(COSTS)}
-            reset = setup[1] - costs["sim"] - costs["render"]  # the envs' own clocks, less run_batch's steps
-            return {"seconds": wall, "steps": sum(r["steps"] for r in results),
-                    "successes": sum(r["success"] for r in results),
+            costs = {name: float(arrays["seconds"][..., c].sum()) for c, name in enumerate(COSTS)}
+            reset = setup[1] - costs["sim"] - costs["render"]  # the envs' own clocks, less the rollout's steps
+            return {"seconds": wall, "steps": int(arrays["steps"].sum()), "successes": int(arrays["success"].sum()),
                     "split": {**costs, "env_setup": setup[0], "reset": reset,
                               "other": wall - sum(costs.values()) - setup[0] - reset}}
 
-        run_batch(policy, rule, layouts[:1], 0, "press the button", {**settings, "max_steps": 1}, make_env)  # warm-up
+        side([[0]], rules[:1], {**settings, "max_steps": 1})  # warm-up
         runs = {"batched": [], "one_at_a_time": []}
         for _ in range(repeats):
-            runs["batched"].append(side([layouts]))
-            runs["one_at_a_time"].append(side([[e] for e in layouts]))
+            runs["batched"].append(side([list(range(episodes))]))
+            runs["one_at_a_time"].append(side([[i] for i in range(episodes)]))
     finally:
         torch.set_num_threads(threads)
 
@@ -270,13 +274,14 @@ def rollout_throughput(repeats: int, episodes: int = 8, max_steps: int = 40, k: 
     policy_s = lambda s: s["split_seconds"]["backbone"] + s["split_seconds"]["head"]
     return {"rollout_batch_throughput_ratio": _entry(
         ratio, ">= 4", ratio >= 4,
-        f"env steps/s of sim.rollout.run_batch over {episodes} episodes at once / {episodes} calls of one episode, "
-        f"layouts 0-{episodes - 1} of MT1('{ROLLOUT_TASK}', seed=1), K={k}, {max_steps} steps, execute_steps "
-        f"{settings['execute_steps']}, preset {config['preset']} (random head: it never succeeds, so every episode "
-        f"runs all {max_steps} steps) on the tiny random backbone, 1 torch thread, CPU; medians of {repeats}; "
-        "wall split (run_batch's sim, render, backbone, head; env setup, reset with its first render, other) in "
+        f"env steps/s of a rollout job (sim.rollout.run_rollouts) over {episodes} episodes in one batch / in "
+        f"batches of one, rules K = {', '.join(map(str, ks))}, layouts 0-{episodes - 1} of MT1('{ROLLOUT_TASK}', "
+        f"seed=1), {max_steps} steps, execute_steps {settings['execute_steps']}, preset {config['preset']} (random "
+        f"head: it never succeeds, so every episode runs all {max_steps} steps) on the tiny random backbone, 1 torch "
+        f"thread, CPU; medians of {repeats}; wall split (the rollout's sim, render, backbone, head; env setup, "
+        "resets, other) in "
         "measured",
-        batched=batched, one_at_a_time=single, episodes=episodes, max_steps=max_steps, k=k,
+        batched=batched, one_at_a_time=single, episodes=episodes, max_steps=max_steps, ks=list(ks),
         policy_only_ratio=policy_s(single) / policy_s(batched))}
 
 
@@ -477,7 +482,7 @@ def markdown(summary: dict) -> str:
     if rollout:
         split = lambda side: ", ".join(f"{k} {v:.2f}" for k, v in rollout[side]["split_seconds"].items())
         lines.append(f"\nClosed-loop rollout ({rollout['episodes']} episodes x {rollout['max_steps']} steps, "
-                     f"K={rollout['k']}): batched {rollout['batched']['steps_per_second']:.1f} env steps/s, one "
+                     f"rules K = {', '.join(map(str, rollout['ks']))}): batched {rollout['batched']['steps_per_second']:.1f} env steps/s, one "
                      f"episode at a time {rollout['one_at_a_time']['steps_per_second']:.1f} (policy alone "
                      f"{rollout['policy_only_ratio']:.1f}x faster batched). Wall seconds per run, batched: "
                      f"{split('batched')}; one at a time: {split('one_at_a_time')}.")
@@ -576,7 +581,9 @@ def plan(run: dict, out: Path) -> tuple[list[tuple[str, Callable[[], dict]]], di
     if missing:
         skipped["rollout_throughput"] = missing
     else:
-        entries.append(("rollout_throughput", lambda: rollout_throughput(run["repeats"])))
+        # one repeat by default (~2 min: each side runs 7 rules on 20 episodes); --full: as many as the others
+        entries.append(("rollout_throughput", lambda: rollout_throughput(run["repeats"] if run["mode"] == "full"
+                                                                         else 1)))
     if run["pipeline"]:
         entries.append(("default_run", lambda: _in_tmp(lambda tmp: pipeline_benchmarks(tmp, noop_repeats=3))))
     else:

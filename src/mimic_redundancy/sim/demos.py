@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .metaworld_env import (ACTION_DIM, ENV_STATE_DIM, LAYOUTS, STATE_DIM, STEPS_AFTER_SUCCESS, EpisodeRecord,
-                            SimError, check_camera, check_task, run_expert)
+from .metaworld_env import (ACTION_DIM, ENV_STATE_DIM, LAYOUTS, RENDERING, STATE_DIM, STEPS_AFTER_SUCCESS,
+                            EpisodeRecord, SimError, check_camera, check_task, run_expert)
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -177,7 +177,8 @@ def write_demos(out_root: Path, tasks: dict[str, str], episodes_per_task: int, l
         raise SimError(f"no expert episode succeeded within {max_steps} steps ({', '.join(tasks)}): nothing to "
                        "write; allow more steps or pick other tasks (sim.tasks)")
     provenance = {"packages": {name: version(name) for name in PACKAGES},
-                  "mujoco_gl": os.environ.get("MUJOCO_GL"), "layout_seed": layout_seed, "camera": camera,
+                  "mujoco_gl": os.environ.get("MUJOCO_GL"), "rendering": RENDERING,
+                  "layout_seed": layout_seed, "camera": camera,
                   "height": height, "width": width, "fps": fps, "max_steps": max_steps,
                   "steps_after_success": STEPS_AFTER_SUCCESS, "codec": CODEC, "tasks": per_task,
                   "episodes": [{"episode_index": e, "task": r.task, "layout_seed": r.layout_seed,

@@ -12,6 +12,7 @@ bit for bit. Costs of a batched call (backbone, head) are split evenly over the 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -38,52 +39,63 @@ def batches_of(episodes: list[tuple[str, int, int]], batch_size: int) -> list[li
     return out
 
 
-def run_batch(policy, rule: Rule, episodes: list[tuple[str, int, int]], task_index: int, prompt: str,
-              settings: dict, make_env) -> list[dict]:
-    """Roll out one batch of episodes of one task under `rule`; one result dict per episode."""
+@contextlib.contextmanager
+def opened(make_env, episodes: list[tuple[str, int, int]]):
+    """One env per episode (make_env(task, layout_seed, layout_index)), closed on the way out. run_batch resets
+    them, so one batch's envs serve every rule: building an env and its GL context (~0.5 s) is paid once per
+    episode, not once per episode and rule."""
+    envs = []
+    try:
+        for episode in episodes:
+            envs.append(make_env(*episode))
+        yield envs
+    finally:
+        for env in envs:
+            env.close()
+
+
+def run_batch(policy, rule: Rule, envs: list, episodes: list[tuple[str, int, int]], task_index: int, prompt: str,
+              settings: dict) -> list[dict]:
+    """Roll out one batch of episodes of one task under `rule`, in `envs` (one per episode, built for its layout:
+    `opened`), each reset first; one result dict per episode."""
     execute, max_steps, chunk_len = settings["execute_steps"], settings["max_steps"], policy.dims["chunk_len"]
     if execute > chunk_len:
         raise ValueError(f"config key 'rollout.execute_steps': {execute} exceeds the policy's action chunk "
                          f"({chunk_len}); allowed: 1 to {chunk_len}")
-    envs = [make_env(*e) for e in episodes]
     costs = np.zeros((len(envs), len(COSTS)))
     results = [{"success": False, "steps_to_success": -1, "steps": 0, "nfe": [], "actions": []} for _ in envs]
-    try:
-        observations = [env.reset() for env in envs]
-        histories = [{0: o.image} for o in observations]
-        live, t, decision = list(range(len(envs))), 0, 0
-        while live and t < max_steps:
-            chunk, nfe, backbone, head = policy.act(rule, [observations[i] for i in live],
-                                                    [histories[i] for i in live], t, prompt,
-                                                    [(task_index, episodes[i][2], decision) for i in live],
-                                                    settings)
+    observations = [env.reset() for env in envs]
+    histories = [{0: o.image} for o in observations]
+    live, t, decision = list(range(len(envs))), 0, 0
+    while live and t < max_steps:
+        chunk, nfe, backbone, head = policy.act(rule, [observations[i] for i in live],
+                                                [histories[i] for i in live], t, prompt,
+                                                [(task_index, episodes[i][2], decision) for i in live],
+                                                settings)
+        for row, i in enumerate(live):
+            costs[i, 2] += backbone / len(live)
+            costs[i, 3] += head / len(live)
+            results[i]["nfe"].append(int(nfe[row]))
+        for j in range(execute):
+            render = policy.needs_frame(t + 1, execute)
             for row, i in enumerate(live):
-                costs[i, 2] += backbone / len(live)
-                costs[i, 3] += head / len(live)
-                results[i]["nfe"].append(int(nfe[row]))
-            for j in range(execute):
-                render = policy.needs_frame(t + 1, execute)
-                for row, i in enumerate(live):
-                    if results[i]["success"]:
-                        continue
-                    sim, rendered = envs[i].sim_seconds, envs[i].render_seconds
-                    observations[i], success = envs[i].step(chunk[row, j], render=render)
-                    results[i]["actions"].append(np.clip(chunk[row, j], -1.0, 1.0))
-                    results[i]["steps"] = t + 1
-                    if render:
-                        histories[i][t + 1] = observations[i].image
-                    costs[i, 0] += envs[i].sim_seconds - sim
-                    costs[i, 1] += envs[i].render_seconds - rendered
-                    if success:
-                        results[i].update(success=True, steps_to_success=t + 1)
-                t += 1
-                if t >= max_steps or all(results[i]["success"] for i in live):
-                    break
-            live = [i for i in live if not results[i]["success"]]
-            decision += 1
-    finally:
-        for env in envs:
-            env.close()
+                if results[i]["success"]:
+                    continue
+                sim, rendered = envs[i].sim_seconds, envs[i].render_seconds
+                observations[i], success = envs[i].step(chunk[row, j], render=render)
+                results[i]["actions"].append(np.clip(chunk[row, j], -1.0, 1.0))
+                results[i]["steps"] = t + 1
+                if render:
+                    histories[i][t + 1] = observations[i].image
+                costs[i, 0] += envs[i].sim_seconds - sim
+                costs[i, 1] += envs[i].render_seconds - rendered
+                if success:
+                    results[i].update(success=True, steps_to_success=t + 1)
+            t += 1
+            if t >= max_steps or all(results[i]["success"] for i in live):
+                break
+        live = [i for i in live if not results[i]["success"]]
+        decision += 1
     for result, cost in zip(results, costs):
         result["seconds"] = cost
     return results
@@ -122,12 +134,14 @@ def run_rollouts(policy, rules: list[Rule], episodes: list[tuple[str, int, int]]
     for b, batch in enumerate(batches):
         mine = [episodes[i] for i in batch]
         task = mine[0][0]
-        for r, rule in enumerate(rules):
-            start = time.perf_counter()
-            done = run_batch(policy, rule, mine, tasks.index(task), prompts[task], settings, make_env)
-            results.update({(r, offset + k): result for k, result in enumerate(done)})
-            log.info("batch %d/%d (%s, %d episodes), %s: %d/%d successes in %.1f s", b + 1, len(batches), task,
-                     len(batch), rule.name, sum(d["success"] for d in done), len(done), time.perf_counter() - start)
+        with opened(make_env, mine) as envs:
+            for r, rule in enumerate(rules):
+                start = time.perf_counter()
+                done = run_batch(policy, rule, envs, mine, tasks.index(task), prompts[task], settings)
+                results.update({(r, offset + k): result for k, result in enumerate(done)})
+                log.info("batch %d/%d (%s, %d episodes), %s: %d/%d successes in %.1f s", b + 1, len(batches), task,
+                         len(batch), rule.name, sum(d["success"] for d in done), len(done),
+                         time.perf_counter() - start)
         offset += len(batch)
     flat = [episodes[i] for batch in batches for i in batch]
     return rollout_arrays(results, rules, flat, prompts, settings)
