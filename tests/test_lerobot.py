@@ -50,6 +50,15 @@ FAILING = {  # case -> (repo, inputs keys, the message it must fail with)
     "action": (BAD, {"action_key": "actions"},
                r"meta/info\.json: action key 'actions' \(config key 'inputs\.action_key'\) is not a feature of the "
                r"dataset; its numeric features: \['observation\.state', 'action'\]"),
+    # a key naming a feature of the wrong kind: named at prefetch, not blamed on the dataset by the features job
+    "state-is-a-camera": (BAD, {"state_key": "observation.images.image"},
+                          r"meta/info\.json: state key 'observation\.images\.image' \(config key 'inputs\.state_key'\) "
+                          r"is a feature of dtype video \(a camera\), not a numeric vector \(dtype float or int, shape "
+                          r"\[n\]\); its numeric features: \['observation\.state', 'action'\]\. Set inputs\.state_key"),
+    "camera-is-the-state": (BAD, {"camera": "observation.state"},
+                            r"meta/info\.json: camera 'observation\.state' \(config key 'inputs\.camera'\) is a "
+                            rf"feature of dtype float32 and shape \[{JOINT_DIM}\], not a camera; its cameras: "
+                            r"\['observation\.images\.image', 'observation\.images\.image2'\]\. Set inputs\.camera"),
     "version": ("test-org/libero-v99", {}, r"meta/info\.json: codebase_version 'v9\.9' is not a layout"),
     "no-info": ("test-org/not-lerobot", {}, r"meta/info\.json not found \(nor a v1\.6 meta_data/ folder\)"),
     "train-episode": (BAD, {"train_episodes": [9]},
@@ -203,10 +212,22 @@ def test_a_snapshot_of_an_unknown_layout_names_the_file_and_the_supported_versio
     ({"action_key": "actions"}, r"action key 'actions' \(config key 'inputs\.action_key'\) is not a feature"),
     ({"prompt": "instruction"}, r"prompt column 'instruction' \(config key 'inputs\.prompt'\) is not a feature"),
     ({"episodes": [3]}, r"config key 'inputs\.episodes': episodes \[3\] are not in the data"),
+    ({"action_key": "observation.images.image"}, r"action key 'observation\.images\.image' \(config key "
+                                                 r"'inputs\.action_key'\) is a feature of dtype video \(a camera\)"),
+    ({"camera": "action"}, r"camera 'action' \(config key 'inputs\.camera'\) is a feature of dtype float32"),
 ])
 def test_offline_reads_name_the_key_too(hub_root, keys, message):
     with pytest.raises(DataError, match=message + ".*" + SUPPORTED):
         read_lerobot(hub_root / "datasets/test-org/libero-v21", {**INPUTS, **keys})
+
+
+def test_a_state_key_naming_an_image_camera_is_named(hub_root):
+    """physical-intelligence/libero's layout keeps its frames in the parquet (dtype image): still a camera."""
+    with pytest.raises(DataError, match=r"state key 'wrist_image' \(config key 'inputs\.state_key'\) is a feature of "
+                                        r"dtype image \(a camera\), not a numeric vector.*its numeric features: "
+                                        r"\['state', 'actions'\]"):
+        read_lerobot(hub_root / "datasets/test-org/libero-v21-images",
+                     {**INPUTS, "state_key": "wrist_image", "action_key": "actions"})
 
 
 def test_a_truncated_data_file_is_detected(hub_root, tmp_path):

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import statistics
+import subprocess
+from pathlib import Path
 
 import numpy as np
 
 import pytest
 import torch
 
-from mimic_redundancy.checkpoints import FORMAT_V1
+from mimic_redundancy.checkpoints import FORMAT_V1, FORMAT_V2
 from mimic_redundancy.features import compute_features
 from mimic_redundancy.samples import synthetic_samples
 from mimic_redundancy.model import (CheckpointError, DimensionError, build_backbone, build_head, build_model,
@@ -142,8 +146,6 @@ def test_format_v1_checkpoints_still_load(tmp_path):
 
 
 def test_broken_checkpoints_name_the_file(trained, tmp_path):
-    import shutil
-
     folder = tmp_path / "ckpt"
     shutil.copytree(trained[3], folder)
     config = json.loads((folder / "config.json").read_text())
@@ -167,6 +169,64 @@ def test_broken_checkpoints_name_the_file(trained, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"checkpoint files \['model\.safetensors'\] not found"):
         load_head(folder)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("mimic_video.dim", "64", r"'mimic_video\.dim' must be an integer from 8 to 65536, got '64' \(a string\); write it "
+                              r"as a JSON integer, \"dim\": 64; otherwise copy the checkpoint folder again"),
+    ("mimic_video.depth", 0, r"'mimic_video\.depth' must be an integer from 1 to 1024, got 0; copy the checkpoint"),
+    ("mimic_video.dim_video_hidden", 16.5, r"'mimic_video\.dim_video_hidden' must be an integer from 1 to 65536, got "
+                                           r"16\.5 \(a fractional number\); copy the checkpoint folder again"),
+    ("mimic_video.heads", 4, r"'mimic_video' holds MimicVideo's arguments \['dim', .*\]; unknown: \['heads'\]"),
+    ("video_backbone.extract_layer", True, r"'video_backbone\.extract_layer' must be an integer from 0 to 1024, got "
+                                           r"True \(a boolean\)"),
+    ("video_backbone.model_seed", None, r"'video_backbone\.model_seed' must be an integer from 0 to \d+, got None "
+                                        r"\(null\)"),
+    ("video_backbone.dtype", "fp16", r"'video_backbone\.dtype' must be one of \['float32', 'bfloat16', 'float16'\], "
+                                     r"got 'fp16'"),
+    ("joint_normalizer", "yes", r"'joint_normalizer' must be true or false, got 'yes'"),
+])
+def test_a_checkpoint_config_field_of_the_wrong_type_or_range_is_named(trained, tmp_path, key, value, message):
+    """Every config.json field the loader reads is checked (type, range) before any model is built: the job that
+    reads a checkpoint's dimensions first (resolve_dims) and load_head name the key, not a torch internal."""
+    folder = shutil.copytree(trained[3], tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    *parents, last = key.split(".")
+    target = config
+    for parent in parents:
+        target = target[parent]
+    target[last] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    for read in (lambda: load_head(folder), lambda: resolve_dims({"preset": "mine", "checkpoint": str(folder)}, {})):
+        with pytest.raises(CheckpointError, match=r"ckpt/config\.json: " + message) as refused:
+            read()
+    fix = re.search(r"write it as a JSON integer, (.*?); otherwise", str(refused.value))
+    if fix:  # the line the message gives, written as given, loads the checkpoint
+        (folder / "config.json").write_text(json.dumps(config).replace(f'"{last}": {json.dumps(value)}', fix[1]))
+        assert net_dims(load_head(folder)) == DIMS
+
+
+def test_a_float16_checkpoint_is_refused_with_a_conversion_that_works(trained, tmp_path):
+    """The format holds float32 weights: a file of float16 tensors is refused (not upcast silently), naming the file,
+    the dtype and the fix; the conversion it gives, run as written, loads and keeps the original beside it."""
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(trained[3], tmp_path / "my ckpt")  # a space: the command quotes its paths
+    weights = folder / "model.safetensors"
+    save_file({k: v.half() for k, v in load_file(weights).items()}, str(weights), metadata={"format": FORMAT_V2})
+    half = weights.read_bytes()
+    with pytest.raises(CheckpointError) as refused:
+        load_head(folder)
+    message = str(refused.value)
+    assert re.match(re.escape(str(weights)) + r": (\d+) of \1 tensors in float16 \(e\.g\. '[\w.]+'\); a checkpoint's "
+                    r"weights are float32 \(docs/training\.md\), and this pipeline does not upcast them silently\. "
+                    r"Rerun the train rule that wrote it, or convert the file to float32", message), message
+    command = re.search(r"convert the file to float32 from the project folder .*: `(.*)`$", message)[1]
+    subprocess.run(command, shell=True, cwd=Path(__file__).parents[1], check=True, timeout=120)
+    assert (folder / "model.safetensors.orig").read_bytes() == half  # nothing deleted
+    loaded = load_head(folder)
+    for name, tensor in loaded.state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, trained[0].state_dict()[name].half().float())
 
 
 def test_a_v1_checkpoints_broken_tokenizer_names_the_file(tmp_path):
@@ -199,8 +259,6 @@ def test_train_refuses_windows_without_ground_truth(trained, backbone):
 @pytest.mark.slow
 def test_a_checkpoint_trained_elsewhere_runs_the_dag_with_its_own_dimensions(trained, backbone, tmp_path):
     """The preset `checkpoint` reads checkpoints/my-model: here the fixture's checkpoint, as a user would copy it."""
-    import shutil
-
     from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
     from mimic_redundancy.io import load_probe
 

@@ -154,6 +154,24 @@ def read_layout(root: Path) -> Layout:
     return Layout(version, root, info, episodes, tasks)
 
 
+def _numeric_vector(feature) -> bool:
+    """A feature that holds one vector of numbers per frame (what the state and action keys must name)."""
+    if not isinstance(feature, dict) or not str(feature.get("dtype", "")).startswith(("float", "int", "uint")):
+        return False
+    shape = feature.get("shape")
+    return shape is None or isinstance(shape, list) and len(shape) == 1
+
+
+def _kind(feature) -> str:
+    """What an info.json feature is, for messages: 'a feature of dtype video (a camera)'."""
+    if not isinstance(feature, dict):
+        return f"not a feature description ({feature!r})"
+    dtype = feature.get("dtype")
+    if dtype in ("video", "image"):
+        return f"a feature of dtype {dtype} (a camera)"
+    return f"a feature of dtype {dtype}" + (f" and shape {feature['shape']}" if "shape" in feature else "")
+
+
 def resolve_keys(layout: Layout, inputs: dict) -> dict:
     """camera, its dtype (video or image), state, action and prompt ('task_index' or a column), checked against
     info.json's features (v1.6 lists none: its parquet columns are checked when read)."""
@@ -169,15 +187,19 @@ def resolve_keys(layout: Layout, inputs: dict) -> dict:
     if camera == "auto":
         camera = DEFAULT_CAMERA if DEFAULT_CAMERA in cameras else cameras[0]
     if camera not in cameras:
-        raise DataError(f"{info}: camera {camera!r} (config key 'inputs.camera') is not in the dataset; its cameras: "
-                        f"{cameras}. Set inputs.camera to one of them {_context(layout.version)}")
-    numeric = [k for k, f in features.items() if isinstance(f, dict) and str(f.get("dtype", "")).startswith("float")
-               and k not in BOOKKEEPING]
+        what = f"is {_kind(features[camera])}, not a camera" if camera in features else "is not in the dataset"
+        raise DataError(f"{info}: camera {camera!r} (config key 'inputs.camera') {what}; its cameras: {cameras}. "
+                        f"Set inputs.camera to one of them {_context(layout.version)}")
+    numeric = [k for k, f in features.items() if _numeric_vector(f) and k not in BOOKKEEPING]
     for role, key in keys.items():
         if key not in features:
             raise DataError(f"{info}: {role} key {key!r} (config key 'inputs.{role}_key') is not a feature of the "
                             f"dataset; its numeric features: {numeric}. Set inputs.{role}_key to one of them "
                             f"{_context(layout.version)}")
+        if not _numeric_vector(features[key]):
+            raise DataError(f"{info}: {role} key {key!r} (config key 'inputs.{role}_key') is {_kind(features[key])}, "
+                            f"not a numeric vector (dtype float or int, shape [n]); its numeric features: "
+                            f"{numeric}. Set inputs.{role}_key to one of them {_context(layout.version)}")
     if prompt == "auto":
         prompt = "task_index"
     if prompt == "task_index" and ("task_index" not in features or not layout.tasks):

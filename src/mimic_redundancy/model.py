@@ -183,15 +183,13 @@ def build_backbone(spec: dict, device: torch.device, snapshots: dict | None = No
         finally:
             torch.set_default_dtype(default)
     elif spec["kind"] == "checkpoint-v1":
-        from safetensors import safe_open
         from transformers import T5TokenizerFast
 
         folder = Path(spec["folder"])
         tokenizer = _load_checkpoint_tokenizer(folder, T5TokenizerFast)
         wrapper = _tiny_wrapper(tokenizer, spec["extract_layer"])
-        with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            state = {k[len(WRAPPER_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(WRAPPER_PREFIX)}
-        _load_state(wrapper, state, folder / "model.safetensors")
+        state = _read_weights(folder / "model.safetensors", lambda k: k.startswith(WRAPPER_PREFIX))
+        _load_state(wrapper, {k[len(WRAPPER_PREFIX):]: v for k, v in state.items()}, folder / "model.safetensors")
     elif spec["kind"] == "pretrained":
         if "backbone" not in snapshots:
             raise BackboneError("the pretrained backbone is not in the prefetch manifest: run prefetch")
@@ -342,16 +340,39 @@ def _load_state(module, state: dict, path: Path) -> None:
                               f"({str(error)[:500]})") from None
 
 
+# converts a checkpoint's weights file to float32, keeping the original beside it (<file>.orig)
+TO_FLOAT32 = ("mv {path} {orig} && .venv/bin/python -c \"import sys; from safetensors import safe_open; "
+              "from safetensors.torch import save_file; f = safe_open(sys.argv[1], 'pt'); "
+              "save_file({{k: f.get_tensor(k).float() for k in f.keys()}}, sys.argv[2], f.metadata())\" {orig} {path}")
+
+
 def _read_weights(path: Path, keep) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint's model.safetensors: float32, as the format says (docs/training.md); weights in
+    another dtype are refused, not upcast silently (a float16 head is not the head that was trained)."""
+    import shlex
+
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+            state = {k: f.get_tensor(k) for k in f.keys() if keep(k)}
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(error).__name__}: {str(error)[:200]}); "
                               "it is truncated or damaged: copy the checkpoint folder again, or rerun the train "
                               "rule that wrote it") from None
+    other = {}
+    for name, tensor in state.items():
+        if tensor.dtype != torch.float32:
+            other.setdefault(str(tensor.dtype).removeprefix("torch."), []).append(name)
+    if other:
+        to_float32 = TO_FLOAT32.format(path=shlex.quote(str(path)), orig=shlex.quote(f"{path}.orig"))
+        found = "; ".join(f"{len(names)} of {len(state)} tensors in {dtype} (e.g. {names[0]!r})"
+                          for dtype, names in other.items())
+        raise CheckpointError(f"{path}: {found}; a checkpoint's weights are float32 (docs/training.md), and this "
+                              "pipeline does not upcast them silently. Rerun the train rule that wrote it, or convert "
+                              "the file to float32 from the project folder (the values keep their rounding; the "
+                              f"original stays beside it as model.safetensors.orig): `{to_float32}`")
+    return state
 
 
 def load_head(folder, dim_video_hidden: int | None = None):
