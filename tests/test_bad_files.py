@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEMAKE, copy_run, executed_rules, planned_jobs, run_ok, snakemake
+from conftest import REPO, SNAKEMAKE, copy_run, executed_rules, planned_jobs, planned_rules, run_ok, snakemake
 from mimic_redundancy import config as cfg
 from mimic_redundancy.io import PROBE_ARRAYS, InputFileError, load_npz, load_probe, read_json, rebuild_command
 from mimic_redundancy.metrics import read_csv, write_csv
@@ -217,3 +218,159 @@ def test_a_damaged_table_or_manifest_is_named_and_the_command_given_rebuilds_it(
     assert not (docs_run / reader_target).exists()
     rule = fix.split()[-1]
     assert executed_rules(run_ok(docs_run, *shlex.split(fix)[3:])) == [rule]
+
+
+# -- features files: checked by content (sha256 of every tensor) and by the rows the config says they hold ----------
+def _resave(path, change):
+    """Rewrite a real features file through save_features (so its checksums fit the new content), `change` applied
+    to its rows: what a writer with a bug would leave."""
+    from mimic_redundancy.features import load_features, save_features
+
+    rows = load_features(path)
+    rows = change(rows) or rows
+    meta = rows.meta
+    kept = {k: v for k, v in meta.items() if k not in ("format", "kind", "config_json", "config_digest", "source",
+                                                      "prompts_json", "sha256_json", "seconds_json")}
+    save_features(path, rows, meta["kind"], json.loads(meta["config_json"]), kept)
+
+
+def _flip_bytes(path, tensor="hiddens.0"):
+    from mimic_redundancy.shards import _header
+
+    header, start = _header(path)
+    first = start + header[tensor]["data_offsets"][0]
+    data = bytearray(path.read_bytes())
+    data[first + 5:first + 9] = bytes(b ^ 0x5A for b in data[first + 5:first + 9])
+    path.write_bytes(bytes(data))
+
+
+def _drop_tensor(path, name):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys() if k != name}, f.metadata()
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _half(rows):
+    rows.hiddens = [h.half() for h in rows.hiddens]
+
+
+def _seed_short(rows):
+    rows.seeds.pop()
+
+
+def _swap_prompts(rows):
+    rows.prompts[0], rows.prompts[1] = rows.prompts[1], rows.prompts[0]
+
+
+def _times_reversed(rows):
+    rows.video_time = rows.video_time.flip(0)
+
+
+def _first_shard(rows):
+    """What one shard's file of a `shards: 2` run holds: the first half of the rows, and its shard recorded."""
+    half = rows.subset(len(rows) // 2)
+    half.meta = {**rows.meta, "shard_json": json.dumps({"shard": "1-of-2", "rows": [0, len(half)]})}
+    return half
+
+
+FEATURE_DAMAGE = {  # case: (file under results/tiny/, damage, what the message must say)
+    "bytes flipped": ("features/inference.safetensors", _flip_bytes,
+                      "the bytes of tensors ['hiddens.0'] differ from the sha256 recorded when it was written"),
+    "a shard's file": ("features/inference.safetensors", lambda p: _resave(p, _first_shard),
+                       "holds 2 rows, but its 4 samples (inputs, seeds, prompts) give 4"),
+    "hiddens in float16": ("features/inference.safetensors", lambda p: _resave(p, _half),
+                           "tensor 'hiddens.0' is float16, not float32"),
+    "seed a row short": ("features/inference.safetensors", lambda p: _resave(p, _seed_short),
+                         "tensor 'seed' holds 3 rows, the others 4"),
+    "prompts swapped": ("features/inference.safetensors", lambda p: _resave(p, _swap_prompts),
+                        "row 0 has prompt 'open the top drawer', but its 4 samples (inputs, seeds, prompts) give "
+                        "'pick up the red block'"),
+    "no noise": ("features/inference.safetensors", lambda p: _drop_tensor(p, "noise"), "has no ['noise']"),
+    "depth: bytes flipped": ("depth/features.safetensors", lambda p: _flip_bytes(p, "noise"),
+                             "the bytes of tensors ['noise'] differ from the sha256"),
+    "depth: times swapped": ("depth/features.safetensors",
+                             lambda p: _resave(p, _times_reversed),
+                             "row 0 has video_time 1.0, but its 4 samples (inputs, seeds, prompts) x 2 video times "
+                             "give 0.0"),
+}
+
+
+@pytest.fixture(scope="module")
+def features_config(small_run):
+    """The session run's config (SMALL), resolved: what the head stages expect of its features."""
+    return cfg.validate_config(yaml.safe_load((small_run[0] / "config.yaml").read_text()))
+
+
+@pytest.mark.parametrize("case", FEATURE_DAMAGE)
+def test_a_features_file_whose_content_or_rows_are_wrong_is_named_with_the_fix(small_run, features_config,
+                                                                              tmp_path, monkeypatch, case):
+    """The session run's own features files, damaged as a disk, a copy or a writer with a bug would: the head
+    stage reading them (load_features, as probe, sweep, validate, train and depth call it) names the file, what is
+    wrong and the command that rebuilds it, instead of computing wrong numbers from it."""
+    from mimic_redundancy.features import FeaturesError, load_features
+
+    name, damage, problem = FEATURE_DAMAGE[case]
+    monkeypatch.chdir(tmp_path)  # paths relative to the workflow folder, as Snakemake gives them
+    path = tmp_path / "results/tiny" / name
+    path.parent.mkdir(parents=True)
+    shutil.copy(small_run[0] / "results/tiny" / name, path)
+    kind = "depth" if name.startswith("depth") else "inference"
+    digest = (cfg.depth_settings if kind == "depth" else cfg.probe_settings)(features_config, "tiny")["features_digest"]
+    load_features(f"results/tiny/{name}", digest, kind)  # the run's file is good
+    damage(path)
+    with pytest.raises(FeaturesError) as error:
+        load_features(f"results/tiny/{name}", digest, kind)
+    message = str(error.value)
+    rule = "depth_features" if kind == "depth" else "features"
+    assert message.startswith(f"results/tiny/{name}: ") and problem in message, message
+    assert f"rebuild it with `snakemake --profile profiles/local results/tiny/{name} --forcerun {rule}`" in message
+
+
+@pytest.mark.slow
+def test_rebuilding_damaged_features_reruns_nothing_that_read_them(small_run, tmp_path):
+    """Damaged features stop the stage that reads them (its log names the file and the fix); the fix, run as
+    given, rebuilds the same bytes (no wall times inside), so the next plain run redoes only the stage that
+    failed and what follows it: nothing else that reads the features (validate, probe, the training...)."""
+    workdir = copy_run(small_run[0], tmp_path / "wf")
+    features = workdir / "results/tiny/features/inference.safetensors"
+    good, stat = features.read_bytes(), features.stat()
+    _flip_bytes(features)
+    os.utime(features, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # damaged on disk: the mtime stays
+    result = snakemake(workdir, "results/tiny/sweep.npz", "--forcerun", "sweep")
+    assert result.returncode != 0
+    log = (workdir / "results/tiny/logs/sweep.log").read_text()
+    fix = "snakemake --profile profiles/local results/tiny/features/inference.safetensors --forcerun features"
+    assert "FeaturesError: results/tiny/features/inference.safetensors: the bytes of tensors ['hiddens.0']" in log, log
+    assert f"rebuild it with `{fix}`" in log
+    assert executed_rules(run_ok(workdir, *shlex.split(fix)[3:])) == ["features"]
+    assert features.read_bytes() == good
+    planned = planned_rules(workdir)
+    assert "sweep" in planned and not {"features", "validate", "probe", "metrics", "depth"} & set(planned), planned
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """A job killed while writing (a gather streaming gigabytes of features) leaves a complete hidden temporary;
+    the next write of that file removes it, and leaves a live writer's, other files' and the results alone."""
+    from mimic_redundancy.io import write_json
+
+    target = tmp_path / "results/tiny/features/inference.safetensors"
+    target.parent.mkdir(parents=True)
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a pid that no longer runs: the killed job's
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = target.with_name(f".{target.name}.tmp-{finished.pid}")
+        running = target.with_name(f".{target.name}.tmp-{live.pid}")
+        other = target.with_name(f".train.safetensors.tmp-{finished.pid}")
+        for path in (stale, running, other, target.with_name("train.safetensors")):
+            path.write_bytes(b"x" * 100)
+        write_json(target, {"written": True})
+    finally:
+        live.kill()
+        live.wait()
+    assert json.loads(target.read_text()) == {"written": True}
+    assert not stale.exists() and running.exists() and other.exists()
+    assert target.with_name("train.safetensors").exists()

@@ -107,3 +107,28 @@ def test_a_features_file_round_trips_and_is_refused_when_missing_damaged_or_fore
     path.unlink()
     with pytest.raises(FeaturesError, match=r"inference\.safetensors: features file not found; rebuild it with " + fix):
         load_features(path, digest, "inference")
+
+
+def test_the_same_rows_give_the_same_bytes_whatever_their_wall_times(net, tmp_path):
+    """Snakemake reruns what reads a rebuilt input unless its checksum is unchanged: equal content must give equal
+    bytes, so the wall times live in a sidecar (and reach the depth stage from there), and every key is sorted
+    (safetensors' own writer orders the metadata at random)."""
+    import json
+
+    from mimic_redundancy.io import config_digest
+    from mimic_redundancy.shards import tensor_checksums, timing_path
+
+    rows = compute_features(net.video_predict_wrapper, samples(net), "cpu")
+    settings = {"backbone": {"kind": "tiny-random"}, "data": [1, 2]}
+    files = []
+    for i, seconds in enumerate([[0.1, 0.2, 0.3], [9.0, 8.0, 7.0]]):
+        rows.meta["seconds"] = seconds
+        path = tmp_path / f"run{i}/features/inference.safetensors"
+        extra = {"build_seconds": f"{i}.5", **{k: "v" for k in "qwertyuiop"}}
+        save_features(path, rows, "inference", settings, extra)
+        files.append(path.read_bytes())
+        assert json.loads(timing_path(path).read_text()) == {"seconds": seconds, "build_seconds": f"{i}.5"}
+        loaded = load_features(path, config_digest(settings)[1], "inference")
+        assert json.loads(loaded.meta["seconds_json"]) == seconds and "build_seconds" not in loaded.meta
+        assert json.loads(loaded.meta["sha256_json"]) == tensor_checksums(path)
+    assert files[0] == files[1]

@@ -17,10 +17,16 @@ Two kinds of rows, each computed exactly as mimic-video 0.5.8 computes them insi
              `time_video_denoise=t` path (`MimicVideo.forward(video=..., time_video_denoise=t)`, no predicted future
              latent: the observed latents lerped towards noise by t), the noise drawn after `manual_seed(sample seed)`.
 
-File format (safetensors, no pickles; FEATURE_TENSORS and FEATURE_METADATA list every entry).
+File format (safetensors, no pickles; FEATURE_TENSORS and FEATURE_METADATA list every entry). A head stage
+computes its numbers from these rows without the video, so a wrong file would give wrong numbers silently:
+load_features checks every tensor's bytes against the sha256 recorded when it was written, and the rows against
+the settings they were computed for (count, seeds, prompts or windows, draws, video times, dtypes). The same
+content always gives the same bytes (keys sorted; the wall times in a sidecar, shards.timing_path), so a rebuild
+reruns nothing that read the file unless its content changed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -53,10 +59,13 @@ FEATURE_METADATA = {
     "config_digest": "sha256 of config_json: head stages refuse features whose digest differs from theirs",
     "source": "input source", "prompts_json": "prompt of every row, JSON", "backbone_json": "the backbone spec",
     "dtypes_json": "dtype of each backbone component", "backbone_parameters": "parameter count of the backbone",
-    "checks_json": "the backbone checks (tokenizer, finite hiddens)", "seconds_json": "backbone seconds per row",
+    "checks_json": "the backbone checks (tokenizer, finite hiddens)",
     "versions_json": "library versions", "device": "where the backbone ran", "draws": "draws per training window",
     "numerics_json": "the numeric settings in force (threads, deterministic, device, torch)",
+    "sha256_json": "sha256 of every tensor's bytes, JSON: checked whenever the file is read or gathered",
+    "shard_json": "a shard's file only: its shard and rows {'shard': 'i-of-n', 'rows': [start, stop]}, for the gather",
 }
+# Beside the file, <name>.seconds.json (shards.timing_path): {"seconds": backbone seconds per row, "build_seconds"}.
 
 
 class FeaturesError(ValueError):
@@ -204,42 +213,142 @@ def compute_features(wrapper, samples, device, draws: int | None = None, draw_se
 
 # -- the file --------------------------------------------------------------------------------------------------
 
+DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+               torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def _bytes(tensor: torch.Tensor):
+    """The tensor's bytes as safetensors stores them (C order, little-endian), without a copy."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
 def save_features(path, features: FeatureSet, kind: str, settings: dict, extra: dict) -> None:
-    """Write a features file atomically (safetensors: tensors plus string metadata)."""
-    from safetensors.torch import save_file
+    """Write a features file atomically (safetensors: tensors plus string metadata, with the sha256 of every
+    tensor). The same content always gives the same bytes: keys sorted, and the wall times (per-row seconds,
+    extra's build_seconds) in the sidecar shards.timing_path, so a rebuild does not rerun what reads the file."""
+    from .io import atomic_path, config_digest, write_json
+    from .shards import CHECKSUMS, safetensors_header, timing_path
 
-    from .io import atomic_path, config_digest
-
+    extra = dict(extra)
+    write_json(timing_path(path), {"seconds": features.meta.get("seconds", []),
+                                   "build_seconds": extra.pop("build_seconds", None)})
     text, digest = config_digest(settings)
-    tensors = {f"hiddens.{l}": h.contiguous() for l, h in enumerate(features.hiddens)}
+    tensors = {f"hiddens.{l}": h for l, h in enumerate(features.hiddens)}
     tensors.update(video_time=features.video_time, video_noise_seed=features.video_noise_seed,
                    joint_state=features.joint_state, noise=features.noise, gt_actions=features.gt_actions,
                    **{name: torch.tensor(values, dtype=torch.int64).reshape(-1) for name, values in
                       (("seed", features.seeds), ("window", features.windows), ("episode", features.episodes),
                        ("start", features.starts), ("draw", features.draws))})
+    data = {name: _bytes(tensors[name]) for name in sorted(tensors)}
+    entries, offset = {}, 0
+    for name, blob in data.items():
+        entries[name] = {"dtype": DTYPE_CODES[tensors[name].dtype], "shape": list(tensors[name].shape),
+                         "data_offsets": [offset, offset + blob.nbytes]}
+        offset += blob.nbytes
     meta = {"format": FORMAT, "kind": kind, "config_json": text, "config_digest": digest, "source": features.source,
-            "prompts_json": json.dumps(features.prompts), "seconds_json": json.dumps(features.meta.get("seconds", [])),
+            "prompts_json": json.dumps(features.prompts),
+            CHECKSUMS: json.dumps({name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()}),
             **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in extra.items()}}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(safetensors_header(meta, entries))
+        for blob in data.values():
+            f.write(blob)
+
+
+def rebuild_fix(path) -> str:
+    """How to rebuild a features file: its rule forced, the target first. Snakemake then reruns what reads the
+    rule's files only if they change (save_features writes equal content as equal bytes) or are too large for it
+    to compare (--max-checksum-file-size; profiles/local sets 64 MB)."""
+    rule = "depth_features" if Path(path).parent.name == "depth" else "features"
+    return (f"rebuild it with `snakemake --profile profiles/local {path} --forcerun {rule}` (the target first; "
+            "what reads its files reruns after it only if they change or exceed --max-checksum-file-size)")
+
+
+def expected_rows(kind: str, identity: dict, total: int) -> tuple[int | None, str, dict]:
+    """What the settings a features file was computed for (its config_json) say its rows are: (row count, what
+    gives that count, {field: the value of every row}). compute_features' layout: time-major (depth), then the
+    samples (seed-major), then the draws of each training window. A real dataset's windows come from the data:
+    their number is the one that fits `total`, their prompts, episodes and starts are left out (rows_problem
+    checks them per window). (None, '', {}) for settings that do not describe rows."""
+    if "untrained" in identity:
+        return 0, "no preset trains this one", {}
+    data = identity.get("data")
+    if not isinstance(data, dict) or not ("samples" in data or "seeds" in data):
+        return None, "", {}
+    times = identity.get("times", [0.0]) if kind == "depth" else [0.0]
+    draws = identity.get("draws", 1) if kind == "train" else 1
+    if "samples" in data:  # synthetic: the seed x prompt pairs; a sample's window is the index of its prompt
+        pairs = data["samples"]
+        order = list(dict.fromkeys(p for _, p in pairs))
+        sample = {"seed": [s for s, _ in pairs], "prompt": [p for _, p in pairs],
+                  "window": [order.index(p) for _, p in pairs], "episode": [-1] * len(pairs),
+                  "start": [-1] * len(pairs)}
+        what = f"its {len(pairs)} {'training windows' if kind == 'train' else 'samples'} (inputs, seeds, prompts)"
+    else:
+        seeds, per = data["seeds"], len(data["seeds"]) * len(times) * draws
+        windows = total // per if per else 0
+        sample = {"seed": [s for s in seeds for _ in range(windows)],
+                  "window": [w for _ in seeds for w in range(windows)]}
+        what = f"its {len(seeds)} seed(s) x {windows} window(s) of the data"
+    n = len(sample["seed"])
+    index = [(t, j, r) for t in range(len(times)) for j in range(n) for r in range(draws)]
+    expect = {name: [values[j] for _, j, _ in index] for name, values in sample.items()}
+    expect["draw"] = [r for _, _, r in index]
+    if kind == "train":  # compute_features' row seeds: one table for all windows, drawn from train.seed
+        table = torch.randint(0, 2**62, (n, draws), generator=torch.Generator().manual_seed(identity["seed"])).tolist()
+        expect["video_noise_seed"] = [table[j][r] for _, j, r in index]
+        what += f" x {draws} draws"
+    else:
+        expect["video_noise_seed"] = expect["seed"]
+        stored = torch.tensor([float(t) for t in times], dtype=torch.float32).tolist()
+        expect["video_time"] = [stored[t] for t, _, _ in index]
+        what += f" x {len(times)} video times" if kind == "depth" else ""
+    return len(index), what, expect
+
+
+def rows_problem(kind: str, identity: dict, total: int, rows: range, values: dict) -> str | None:
+    """The first way rows `rows` (of `total`) differ from what the settings say they are (expected_rows)."""
+    count, what, expect = expected_rows(kind, identity, total)
+    if count is None:
+        return None
+    if count != total:
+        return f"holds {total} rows, but {what} give {count}"
+    for name, actual in values.items():
+        wanted = expect.get(name, [None] * total)[rows.start:rows.stop]
+        first = {}  # a real dataset's window: the same prompt, episode and start under every seed
+        for i, (value, expected) in enumerate(zip(actual, wanted), rows.start):
+            if expected is None and name in ("prompt", "episode", "start"):
+                row, expected = first.setdefault(values["window"][i - rows.start], (i, value))
+                if value != expected:
+                    return (f"row {i} has {name} {value!r}, but row {row}, of the same window, has {expected!r} "
+                            "(rows mislabelled or from another run)")
+            elif expected is not None and value != expected:
+                return (f"row {i} has {name} {value!r}, but {what} give {expected!r} (rows out of order, "
+                        "mislabelled or from another run)")
+    return None
 
 
 def load_features(path, expected_digest: str | None = None, kind: str | None = None,
                   rows: range | None = None) -> FeatureSet:
-    """Read a features file (`rows`: only those, read from disk alone, for a shard); a missing, damaged or
-    foreign file (digest mismatch) raises FeaturesError naming the file and the command that rebuilds it."""
+    """Read a features file (`rows`: only those, read from disk alone, for a shard). A missing, damaged or
+    foreign file raises FeaturesError naming the file and the command that rebuilds it: digest mismatch (other
+    settings), a tensor missing or whose bytes differ from its recorded sha256, tensors of other dtypes or row
+    counts, or rows other than its settings give (count, seeds, prompts or windows, draws, times)."""
     from safetensors import safe_open
+
+    from .shards import CHECKSUMS, timing_path, tensor_checksums
 
     path = Path(path)
     preset = path.parent.parent.name
-    fix = (f"rebuild it with `snakemake --profile profiles/local {path} --forcerun features` "
-           f"(the target first), or run the whole workflow")
+    fix = rebuild_fix(path)
     if not path.is_file():
-        raise FeaturesError(f"{path}: features file not found; {fix}")
+        raise FeaturesError(f"{path}: features file not found; {fix}, or run the whole workflow")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
             tensors = {k: f.get_tensor(k) if rows is None else f.get_slice(k)[rows.start:rows.stop] for k in f.keys()}
+        sums = tensor_checksums(path)
     except Exception as error:
         raise FeaturesError(f"{path}: not a readable features file ({type(error).__name__}: {str(error)[:200]}); "
                             f"{fix}") from None
@@ -252,13 +361,63 @@ def load_features(path, expected_digest: str | None = None, kind: str | None = N
                             f"this stage expects {expected_digest[:12]}: another backbone, dtype or sample set of "
                             f"preset {preset}); {fix}")
     layers = sorted((k for k in tensors if k.startswith("hiddens.")), key=lambda k: int(k.split(".")[1]))
-    ints = lambda k: tensors[k].tolist()
+    missing = sorted({k for k in FEATURE_TENSORS if "{" not in k} - set(tensors)) + ([] if layers else ["hiddens.0"])
+    if missing or "prompts_json" not in meta or "source" not in meta:
+        what = missing + [k for k in ("prompts_json", "source") if k not in meta]
+        raise FeaturesError(f"{path}: has no {what} (a features file holds the tensors and metadata of "
+                            f"features.FEATURE_TENSORS and FEATURE_METADATA; written by other code?); {fix}")
+    try:
+        recorded = json.loads(meta[CHECKSUMS])
+        authentic = hashlib.sha256(meta["config_json"].encode()).hexdigest() == meta.get("config_digest")
+    except (KeyError, ValueError):
+        recorded, authentic = None, False
+    if not isinstance(recorded, dict) or not authentic:
+        raise FeaturesError(f"{path}: records no checksums of its tensors, or its settings do not match their "
+                            f"digest (metadata '{CHECKSUMS}', 'config_json'): written by other code or edited; {fix}")
+    changed = sorted(k for k in set(recorded) | set(sums) if recorded.get(k) != sums.get(k))
+    if changed:
+        raise FeaturesError(f"{path}: the bytes of tensors {changed} differ from the sha256 recorded when it was "
+                            f"written (a damaged disk, an interrupted copy or an edit); {fix}")
+    counts = {k: shape[0] if shape else None for k, shape in shapes.items()}
+    total = max(set(counts.values()), key=list(counts.values()).count)  # what most tensors hold
+    identity = json.loads(meta["config_json"])
+    backbone = identity.get("backbone") if isinstance(identity.get("backbone"), dict) else {}
+    dims = identity.get("dims") if isinstance(identity.get("dims"), dict) else {}
+    problems = [f"tensor '{k}' holds {counts[k]} rows, the others {total}"
+                for k in sorted(counts) if counts[k] != total]
+    wanted = {k: getattr(torch, spec.split()[0]) for k, spec in FEATURE_TENSORS.items() if "{" not in k}
+    if backbone and total:  # the hiddens of the backbone's dtype, as the head receives them
+        wanted.update(dict.fromkeys(layers, getattr(torch, backbone.get("dtype", "float32"))))
+    problems += [f"tensor '{k}' is {str(tensors[k].dtype).removeprefix('torch.')}, not "
+                 f"{str(dtype).removeprefix('torch.')}" for k, dtype in wanted.items() if tensors[k].dtype != dtype]
+    trailing = {"video_time": [len(layers)], "video_noise_seed": [len(layers)],
+                "joint_state": [dims.get("joint_dim")], "noise": [dims.get("chunk_len"), dims.get("action_dim")],
+                "gt_actions": [dims.get("chunk_len"), dims.get("action_dim")]}
+    problems += [f"tensor '{k}' has shape {shapes[k]}, not [R, {', '.join(map(str, want))}]"
+                 for k, want in trailing.items() if len(shapes[k]) != len(want) + 1 or
+                 any(isinstance(w, int) and w != s for w, s in zip(want, shapes[k][1:]))]
     prompts = json.loads(meta["prompts_json"])
-    if rows is not None:
-        meta = {**meta, "seconds_json": json.dumps(json.loads(meta.get("seconds_json", "[]"))[rows.start:rows.stop])}
-        prompts = prompts[rows.start:rows.stop]
-    return FeatureSet(meta["source"], ints("seed"), prompts, ints("window"), ints("episode"),
-                      ints("start"), ints("draw"), [tensors[k] for k in layers], tensors["joint_state"],
+    if len(prompts) != total:
+        problems.append(f"metadata 'prompts_json' names {len(prompts)} prompts for {total} rows")
+    if problems:
+        raise FeaturesError(f"{path}: " + "; ".join(problems) + f"; {fix}")
+    rows = rows if rows is not None else range(total)
+    prompts = prompts[rows.start:rows.stop]
+    ints = lambda k: tensors[k].tolist()
+    values = {k: ints(k) for k in ("seed", "window", "episode", "start", "draw")}
+    values.update(prompt=prompts, video_time=tensors["video_time"][:, 0].tolist(),
+                  video_noise_seed=tensors["video_noise_seed"][:, 0].tolist())
+    problem = rows_problem(meta["kind"], identity, total, rows, values)
+    if problem:
+        raise FeaturesError(f"{path}: {problem}; {fix}")
+    try:  # the wall times (depth.npz's backbone_seconds), informative only: none without a good sidecar
+        seconds = json.loads(timing_path(path).read_text())["seconds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        seconds = None
+    meta = {**meta, "seconds_json": json.dumps(seconds[rows.start:rows.stop] if isinstance(seconds, list) and
+                                               len(seconds) == total else [])}
+    return FeatureSet(meta["source"], values["seed"], prompts, values["window"], values["episode"],
+                      values["start"], values["draw"], [tensors[k] for k in layers], tensors["joint_state"],
                       tensors["noise"], tensors["gt_actions"], tensors["video_time"], tensors["video_noise_seed"],
                       meta)
 
@@ -267,5 +426,9 @@ def feature_rows(path) -> int:
     """How many rows a features file holds, from its header alone."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        return int(f.get_slice("seed").get_shape()[0])
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int(f.get_slice("seed").get_shape()[0])
+    except Exception as error:
+        raise FeaturesError(f"{path}: not a readable features file ({type(error).__name__}: {str(error)[:200]}); "
+                            f"{rebuild_fix(path)}") from None

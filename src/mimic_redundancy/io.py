@@ -5,7 +5,9 @@ so a killed job never leaves a file that looks complete.
 """
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,6 +130,7 @@ class InputFileError(ValueError):
 # The rule that writes each file under results/<preset>/, for the command that rebuilds it.
 WRITTEN_BY = {
     "prefetch.json": "prefetch", "validate.json": "validate", "probe.npz": "probe", "sweep.npz": "sweep",
+    "features/inference.safetensors": "features", "features/train.safetensors": "features",
     "backbone.npz": "backbone", "metrics.csv": "metrics", "early_exit.csv": "metrics", "convergence.csv": "metrics",
     "convergence_by_part.csv": "metrics", "mse_by_part.csv": "metrics", "convergence.json": "metrics", "sweep.csv": "sweep_metrics",
     "backbone.csv": "backbone_metrics", "backbone.json": "backbone_metrics", "train/loss.csv": "train",
@@ -139,11 +142,12 @@ WRITTEN_BY = {
 
 def rebuild_command(path) -> str:
     """The command that rebuilds one results file. The target comes first: `--forcerun` takes every word
-    after it as a rule, so `--forcerun probe results/tiny/probe.npz` would rerun the whole workflow."""
+    after it as a rule, so `--forcerun probe results/tiny/probe.npz` would rerun the whole workflow. A shard's
+    file (results/<preset>/shards/<i-of-n>/<name>) is rebuilt by the rule of <name>, that shard's job alone."""
     parts = Path(path).as_posix().split("/")
     if "results" in parts:
         rel = parts[len(parts) - 1 - parts[::-1].index("results"):]  # results/<preset>/<name>
-        rule = WRITTEN_BY.get("/".join(rel[2:]))
+        rule = WRITTEN_BY.get("/".join(rel[4:] if rel[2:3] == ["shards"] else rel[2:]))
         if rule:
             return f"snakemake --profile profiles/local {'/'.join(rel)} --forcerun {rule}"
     return f"snakemake --profile profiles/local --force {path}"
@@ -153,11 +157,38 @@ def input_error(path, problem: str) -> InputFileError:
     return InputFileError(f"{path}: {problem}. Rebuild it: {rebuild_command(path)}")
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Remove the temporaries of `path` that killed writers left (.<name>.tmp-<pid>, that pid no longer running): a
+    job killed by a signal runs no cleanup, and a killed gather's is a complete hidden copy of the result (gigabytes
+    on a 7B backbone) that nothing else would remove. A live writer's temporary, and every other file, stay."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+            logging.getLogger(__name__).info("removed %s: a temporary of %s left by a killed job", tmp, path.name)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. A killed writer's
+    temporary of the same path is removed first (remove_stale_temporaries)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

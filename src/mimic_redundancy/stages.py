@@ -44,7 +44,7 @@ def _read_data(model: dict, data: dict, snapshots: dict, limit: int | None = Non
     samples = load_samples(data, dims, episodes, limit, rows)
     log.info("%d samples from %s%s", len(samples), data["inputs"]["source"],
              f" (shard {shard}: rows {rows.start} to {rows.stop} of {total})" if shard else "")
-    return samples, dims, rows or range(len(samples))
+    return samples, dims, rows if rows is not None else range(len(samples))  # an empty shard keeps its place
 
 
 def _head(settings: dict, features_path, threads: int, kind: str = "inference", limit: int | None = None,
@@ -64,6 +64,8 @@ def _head(settings: dict, features_path, threads: int, kind: str = "inference", 
         rows = shard_rows(shard, total, settings.get("batch_size", 1))
         log.info("shard %s: rows %d..%d of %d", shard, rows.start, rows.stop - 1, total)
     features = load_features(features_path, settings["features_digest"], kind, rows)
+    if shard:  # recorded in the shard's NPZ, for the gather (shards.shard_row_problems)
+        features.meta["shard"] = {"shard": shard, "rows": [rows.start, rows.stop]}
     if limit:
         features = features.subset(limit)
     data = {"chunk_len": (features.noise.shape[1], str(features_path)),
@@ -78,15 +80,17 @@ def _head(settings: dict, features_path, threads: int, kind: str = "inference", 
     return net, device, features
 
 
-def _save_run(npz_path, arrays: dict, contract: dict, settings: dict, device, samples) -> None:
-    """Add the run metadata every run NPZ carries (io.RUN_METADATA), then write the NPZ."""
+def _save_run(npz_path, arrays: dict, contract: dict, settings: dict, device, samples,
+              shard: dict | None = None) -> None:
+    """Add the run metadata every run NPZ carries (io.RUN_METADATA), then write the NPZ. A shard's settings
+    include its rows ({'shard': 'i-of-n', 'rows': [start, stop]}): its gather checks them, then leaves them out."""
     import json
 
     from . import numerics
     from .io import config_digest, save_npz
     from .model import library_versions
 
-    text, digest = config_digest(settings)
+    text, digest = config_digest({**settings, "shard": shard} if shard else settings)
     arrays.update(samples.metadata(), preset=settings["model"]["preset"], device=str(device), config_json=text,
                   config_digest=digest, versions_json=json.dumps(library_versions(), sort_keys=True),
                   numerics_json=json.dumps(numerics.record(device), sort_keys=True))
@@ -135,7 +139,7 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
     model, backbone = settings["model"], settings["inference"]["backbone"]
     device = _threads_and_device(settings, threads)  # settings['device']
     snapshots = local_snapshots(read_json(manifest_path))  # offline; fails at once if not prefetched
-    samples, _, _ = _read_data(model, settings["inference"]["data"], snapshots, shard=shard)
+    samples, _, which = _read_data(model, settings["inference"]["data"], snapshots, shard=shard)
     start = time.perf_counter()
     wrapper = build_backbone(backbone, device, snapshots)  # the guardrail is checked before anything loads
     built = time.perf_counter() - start
@@ -152,6 +156,7 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
              "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())),
              "versions_json": library_versions(), "build_seconds": f"{built:.3f}",
              "numerics_json": numerics.record(device)}
+    own = {"shard_json": {"shard": shard, "rows": [which.start, which.stop]}} if shard else {}  # for the gather
     rows = feats.compute_features(wrapper, samples, device)
     finite = all(bool(h.float().isfinite().all()) for h in rows.hiddens)
     checks.append({"name": "finite hiddens", "passed": finite, "detail": f"every row's hiddens "  # equal in every shard
@@ -161,14 +166,14 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
     seconds = rows.meta["seconds"]
     log.info("inference features: %d rows, %.3f s per row (median)", len(rows), sorted(seconds)[len(seconds) // 2])
     feats.save_features(inference_path, rows, "inference", settings["inference"],
-                        {**extra, "checks_json": checks, "draws": "0"})
+                        {**extra, "checks_json": checks, "draws": "0", **own})
 
     train = settings["train"]
     if train is None:
         log.info("no checkpoint preset trains preset '%s': no training draws", model["preset"])
         empty = samples.subset(0)
         rows = feats.compute_features(wrapper, empty, device, draws=0)
-        identity = {"untrained": model["preset"]}
+        identity, which = {"untrained": model["preset"]}, range(0)
     else:
         data = train["data"]
         windows, _, which = _read_data(model, data, snapshots, shard=shard, allow_empty=True)
@@ -176,8 +181,10 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
         rows = feats.compute_features(wrapper, windows, device, draws=train["draws"], draw_seed=train["seed"],
                                       windows=which)
         identity = train
+    draws = train["draws"] if train else 0
+    own = {"shard_json": {"shard": shard, "rows": [which.start * draws, which.stop * draws]}} if shard else {}
     feats.save_features(train_path, rows, "train", identity,
-                        {**extra, "checks_json": checks, "draws": str(train["draws"] if train else 0)})
+                        {**extra, "checks_json": checks, "draws": str(draws), **own})
 
 
 def depth_features(settings: dict, manifest_path, features_path, threads: int = 1) -> None:
@@ -245,7 +252,7 @@ def probe(settings: dict, features_path, npz_path, threads: int = 1, shard: str 
     start = time.perf_counter()
     arrays = run_probe(net, rows, settings["steps"], settings["batch_size"], device)
     log.info("probe took %.1f s", time.perf_counter() - start)
-    _save_run(npz_path, arrays, PROBE_ARRAYS, settings, device, rows)
+    _save_run(npz_path, arrays, PROBE_ARRAYS, settings, device, rows, rows.meta.get("shard"))
 
 
 def sweep(settings: dict, features_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
@@ -255,7 +262,7 @@ def sweep(settings: dict, features_path, npz_path, threads: int = 1, shard: str 
     net, device, rows = _head(settings, features_path, threads, shard=shard)
     arrays = run_sweep(net, rows, settings["sweep_steps"], settings["reference_steps"],
                        settings["batch_size"], settings["repeats"], device)
-    _save_run(npz_path, arrays, SWEEP_ARRAYS, settings, device, rows)
+    _save_run(npz_path, arrays, SWEEP_ARRAYS, settings, device, rows, rows.meta.get("shard"))
 
 
 def backbone(settings: dict, manifest_path, features_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
@@ -271,14 +278,15 @@ def backbone(settings: dict, manifest_path, features_path, npz_path, threads: in
 
     device = _threads_and_device(settings["model"], threads)
     snapshots = local_snapshots(read_json(manifest_path))
-    samples, dims, _ = _read_data(settings["features_model"], settings["data"], snapshots, shard=shard)
+    samples, dims, which = _read_data(settings["features_model"], settings["data"], snapshots, shard=shard)
     wrapper = build_backbone(settings["backbone"], device, snapshots)
     net = attach_backbone(build_head(settings["model"], device, dims, wrapper.dim_latent), wrapper)
     log.info("the whole model of preset '%s' on %s: %d samples x %d steps, hiddens recomputed every step",
              settings["model"]["preset"], device, len(samples), settings["steps"])
     arrays = run_backbone(net, samples, settings["steps"], settings["fixed_video_noise"], device)
     arrays["total_samples"] = np.int64(feature_rows(features_path))
-    _save_run(npz_path, arrays, BACKBONE_ARRAYS, settings, device, samples)
+    _save_run(npz_path, arrays, BACKBONE_ARRAYS, settings, device, samples,
+              {"shard": shard, "rows": [which.start, which.stop]} if shard else None)
 
 
 def gather(what: str, shard_paths: list, out_path) -> None:
@@ -292,7 +300,8 @@ def gather(what: str, shard_paths: list, out_path) -> None:
         gather_features(shard_paths, out_path)
     else:
         gather_npz(shard_paths, out_path, {"probe": io.PROBE_ARRAYS, "sweep": io.SWEEP_ARRAYS,
-                                           "backbone": io.BACKBONE_ARRAYS, "rollout": io.ROLLOUT_ARRAYS}[what])
+                                           "backbone": io.BACKBONE_ARRAYS, "rollout": io.ROLLOUT_ARRAYS}[what],
+                   own_rows=what != "rollout")  # the closed loop's shards (sim/stages.py) record no rows
     log.info("gathered %d shards into %s in %.2f s", len(shard_paths), out_path, time.perf_counter() - start)
 
 
