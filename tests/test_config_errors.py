@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import re
 
+import numpy as np
 import pytest
 import yaml
 
@@ -105,6 +107,23 @@ IN_PROCESS = {
                               ["config key 'depth.times'", "lacks 0, the reference"]),
     "thresholds that print alike": ({"metrics": {"convergence_thresholds": [0.9, 0.9000001]}},
                                     ["config key 'metrics.convergence_thresholds'", "print alike"]),
+    # float64 in the config, float32 in depth.npz and the features, labelled with :g in depth.json and comparison.csv
+    "depth times equal in float32": ({"depth": {"times": [0, 1.0e-50]}},
+                                     ["config key 'depth.times': 0 and 1e-50 (both '0') are one time once stored as "
+                                      "float32", "allowed: times from 0 to 1 that differ in their first 6"]),
+    "depth times that print alike": ({"depth": {"times": [0, 0.5, 0.5000001]}},
+                                     ["config key 'depth.times': 0.5 and 0.5000001 (both '0.5')"]),
+    "depth times equal in float32 but not float64": ({"depth": {"times": [0, 0.5, 0.50000001, 1]}},
+                                                     ["config key 'depth.times': 0.5 and 0.50000001 (both '0.5')"]),
+    # NaN compares false with every bound, so the schema alone passes it; an infinity fails some bounds only
+    "NaN target fraction": ({"early_stop": {"target_fraction": float("nan")}},
+                            ["config key 'early_stop.target_fraction': nan is not a finite number", "0 < f <= 1"]),
+    "NaN eps": ({"early_stop": {"eps": [0.1, float("nan")]}},
+                ["config key 'early_stop.eps.1': nan is not a finite number", "a relative change (> 0)"]),
+    "NaN depth time": ({"depth": {"times": [float("nan"), 0]}},
+                       ["config key 'depth.times.0': nan is not a finite number", "a video-denoising time"]),
+    "infinite plot width": ({"plot": {"width": float("inf")}}, ["config key 'plot.width': inf is not a finite number"]),
+    "negative infinite seed": ({"seeds": [0, float("-inf")]}, ["config key 'seeds.1': -inf is not a finite number"]),
     "probe seeds among the training seeds": ({"compare": ["trained"], "seeds": [0, 10003]},
                                              ["config key 'seeds': [10003] are seeds of the training pool of preset "
                                               "'trained' (10000 .. 10063, train.synthetic_samples)"]),
@@ -194,3 +213,117 @@ def test_a_selected_checkpoint_preset_compares_with_nothing_by_default(capsys):
 def test_selecting_trained_itself_is_refused():
     with pytest.raises(cfg.ConfigError, match="preset 'trained' is the checkpoint of the selected preset"):
         cfg.validate_config(merged(SMALL, {"preset": "trained"}))
+
+
+def test_nan_and_infinity_from_yaml_are_refused_under_every_key():
+    """YAML's .nan passes every numeric bound of the schema (it compares false with each): the jobs then wrote
+    target_mse null, rows with param nan, or failed after the backbone. Each one is named, before any job."""
+    overrides = yaml.safe_load("early_stop: {target_fraction: .nan, eps: [.nan]}\ndepth: {times: [.nan, 0]}\n"
+                               "plot: {height: .inf}\nvalidate: {fidelity_tolerance: -.inf}\n")
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.validate_config(merged(SMALL, overrides))
+    lines = str(error.value).splitlines()[1:]
+    keys = ["early_stop.target_fraction", "early_stop.eps.0", "depth.times.0", "plot.height",
+            "validate.fidelity_tolerance"]
+    assert sorted(line.split("'")[1] for line in lines) == sorted(keys), lines  # one line each, no schema duplicate
+    assert all("is not a finite number" in line and "allowed: a finite number" in line for line in lines), lines
+
+
+def test_depth_times_that_differ_in_six_digits_are_accepted():
+    config = cfg.validate_config(merged(SMALL, {"depth": {"times": [0, 0.5, 0.50001, 1.0e-5]}}))
+    assert config["depth"]["times"] == [0, 0.5, 0.50001, 1.0e-5]
+
+
+def write_episodes(folder, rows: int):
+    """A video_dir table of `rows` episodes (the DAG build reads only the table, not the videos)."""
+    folder.mkdir(parents=True)
+    (folder / "episodes.csv").write_text("video,prompt,joint_state\n" +
+                                         "".join(f"ep{i}.mp4,pick it up,0 0\n" for i in range(rows)))
+    return folder
+
+
+@pytest.mark.parametrize("episodes", ["all", [0, 1, 2, 3]])
+def test_video_dir_shards_are_checked_against_the_probe_batches_at_dag_build(tmp_path, episodes):
+    """video_dir: 2 seeds x 4 episodes = 8 samples, one probe batch of 8. Both feature shards, the gather and
+    validate used to run before the probe shard refused; the DAG build now counts the table's rows."""
+    inputs = {"source": "video_dir", "video_dir": str(write_episodes(tmp_path / "videos", 4)), "episodes": episodes}
+    config = merged(SMALL, {"inputs": inputs, "seeds": [0, 1], "probe": {"batch_size": 8}, "shards": 2})
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.validate_config(copy.deepcopy(config))
+    assert "config key 'shards': 2 shards, but the 8 samples make 1 probe batch of probe.batch_size 8; allowed: " \
+           "shards up to 1, or a probe.batch_size of at most 4" in str(error.value), error.value
+    config["probe"]["batch_size"] = 4  # two batches: one per shard
+    assert cfg.validate_config(config)["shards"] == 2
+
+
+def test_video_dir_without_its_table_is_left_to_the_job(tmp_path):
+    """No table yet: the DAG build cannot count, and the features job names the missing file."""
+    inputs = {"source": "video_dir", "video_dir": str(tmp_path / "missing")}
+    assert cfg.validate_config(merged(SMALL, {"inputs": inputs, "shards": 2}))["shards"] == 2
+
+
+# -- docs/troubleshooting.md's messages, checked against the real ones ------------------------------------------
+TROUBLESHOOTING = REPO / "docs" / "troubleshooting.md"
+# Each verbatim message of the guide (its "Config errors" section: the spans that start `config key` or `config
+# note`) -> the overrides of config.yaml that produce it. `...` in a message stands for any text.
+DOCUMENTED = {
+    "config key 'probe.steps': 50.0 is not of type 'integer'": {"probe": {"steps": 50.0}},
+    "config key 'seeds.0': ... is greater than the maximum of 9223372036854775807": {"seeds": [2 ** 63]},
+    "config key 'sweep.reference_steps': 50 is not larger than the largest sweep.steps (50); allowed: 51 to 10000":
+        {"sweep": {"reference_steps": 50}},
+    "config key 'metrics.probe_steps': [60] exceed probe.steps (50)": {"metrics": {"probe_steps": [5, 60]}},
+    "config key 'presets.mine': 'depth' is a required property": {"presets": {"mine": {"dim": 64}}},
+    "config key 'preset': unknown preset": {"preset": "huge"},
+    "config key 'early_stop.target_fraction': nan is not a finite number":
+        yaml.safe_load("early_stop: {target_fraction: .nan}"),
+    "config key 'depth.times': 0.5 and 0.5000001 (both '0.5') are one time once stored as float32":
+        {"depth": {"times": [0, 0.5, 0.5000001]}},
+    "config key 'shards': 2 shards, but the 8 samples make 1 probe batch of probe.batch_size 8; allowed: shards up "
+    "to 1, or a probe.batch_size of at most 4": {"inputs": {"source": "video_dir", "episodes": [0, 1, 2, 3]},
+                                                  "seeds": [0, 1], "shards": 2},
+    "config note: preset 'tiny' is also listed in 'compare'": {"compare": ["tiny"]},
+    "config note: preset 'checkpoint' is a checkpoint and is not trained here": {"preset": "checkpoint"},
+    "config key 'preset': preset 'trained' is the checkpoint of the selected preset": {"preset": "trained"},
+}
+
+
+def documented_config_messages() -> list[str]:
+    section = TROUBLESHOOTING.read_text().split("## Config errors", 1)[1].split("\n## ", 1)[0]
+    section = re.sub(r"```.*?```", "", section, flags=re.S)  # the commands of code blocks
+    return [m for m in re.findall(r"`([^`]+)`", section) if m.startswith(("config key ", "config note: "))]
+
+
+def matches(documented: str, real: str) -> bool:
+    """Whether the real message holds the documented one verbatim, `...` standing for any text."""
+    return re.search(".*?".join(re.escape(part.strip()) for part in documented.split("...")), real) is not None
+
+
+def test_the_troubleshooting_guides_config_messages_are_the_real_ones(capsys):
+    documented = documented_config_messages()
+    assert sorted(documented) == sorted(DOCUMENTED), "a message was added to or dropped from the guide: list it here"
+    wrong = []
+    for message, overrides in DOCUMENTED.items():
+        try:
+            cfg.validate_config(merged(overrides))
+            real = capsys.readouterr().err
+        except cfg.ConfigError as error:
+            real = str(error)
+        if not matches(message, real):
+            wrong.append(f"documented: {message}\nreal:       {real}")
+    assert not wrong, "\n\n".join(wrong)
+
+
+def test_the_troubleshooting_guides_damaged_file_message_is_the_real_one(tmp_path, monkeypatch):
+    from mimic_redundancy.io import InputFileError, load_probe
+
+    block = TROUBLESHOOTING.read_text().split("\n```\nInputFileError: ", 1)[1].split("\n```", 1)[0]
+    documented = "InputFileError: " + " ".join(block.splitlines())
+    monkeypatch.chdir(tmp_path)  # the stages see paths relative to the workflow folder
+    path = tmp_path / "results/tiny/probe.npz"
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        np.savez(f, trajectory=np.zeros((3, 2, 4, 5), np.float32))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputFileError) as error:
+        load_probe("results/tiny/probe.npz")
+    assert f"{type(error.value).__name__}: {error.value}" == documented

@@ -2,11 +2,15 @@
 run: their tables are recomputed from their NPZ files, and a change reruns exactly the stages that depend on it."""
 from __future__ import annotations
 
+import re
+import shlex
+
 import numpy as np
 import pytest
 
 from conftest import SMALL, copy_run, executed_rules, planned_rules, write_config
 from mimic_redundancy.early_stop import early_stop_tables
+from mimic_redundancy.features import FeaturesError, load_features
 from mimic_redundancy.io import DEPTH_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 from mimic_redundancy.metrics import read_csv, seed_spread
 
@@ -57,3 +61,16 @@ def test_early_stop_settings_rerun_only_early_stop(small_run, tmp_path):
     change = {**SMALL, "early_stop": {"eps": [0.2, 0.02], "target_fraction": 0.2, "target_step": 2}}
     assert planned_rules(workdir, "--configfile", str(write_config(workdir, change))) == ["early_stop",
                                                                                           "plot_early_stop"]
+
+
+def test_a_truncated_depth_features_file_gives_the_command_that_rebuilds_it(small_run, tmp_path, monkeypatch):
+    workdir = copy_run(small_run[0], tmp_path / "run")
+    path = workdir / "results/tiny/depth/features.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    monkeypatch.chdir(workdir)  # the stages see paths relative to the workflow folder
+    with pytest.raises(FeaturesError) as error:
+        load_features("results/tiny/depth/features.safetensors", kind="depth")
+    command = re.search(r"`(snakemake [^`]+)`", str(error.value)).group(1)
+    assert command == ("snakemake --profile profiles/local results/tiny/depth/features.safetensors "
+                       "--forcerun depth_features"), error.value
+    assert planned_rules(workdir, *shlex.split(command)[3:]) == ["depth_features"]  # as written: it rebuilds it

@@ -75,6 +75,7 @@ def test_calibrated_on_one_half_and_judged_on_the_other():
                                                         "target_step": 1})
     assert summary["target_mse"] == pytest.approx(0.001 * (2.1 ** 2 + 9) / 2, rel=1e-5)
     assert (summary["calibration_seeds"], summary["evaluation_seeds"]) == ([0, 2], [1, 3])
+    assert summary["evaluated"] is True
     # on seeds 0, 2, eps 1.5 errs 0.01 / 2 = 0.005 <= 0.0067 with the fewest NFE (2.5): chosen; on seeds 1, 3
     # it takes 2 NFE and errs (0 + 0.25) / 2, above the target
     chosen = summary["calibrated"]["clean_change"]
@@ -87,6 +88,22 @@ def test_calibrated_on_one_half_and_judged_on_the_other():
     assert halves["evaluation"]["n_samples"] == 2
     assert summary["calibrated"]["fixed_step_clean"]["param"] == 2  # c_2 of seeds 0, 2 errs (0.01 + 0) / 2
     assert summary["calibrated"]["fixed_k"]["param"] is None  # no K of the sweep reaches the target
+
+
+def test_one_seed_leaves_the_calibrated_rules_not_evaluated():
+    """seeds: [0] leaves the evaluation half empty: the rules are calibrated on every sample and not judged (null,
+    not `reaches_target_on_evaluation: false`), and no evaluation row of 0 samples is written."""
+    probe, sweep = planted()
+    probe["seed"] = np.zeros(4, dtype=np.int64)
+    rows, summary = es.early_stop_tables(probe, sweep, {"eps": [1.5, 0.6, 0.1], "target_fraction": 0.5,
+                                                        "target_step": 1})
+    assert summary["evaluated"] is False
+    assert (summary["calibration_seeds"], summary["evaluation_seeds"], summary["n_evaluation"]) == ([0], [], 0)
+    assert summary["calibrated"]["clean_change"]["param"] is not None  # calibrated on the one half there is
+    for rule, chosen in summary["calibrated"].items():
+        assert [chosen[k] for k in ("nfe_mean_evaluation", "nfe_saved_evaluation", "mse_vs_final_evaluation",
+                                    "reaches_target_on_evaluation")] == [None] * 4, (rule, chosen)
+    assert {r["half"] for r in rows} == {"all", "calibration"}
 
 
 def test_the_threshold_free_curve_spans_stop_at_two_to_never():

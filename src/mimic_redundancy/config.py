@@ -6,8 +6,10 @@ Each `*_settings` function returns exactly what its stage reads; the rules pass 
 from __future__ import annotations
 
 import copy
+import math
 import re
 import sys
+from array import array
 from itertools import product
 from pathlib import Path
 
@@ -84,12 +86,45 @@ def _exact_validator():
     return validators.extend(Draft202012Validator, {"properties": set_defaults}, type_checker=checker)
 
 
+def _non_finite(node, path=()) -> list[tuple]:
+    """The keys of every NaN and infinity in the config: YAML's .nan passes every bound of the schema (it compares
+    false with each), so the schema alone lets it through to the jobs."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [path]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    return [found for key, value in items for found in _non_finite(value, (*path, key))]
+
+
+def _hint(schema: dict, path) -> str | None:
+    """The schema's description of the key at `path` (None where a oneOf or $ref would have to be followed)."""
+    for part in path:
+        if isinstance(part, int):
+            schema = schema.get("items")
+        else:
+            schema = schema.get("properties", {}).get(part) or schema.get("additionalProperties")
+        if not isinstance(schema, dict):
+            return None
+    return schema.get("description")
+
+
+def _non_finite_problem(schema: dict, config: dict, path) -> str:
+    value = config
+    for part in path:
+        value = value[part]
+    hint = _hint(schema, path)
+    return (f"config key '{_key(path)}': {value} is not a finite number (NaN and infinity slip past the bounds); "
+            "allowed: a finite number, not .nan, .inf or -.inf" + (f" (expected: {hint})" if hint else ""))
+
+
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (filling schema defaults) and return it; raise ConfigError on any problem."""
     schema = _schema()
+    non_finite = _non_finite(config)
+    problems = [_non_finite_problem(schema, config, path) for path in non_finite]
     errors = sorted(_exact_validator()(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:  # listed one per line with key and allowed values
-        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e) for e in errors))
+    problems += [_describe(e) for e in errors if tuple(e.absolute_path) not in non_finite]
+    if problems:  # listed one per line with key and allowed values
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     problems = []
     if config["preset"] not in config["presets"]:
         problems.append(f"config key 'preset': unknown preset '{config['preset']}'; allowed: "
@@ -162,8 +197,9 @@ def _cross_key_problems(config: dict) -> list[str]:
             problems.append(f"config key 'seeds': {overlap} are seeds of the training pool of preset "
                             f"'{trained[0]}' ({pool[0]} .. {pool[-1]}, train.synthetic_samples); allowed: seeds "
                             f"below {pool[0]} or above {pool[-1]}")
-    if config["inputs"]["source"] == "synthetic":  # real data: the windows are known once read (shard_rows checks)
-        problems += shard_problems(config["shards"], len(samples(config)), config["probe"]["batch_size"])
+    total = known_sample_count(config) if sharded(config) else None  # lerobot, demos: shard_rows checks in the job
+    if total:  # an empty table is reported by the job that reads it
+        problems += shard_problems(config["shards"], total, config["probe"]["batch_size"])
     problems += _closed_loop_problems(config)
     if config["early_stop"]["target_step"] > steps:
         problems.append(f"config key 'early_stop.target_step': {config['early_stop']['target_step']} exceeds probe.steps "
@@ -171,11 +207,46 @@ def _cross_key_problems(config: dict) -> list[str]:
     if 0 not in config["depth"]["times"]:  # every depth is compared with the clean video's
         problems.append(f"config key 'depth.times': {config['depth']['times']} lacks 0, the reference every other "
                         "video-denoising time is compared with; allowed: times from 0 to 1, 0 among them")
+    problems += _depth_time_problems(config["depth"]["times"])
     labels = [f"{t:g}" for t in config["metrics"]["convergence_thresholds"]]
     if len(set(labels)) != len(labels):  # comparison.csv names its columns convergence_step_<t:g>
         problems.append(f"config key 'metrics.convergence_thresholds': {config['metrics']['convergence_thresholds']} "
                         f"has thresholds that print alike ({labels}); allowed: distinct fractions between 0 and 1")
     return problems
+
+
+def _depth_time_problems(times: list) -> list[str]:
+    """depth.times that become one time where they are used: stored as float32 (the features' video_time, depth.npz)
+    and labelled with :g (6 significant digits: depth.json's keys, comparison.csv's columns)."""
+    labels = {}
+    for time, stored in zip(times, array("f", times).tolist()):
+        labels.setdefault(f"{abs(stored):g}", []).append(time)  # abs: -0.0 is 0 once stored
+    alike = [f"{' and '.join(map(str, group))} (both '{label}')" for label, group in labels.items() if len(group) > 1]
+    if not alike:
+        return []
+    return [f"config key 'depth.times': {'; '.join(alike)} are one time once stored as float32 and labelled with 6 "
+            "significant digits; allowed: times from 0 to 1 that differ in their first 6 significant digits"]
+
+
+def known_sample_count(config: dict) -> int | None:
+    """How many samples the run has, where the DAG build can tell: synthetic, seeds x prompts; video_dir, seeds x
+    the selected rows of episodes.csv (one window each). None where the data must be read first (lerobot, demos,
+    or a table that is missing or unreadable: the job that reads it names the problem)."""
+    inputs = config["inputs"]
+    if inputs["source"] == "synthetic":
+        return len(samples(config))
+    if inputs["source"] != "video_dir":
+        return None
+    episodes = inputs["episodes"]
+    if episodes == "all":
+        import csv
+
+        try:
+            with open(video_dir_table(config), newline="", encoding="utf-8-sig") as f:
+                episodes = list(csv.DictReader(f))
+        except (OSError, UnicodeError, csv.Error):
+            return None
+    return len(config["seeds"]) * len(episodes)
 
 
 def _closed_loop_problems(config: dict) -> list[str]:

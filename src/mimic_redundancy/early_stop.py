@@ -19,6 +19,8 @@ mean MSE vs final is at most the target; it is then judged on the evaluation hal
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .io import SWEEP_ARRAYS, load_npz, load_probe, write_json
@@ -28,6 +30,7 @@ from .stats import mean_ci
 RULES = ["fixed_step_xt", "fixed_step_clean", "clean_change", "fixed_k"]
 CURVE = "clean_change_curve"  # the clean-change rule over every threshold: the threshold-free curve
 CURVE_POINTS = 40
+log = logging.getLogger(__name__)
 
 
 def clean_change(clean: np.ndarray) -> np.ndarray:
@@ -142,20 +145,27 @@ def early_stop_tables(probe: dict, sweep: dict, settings: dict) -> tuple[list[di
     change = clean_change(probe["clean_prediction"])
     rows += [row(CURVE, float(eps), "all", *clean_change_stop(probe, eps, change), everyone)
              for eps in curve_thresholds(change)]
-    chosen = {}
+    chosen, halves = {}, [("calibration", calibration), ("evaluation", evaluation)]
+    if not evaluation.size:  # one seed: nothing is held out, so no rule is judged (null, not false)
+        halves = halves[:1]
+        log.warning("early stopping: %d seed(s) %s, so the evaluation half is empty and the calibrated rules are not "
+                    "evaluated; add a seed (config key 'seeds') to judge them", np.unique(seeds).size,
+                    np.unique(seeds).tolist())
     for rule in RULES:
         pick = calibrate(options[rule], final, calibration, target)
         param, nfe, out = pick if pick else (np.nan, np.full(len(seeds), steps), final)
-        for half, index in [("calibration", calibration), ("evaluation", evaluation)]:
+        for half, index in halves:
             if pick:
                 rows.append(row(rule, param, half, nfe, out, index, calibrated=True))
-        evaluated = judge(nfe, out, targets, evaluation, seeds) if pick else {}
+        evaluated = judge(nfe, out, targets, evaluation, seeds) if pick and evaluation.size else {}
+        reaches = bool(evaluated["mse_vs_final"] <= target) if evaluated else None  # None: no rule, or not evaluated
         chosen[rule] = {"param": None if not pick else float(param),
                         "nfe_mean_evaluation": evaluated.get("nfe_mean"),
-                        "nfe_saved_evaluation": None if not pick else steps - evaluated["nfe_mean"],
+                        "nfe_saved_evaluation": steps - evaluated["nfe_mean"] if evaluated else None,
                         "mse_vs_final_evaluation": evaluated.get("mse_vs_final"),
-                        "reaches_target_on_evaluation": None if not pick else bool(evaluated["mse_vs_final"] <= target)}
+                        "reaches_target_on_evaluation": reaches}
     summary = {"target_mse": target, "target_step": k0, "target_fraction": settings["target_fraction"],
+               "evaluated": bool(evaluation.size),
                "probe_steps": steps, "eps": sorted(settings["eps"], reverse=True),
                "calibration_seeds": sorted({int(s) for s in seeds[calibration]}),
                "evaluation_seeds": sorted({int(s) for s in seeds[evaluation]}),
