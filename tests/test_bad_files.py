@@ -304,6 +304,7 @@ def features_config(small_run):
     return cfg.validate_config(yaml.safe_load((small_run[0] / "config.yaml").read_text()))
 
 
+@pytest.mark.slow  # the session's shared run (small_run)
 @pytest.mark.parametrize("case", FEATURE_DAMAGE)
 def test_a_features_file_whose_content_or_rows_are_wrong_is_named_with_the_fix(small_run, features_config,
                                                                               tmp_path, monkeypatch, case):
