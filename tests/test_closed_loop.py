@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -170,6 +171,26 @@ def _descendants(pid: int) -> list[int]:
         out += children
         todo += children
     return out
+
+
+def test_a_rollout_shard_that_is_not_its_own_is_not_gathered(loop, tmp_path):
+    """Shard 1's rollout copied over shard 2's: the gather names the file and the command that rebuilds it, instead
+    of gathering the same episodes twice."""
+    from mimic_redundancy.io import InputFileError
+    from mimic_redundancy.stages import gather
+
+    parts = [loop[0] / f"results/trained/shards/{s}/rollout.npz" for s in ["1-of-2", "2-of-2"]]
+    gather("rollout", parts, tmp_path / "ok.npz")
+    _same_rollout(load_npz(tmp_path / "ok.npz", ROLLOUT_ARRAYS),
+                  load_npz(loop[0] / "results/trained/rollout.npz", ROLLOUT_ARRAYS))
+    wrong = tmp_path / "results/trained/shards/2-of-2/rollout.npz"
+    wrong.parent.mkdir(parents=True)
+    shutil.copy(parts[0], wrong)
+    fix = "snakemake --profile profiles/local results/trained/shards/2-of-2/rollout.npz --forcerun rollout"
+    with pytest.raises(InputFileError, match=r"holds the rows \[0, 2\) of shard 1-of-2, not those of shard 2-of-2.*"
+                                             + re.escape(fix)):
+        gather("rollout", [parts[0], wrong], tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists()
 
 
 def _holding(pids: list[int], path: Path) -> list[int]:

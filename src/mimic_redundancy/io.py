@@ -136,7 +136,8 @@ WRITTEN_BY = {
     "backbone.csv": "backbone_metrics", "backbone.json": "backbone_metrics", "train/loss.csv": "train",
     "train/summary.json": "train", "early_stop.csv": "early_stop", "early_stop.json": "early_stop",
     "depth/features.safetensors": "depth_features", "depth.npz": "depth", "depth.csv": "depth_metrics",
-    "depth.json": "depth_metrics",
+    "depth.json": "depth_metrics", "rollout.npz": "rollout", "rollout.csv": "rollout_metrics",
+    "rollout.json": "rollout_metrics",
 }
 
 

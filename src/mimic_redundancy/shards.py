@@ -50,22 +50,21 @@ def shard_row_problems(paths: list, records: list, sizes: list) -> list[tuple[st
     return problems
 
 
-def gather_npz(shard_paths: list, out_path, contract: dict, own_rows: bool = True) -> None:
+def gather_npz(shard_paths: list, out_path, contract: dict) -> None:
     """Join the NPZ of a stage's shards (in order) into the one an unsharded run writes: arrays with a sample
-    axis (the contract's S) concatenated along it, the rest checked equal (or summed: GATHER_SUM). `own_rows`:
-    the shards' rows (config_json's `shard`, stages._save_run) must tile the run in order; the gathered
+    axis (the contract's S) concatenated along it, the rest checked equal (or summed: GATHER_SUM). The
+    shards' rows (config_json's `shard`, stages._save_run) must tile the run in order; the gathered
     config_json leaves them out, as an unsharded run's has none."""
     shards = [load_npz(p, contract) for p in shard_paths]
     settings = [json.loads(str(shard["config_json"])) for shard in shards]
     records = [s.pop("shard", None) for s in settings]
-    if own_rows:
-        sizes = [len(shard["seed"]) for shard in shards]
-        bad = shard_row_problems(shard_paths, records, sizes)
-        if bad:
-            raise input_error(*bad[0])
-        for shard, unsharded in zip(shards, settings):
-            text, digest = config_digest(unsharded)
-            shard.update(config_json=np.asarray(text), config_digest=np.asarray(digest))
+    key = next(k for k, spec in contract.items() if sample_axis(spec) is not None)  # e.g. seed, or task
+    bad = shard_row_problems(shard_paths, records, [shard[key].shape[sample_axis(contract[key])] for shard in shards])
+    if bad:
+        raise input_error(*bad[0])
+    for shard, unsharded in zip(shards, settings):
+        text, digest = config_digest(unsharded)
+        shard.update(config_json=np.asarray(text), config_digest=np.asarray(digest))
     arrays, problems = {}, []
     for key, spec in contract.items():
         values = [shard[key] for shard in shards]

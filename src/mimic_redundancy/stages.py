@@ -300,8 +300,7 @@ def gather(what: str, shard_paths: list, out_path) -> None:
         gather_features(shard_paths, out_path)
     else:
         gather_npz(shard_paths, out_path, {"probe": io.PROBE_ARRAYS, "sweep": io.SWEEP_ARRAYS,
-                                           "backbone": io.BACKBONE_ARRAYS, "rollout": io.ROLLOUT_ARRAYS}[what],
-                   own_rows=what != "rollout")  # the closed loop's shards (sim/stages.py) record no rows
+                                           "backbone": io.BACKBONE_ARRAYS, "rollout": io.ROLLOUT_ARRAYS}[what])
     log.info("gathered %d shards into %s in %.2f s", len(shard_paths), out_path, time.perf_counter() - start)
 
 

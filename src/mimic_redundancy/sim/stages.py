@@ -109,6 +109,8 @@ def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int
     episodes = episode_list(tasks, run["episodes"], run["layout_seed"])
     batches = batches_of(episodes, run["batch_size"])
     picked = shard_rows(shard, len(batches))
+    first = sum(map(len, batches[:picked.start]))  # this shard's episodes, for the gather's check
+    record = {"shard": shard, "rows": [first, first + sum(map(len, batches[picked.start:picked.stop]))]}
     batches = batches[picked.start:picked.stop]
     log.info("%d rules x %d episodes in %d batches%s: %s", len(rules), sum(map(len, batches)), len(batches),
              f" (shard {shard})" if shard else "", ", ".join(r.name for r in rules))
@@ -119,7 +121,7 @@ def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int
     arrays = run_rollouts(policy, rules, episodes, batches, demos["tasks"],
                           tasks, {**run, "probe_steps": settings["probe_steps"]}, make_env)
     log.info("rolled out in %.1f s", time.perf_counter() - start)
-    text, digest = config_digest(settings)
+    text, digest = config_digest({**settings, "shard": record} if shard else settings)
     arrays.update(preset=settings["model"]["preset"], device=str(device), config_json=text, config_digest=digest,
                   versions_json=json.dumps({**library_versions(), **versions()}, sort_keys=True),
                   numerics_json=json.dumps(numerics.record(device), sort_keys=True),
