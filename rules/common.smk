@@ -26,8 +26,9 @@ wildcard_constraints:
     preset="|".join(map(re.escape, cfg.preset_names(config))),
     shard=r"\d+-of-\d+",
 
-# config `shards` > 1: the sharded stages (features, probe, sweep, backbone) run one job per contiguous range
-# of samples, each writing under results/{preset}/shards/<i-of-n>/, and rules/gather.smk joins them into the
+# config `shards` > 1: the sharded stages (features, probe, sweep, backbone, depth_features) run one job per
+# contiguous range of samples (depth_features: of its time-major rows), each writing under
+# results/{preset}/shards/<i-of-n>/, and rules/gather.smk (depth_features: rules/depth.smk) joins them into the
 # files an unsharded run writes. With 1, those jobs write the files themselves (no gather job).
 SHARDED = cfg.sharded(config)
 

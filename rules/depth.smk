@@ -1,5 +1,6 @@
 # The video-denoising depth: the backbone once per preset for every time in depth.times (a checkpoint trained
-# here uses its source preset's, the backbone being frozen), then the head alone samples at each time.
+# here uses its source preset's, the backbone being frozen; sharded like features), then the head alone samples
+# at each time.
 localrules:
     depth_metrics,
     plot_depth,
@@ -11,20 +12,44 @@ rule depth_features:
         data=backbone_data,
         code=BACKBONE_CODE,
     output:
-        features=results("{preset}", "depth/features.safetensors"),
+        features=sharded("depth/features.safetensors"),
     params:
         settings=lambda w: cfg.depth_features_settings(config, w.preset),
     threads: 2
     benchmark:
-        results("{preset}", "benchmarks/depth_features.tsv")
+        sharded("benchmarks/depth_features.tsv")
     log:
-        results("{preset}", "logs/depth_features.log"),
+        sharded("logs/depth_features.log"),
     message:
         "Run the video backbone of preset {wildcards.preset} at every video-denoising time of depth.times"
     conda:
         "../envs/pipeline.yaml"
     script:
         "../scripts/depth_features.py"
+
+
+# config `shards` > 1: one depth_features job per contiguous range of the time-major rows, joined as the features'
+# shards are (rules/gather.smk): streamed, a job without a GPU on Slurm, byte-identical to an unsharded run's file.
+if SHARDED:
+
+    rule gather_depth_features:
+        input:
+            shards=shards_of("depth_features", "depth/features.safetensors"),
+            code=code("shards", "io"),
+        output:
+            features=results("{preset}", "depth/features.safetensors"),
+        params:
+            stage="depth",
+        benchmark:
+            results("{preset}", "benchmarks/gather_depth_features.tsv")
+        log:
+            results("{preset}", "logs/gather_depth_features.log"),
+        message:
+            "Gather the depth feature shards of preset {wildcards.preset}"
+        conda:
+            "../envs/pipeline.yaml"
+        script:
+            "../scripts/gather.py"
 
 
 rule depth:

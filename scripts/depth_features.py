@@ -7,4 +7,5 @@ from mimic_redundancy import stages  # noqa: E402
 from mimic_redundancy.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-stages.depth_features(snakemake.params.settings, snakemake.input.manifest, snakemake.output.features, snakemake.threads)
+stages.depth_features(snakemake.params.settings, snakemake.input.manifest, snakemake.output.features,
+                      snakemake.threads, shard=getattr(snakemake.wildcards, "shard", None))

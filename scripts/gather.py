@@ -10,5 +10,7 @@ setup_log(snakemake.log[0])
 if "inference" in snakemake.output.keys():
     for kind in ("inference", "train"):
         stages.gather(kind, list(snakemake.input[kind]), snakemake.output[kind])
+elif "features" in snakemake.output.keys():  # the depth features
+    stages.gather(snakemake.params.stage, list(snakemake.input.shards), snakemake.output.features)
 else:
     stages.gather(snakemake.params.stage, list(snakemake.input.shards), snakemake.output.npz)

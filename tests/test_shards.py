@@ -21,7 +21,7 @@ from mimic_redundancy import io
 from mimic_redundancy.io import InputFileError
 from mimic_redundancy.shards import gather_features, gather_npz, tensor_checksums
 
-TIMINGS = {"wall_seconds", "seconds_cached", "seconds_recompute"}  # wall times differ from run to run
+TIMINGS = {"wall_seconds", "seconds_cached", "seconds_recompute", "backbone_seconds"}  # differ from run to run
 SHARDED = [f"{stage}.npz" for stage in ("probe", "sweep", "backbone")]
 
 
@@ -139,7 +139,7 @@ def test_a_shard_that_holds_other_rows_than_its_own_is_not_gathered(tmp_path, sh
 
 # -- real runs ---------------------------------------------------------------------------------------------------
 
-TARGETS = [f"results/tiny/{name}" for name in SHARDED + ["features/train.safetensors", "metrics.csv"]]
+TARGETS = [f"results/tiny/{name}" for name in SHARDED + ["features/train.safetensors", "metrics.csv", "depth.npz"]]
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def runs(small_run, tmp_path_factory):
 @pytest.mark.slow
 def test_a_sharded_run_runs_a_job_per_shard_and_gathers(runs):
     ran = executed_rules(runs[2][1])
-    for stage in ("features", "probe", "sweep", "backbone"):
+    for stage in ("features", "probe", "sweep", "backbone", "depth_features"):
         assert ran.count(stage) == 2 and ran.count(f"gather_{stage}") == 1, ran
     assert not any(rule.startswith("gather") for rule in executed_rules(runs[1][1]))
 
@@ -178,6 +178,18 @@ def test_sharded_and_unsharded_runs_are_bit_identical(runs):
         name = f"features/{kind}.safetensors"
         assert (one / name).read_bytes() == (two / name).read_bytes(), kind
     assert (one / "metrics.csv").read_text() == (two / "metrics.csv").read_text()
+    # the depth features: 2 seeds x 2 prompts x depth.times [0, 1], time-major, in 2 shards of their rows
+    for i, rows in ((1, [0, 4]), (2, [4, 8])):
+        with safe_open(str(two / f"shards/{i}-of-2/depth/features.safetensors"), "pt") as f:
+            meta = f.metadata()
+        assert json.loads(meta["shard_json"]) == {"shard": f"{i}-of-2", "rows": rows}
+        assert json.loads(meta["sha256_json"]) == tensor_checksums(two / f"shards/{i}-of-2/depth/features.safetensors")
+    assert (one / "depth/features.safetensors").read_bytes() == (two / "depth/features.safetensors").read_bytes()
+    a, b = io.load_npz(one / "depth.npz", io.DEPTH_ARRAYS), io.load_npz(two / "depth.npz", io.DEPTH_ARRAYS)
+    assert a["final"].shape[:2] == (2, 4)
+    for key in io.DEPTH_ARRAYS:
+        if key not in TIMINGS:
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), ("depth.npz", key)
 
 
 @pytest.mark.slow

@@ -280,7 +280,8 @@ def _closed_loop_problems(config: dict) -> list[str]:
 
 def shard_problems(shards: int, total: int, batch_size: int) -> list[str]:
     """Why `shards` cannot split `total` samples: each shard needs a sample, and whole probe batches, since a
-    sample's actions depend (in the last bits) on the batch it is sampled in."""
+    sample's actions depend (in the last bits) on the batch it is sampled in. The depth features' rows (depth.times
+    x the samples, batches of one) are never fewer than the samples, so what passes here splits them too."""
     batches = -(-total // batch_size)
     if shards > total:
         return [f"config key 'shards': {shards} shards for {total} samples; allowed: 1 to {total} "

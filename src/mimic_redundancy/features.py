@@ -182,14 +182,16 @@ def _timed_rows(wrapper, samples, device, row_specs):
 
 
 def compute_features(wrapper, samples, device, draws: int | None = None, draw_seed: int = 0,
-                     video_times: list[float] | None = None, windows: range | None = None) -> FeatureSet:
+                     video_times: list[float] | None = None, windows: range | None = None,
+                     part: range | None = None) -> FeatureSet:
     """Inference rows for every sample (draws None), `draws` training rows per window (window-major), or
-    (video_times) one row per sample at each fixed video-denoising time (time-major). `windows`: the training
-    windows `samples` holds, out of all of them (a shard), so each row's seed is the one an unsharded run
-    gives it."""
+    (video_times) one row per sample at each fixed video-denoising time (time-major; `part`: only those rows of them,
+    a depth shard). `windows`: the training windows `samples` holds, out of all of them (a shard), so each row's
+    seed is the one an unsharded run gives it."""
     n_layers = len(wrapper.extract_layers)
     if video_times is not None:
         specs = [(i, samples.seeds[i], None, t) for t in video_times for i in range(len(samples))]
+        specs = specs[part.start:part.stop] if part is not None else specs
     elif draws is None:
         specs = [(i, samples.seeds[i], None, None) for i in range(len(samples))]
     else:

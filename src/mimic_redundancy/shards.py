@@ -139,7 +139,8 @@ def tensor_checksums(path) -> dict[str, str]:
 
 
 def gather_features(shard_paths: list, out_path) -> None:
-    """Concatenate the rows of shard features files (in order) into one file, as an unsharded run writes it.
+    """Concatenate the rows of shard features files (in order) into one file, as an unsharded run writes it
+    (features/{inference,train} or depth/features: the depth rows are time-major, each shard a contiguous range).
     Streams tensor bytes from disk to disk (torch-free, memory independent of the rows): safetensors stores
     each tensor C-contiguous, so stacking along the row axis is appending each shard's bytes. Each shard's
     bytes are checked against its checksums on the way, and its rows against its shard (shard_row_problems)."""
@@ -179,8 +180,9 @@ def gather_features(shard_paths: list, out_path) -> None:
             problems.append(f"tensor '{name}' has rows of different shapes or dtypes across shards: {sorted(shapes)}")
         layout[name] = nonempty or parts[:1]
     if problems:
+        rule = "depth_features" if Path(shard_paths[0]).parent.name == "depth" else "features"
         raise InputFileError("cannot gather the feature shards: " + "; ".join(problems) +
-                             "; rerun the features stage (--forcerun features)")
+                             f"; rerun the {rule} stage (--forcerun {rule})")
     out_header, offset = {}, 0
     for name, parts in layout.items():
         entry = parts[0][1]

@@ -187,12 +187,15 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
                         {**extra, "checks_json": checks, "draws": str(draws), **own})
 
 
-def depth_features(settings: dict, manifest_path, features_path, threads: int = 1) -> None:
+def depth_features(settings: dict, manifest_path, features_path, threads: int = 1, shard: str | None = None) -> None:
     """The backbone's hiddens of every probe sample at every video-denoising time of `depth.times` (one backbone
-    build for all times; the `depth` analysis)."""
+    build for all times; the `depth` analysis). A shard ('i-of-n') computes a contiguous range of the time-major
+    rows: each row is its own backbone pass (batch 1, seeded by its sample), so it is the same in any shard. Its
+    rows may span every sample (a range across a time), so it reads them all, as an unsharded run does."""
     import torch
 
     from . import features as feats
+    from .config import shard_rows
     from .hub import local_snapshots
     from .io import read_json
     from .model import backbone_dtypes, build_backbone, library_versions
@@ -203,17 +206,21 @@ def depth_features(settings: dict, manifest_path, features_path, threads: int = 
     device = _threads_and_device(settings, threads)
     snapshots = local_snapshots(read_json(manifest_path))
     samples, _, _ = _read_data(settings["model"], depth["data"], snapshots)
+    part = shard_rows(shard, len(depth["times"]) * len(samples))  # checked before the backbone is built
     wrapper = build_backbone(depth["backbone"], device, snapshots)
-    log.info("depth features: %d samples x video times %s", len(samples), depth["times"])
+    log.info("depth features: %d samples x video times %s%s", len(samples), depth["times"],
+             f" (shard {shard}: rows {part.start} to {part.stop} of {len(depth['times']) * len(samples)})"
+             if shard else "")
     warm = samples.batch([0], device)  # one untimed pass, so the first timed row is not the warm-up's
     feats.library_video_hiddens(wrapper, warm.video, warm.prompts, torch.zeros(1, device=device), 0, device)
-    rows = feats.compute_features(wrapper, samples, device, video_times=depth["times"])
+    rows = feats.compute_features(wrapper, samples, device, video_times=depth["times"], part=part)
     if not all(bool(h.float().isfinite().all()) for h in rows.hiddens):
         raise ValidationFailed(f"backbone check failed: non-finite hiddens in {features_path}")
     extra = {"backbone_json": depth["backbone"], "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
              "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())), "draws": "0",
              "versions_json": library_versions(), "checks_json": [], "numerics_json": numerics.record(device)}
-    feats.save_features(features_path, rows, "depth", depth, extra)
+    own = {"shard_json": {"shard": shard, "rows": [part.start, part.stop]}} if shard else {}  # for the gather
+    feats.save_features(features_path, rows, "depth", depth, {**extra, **own})
 
 
 def depth(settings: dict, features_path, npz_path, threads: int = 1) -> None:
@@ -291,12 +298,12 @@ def backbone(settings: dict, manifest_path, features_path, npz_path, threads: in
 
 def gather(what: str, shard_paths: list, out_path) -> None:
     """Join a stage's shards into the file an unsharded run writes (what: probe, sweep, backbone, or the
-    features kind inference/train). Numpy and the files' own formats only: no torch, no model."""
+    features kind inference/train/depth). Numpy and the files' own formats only: no torch, no model."""
     from . import io
     from .shards import gather_features, gather_npz
 
     start = time.perf_counter()
-    if what in ("inference", "train"):
+    if what in ("inference", "train", "depth"):
         gather_features(shard_paths, out_path)
     else:
         gather_npz(shard_paths, out_path, {"probe": io.PROBE_ARRAYS, "sweep": io.SWEEP_ARRAYS,
