@@ -112,7 +112,8 @@ def test_the_closed_loop_writes_every_output(loop):
     summary = json.loads((workdir / "results/trained/rollout.json").read_text())
     assert summary["reference"] == "K=10" and summary["tasks"][TASK]["episodes"] == 4
     assert "episodes" in summary["tasks"][TASK]["decision"]
-    assert (workdir / "results/trained/figures/rollout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (workdir / "results/trained/figures/rollout.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 960  # the report's width
     videos = json.loads((workdir / "results/trained/rollout/videos.json").read_text())
     assert videos["n_videos"] >= len(run["rule"]) and all(v["replayed_outcome_matches"] for v in videos["videos"])
     for video in videos["videos"]:

@@ -186,72 +186,72 @@ def write_answers(npz_path, early_stop_csv, settings: dict, table_path, summary_
 
 def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
     """Per task, three panels: success against NFE per decision (the K curve and the early stops, exact 95% CIs),
-    the paired difference to the reference (Tango 95% CI, the margin), and open-loop MSE against success."""
+    the paired difference to the reference (Tango 95% CI, the margin), and open-loop MSE against success. Drawn at
+    the report's width (plots.REPORT_WIDTH_PX) with the shared fonts; N stated in every panel's title."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
+
+    from .. import plots
 
     with open(table_path, newline="") as f:
         rows = list(csv.DictReader(f))
     summary = json.loads(open(summary_path).read())
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(style["width"] * 2, style["height"] * len(tasks)), squeeze=False)
-    markers = {"fixed_k": "o", "fixed_step_xt": "s", "fixed_step_clean": "D", "clean_change": "^"}
-    for row_axes, task in zip(axes, tasks):
-        mine = [r for r in rows if r["task"] == task]
-        f = lambda r, k: float(r[k])
-        n = int(mine[0]["episodes"])
-        ax = row_axes[0]
-        for kind, marker in markers.items():
-            pts = sorted((r for r in mine if r["kind"] == kind), key=lambda r: f(r, "nfe_per_decision"))
-            if not pts:
-                continue
-            x = [f(r, "nfe_per_decision") for r in pts]
-            y = [f(r, "success_rate") for r in pts]
-            err = [[yy - f(r, "ci_low") for r, yy in zip(pts, y)], [f(r, "ci_high") - yy for r, yy in zip(pts, y)]]
-            ax.errorbar(x, y, yerr=err, marker=marker, linestyle="-" if kind == "fixed_k" else "none", capsize=3,
-                        label={"fixed_k": "K Euler steps", "fixed_step_xt": "stop at s: x_s",
-                               "fixed_step_clean": "stop at s: clean prediction",
-                               "clean_change": "clean-change rule (calibrated)"}[kind])
-        ax.set_xscale("log")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("head evaluations per decision (NFE)")
-        ax.set_ylabel("success rate")
-        ax.set_title(f"{task}: success (exact 95% CI), N={n} episodes", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        ax = row_axes[1]
-        order = sorted(mine, key=lambda r: f(r, "nfe_per_decision"))
-        y = np.arange(len(order))
-        d = [f(r, "diff_vs_reference") for r in order]
-        ax.errorbar(d, y, xerr=[[dd - f(r, "diff_ci_low") for r, dd in zip(order, d)],
-                                [f(r, "diff_ci_high") - dd for r, dd in zip(order, d)]], fmt="o", capsize=3)
-        ax.axvline(0, color="gray", lw=0.8)
-        ax.axvline(-summary["margin"], color="red", lw=0.8, ls="--", label=f"margin -{summary['margin']:.0%}")
-        ax.set_yticks(y, [r["rule"] for r in order], fontsize=7)
-        ax.set_xlabel(f"success - success of {summary['reference']} (paired)")
-        ax.set_title(f"paired difference (Tango 95% CI), N={n}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower left")
-        ax = row_axes[2]
-        known = [r for r in mine if np.isfinite(f(r, "open_loop_mse_vs_gt"))]
-        for r in known:
-            ax.scatter(f(r, "open_loop_mse_vs_gt"), f(r, "success_rate"), marker=markers[r["kind"]], color="C0")
-            ax.annotate(r["rule"], (f(r, "open_loop_mse_vs_gt"), f(r, "success_rate")), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log labels overlap at this width
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("open-loop MSE vs the expert's actions (demo windows)")
-        ax.set_ylabel("closed-loop success rate")
-        rho = summary["tasks"][task]["open_loop_vs_closed_loop"]["spearman_mse_vs_gt_success"]
-        ax.set_title(f"open loop vs closed loop ({len(known)} rules" + (f", Spearman {rho:.2f})" if rho is not None
-                                                                          else ")"), fontsize=9)
-    fig.suptitle(f"closed loop, preset {summary['preset']}: {summary['n_episodes']} episodes "
-                 f"(layout seeds {summary['layout_seed']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(png, dpi=style["dpi"])
-    fig.savefig(svg)
-    plt.close(fig)
+    kinds = {"fixed_k": ("o", "C0", "K Euler steps", 1.0), "fixed_step_xt": ("s", "C1", "stop at s: x_s", 0.9),
+             "fixed_step_clean": ("D", "C2", "stop at s: clean prediction", 1.1),
+             "clean_change": ("^", "C3", "clean-change rule (calibrated)", 1.0)}  # marker, colour, label, x shift
+    f = lambda r, k: float(r[k])
+    with plt.rc_context(plots.FONTS):
+        fig, axes = plt.subplots(len(tasks), 3, squeeze=False,
+                                 figsize=(style["width"], style["height"] * plots.ROW_HEIGHT * max(len(tasks), 1.4)))
+        for row_axes, task in zip(axes, tasks):
+            mine = [r for r in rows if r["task"] == task]
+            n = int(mine[0]["episodes"])
+            ax = row_axes[0]
+            for kind, (marker, colour, label, shift) in kinds.items():
+                pts = sorted((r for r in mine if r["kind"] == kind), key=lambda r: f(r, "nfe_per_decision"))
+                if pts:  # the stops share an NFE: shifted apart so neither hides the other
+                    x = [f(r, "nfe_per_decision") * shift for r in pts]
+                    y = [f(r, "success_rate") for r in pts]
+                    err = [[yy - f(r, "ci_low") for r, yy in zip(pts, y)],
+                           [f(r, "ci_high") - yy for r, yy in zip(pts, y)]]
+                    ax.errorbar(x, y, yerr=err, marker=marker, color=colour, capsize=2, markersize=4,
+                                linestyle="-" if kind == "fixed_k" else "none", label=label)
+            plots._log(ax, "x")
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlabel("NFE per decision")
+            ax.set_ylabel("success rate")
+            ax.set_title(f"{task.removesuffix('-v3')}\nsuccess, exact 95% CI, N={n}")
+            ax = row_axes[1]
+            order = sorted(mine, key=lambda r: f(r, "nfe_per_decision"))
+            y = np.arange(len(order))
+            d = [f(r, "diff_vs_reference") for r in order]
+            ax.errorbar(d, y, xerr=[[dd - f(r, "diff_ci_low") for r, dd in zip(order, d)],
+                                    [f(r, "diff_ci_high") - dd for r, dd in zip(order, d)]], fmt="o", capsize=2,
+                        markersize=3)
+            ax.axvline(0, color="gray", lw=0.8)
+            ax.axvline(-summary["margin"], color="red", lw=0.8, ls="--")
+            ax.set_yticks(y, [r["rule"] for r in order], fontsize=6)
+            ax.set_xlabel(f"vs {summary['reference']} (red: -{summary['margin']:.0%} margin)")
+            ax.set_title(f"paired difference, Tango 95% CI\nN={n}")
+            ax = row_axes[2]
+            known = [r for r in mine if np.isfinite(f(r, "open_loop_mse_vs_gt"))]
+            for r in known:
+                marker, colour, _, _ = kinds[r["kind"]]
+                ax.scatter(f(r, "open_loop_mse_vs_gt"), f(r, "success_rate"), marker=marker, color=colour, s=14)
+            if known:
+                plots._log(ax, "x")
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlabel("open-loop MSE vs expert")
+            ax.set_ylabel("success rate")
+            rho = summary["tasks"][task]["open_loop_vs_closed_loop"]["spearman_mse_vs_gt_success"]
+            ax.set_title(f"open vs closed, N={n}\n" + (f"Spearman {rho:.2f}" if rho is not None else "Spearman n/a"))
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+        fig.suptitle(f"closed loop, preset {summary['preset']}: N={summary['n_episodes'] // max(len(tasks), 1)} "
+                     f"episodes per task and rule (layout seeds {summary['layout_seed']})", fontsize=9)
+        fig.tight_layout(rect=(0, 0.15 / (len(tasks) + 0.7), 1, 1))  # the legend's two rows below
+        for path, fmt in [(png, "png"), (svg, "svg")]:
+            fig.savefig(path, format=fmt, dpi=style["dpi"])
+        plt.close(fig)
