@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# the closed loop's simulator (the extra .[sim]: Meta-World, MuJoCo), in the same venv
+# the closed loop's simulators (the extra .[sim]: Meta-World and LIBERO on one MuJoCo), in the same venv
 $(VENV)/.installed-sim: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test,sim]'
 	touch $@
@@ -45,13 +45,13 @@ report: $(VENV)/.installed
 # make bench BENCH="--full"
 BENCH ?=
 bench: $(VENV)/.installed
-	$(BIN)/python -m mimic_redundancy.bench --out results/bench $(BENCH)
+	$(BIN)/python -m mimic_redundancy.tools.bench --out results/bench $(BENCH)
 
 # on a CUDA machine: features + head stages there, every tensor's device, timings and peak memory per stage;
 # the 7B-shaped backbone: make gpu-check GPU_CHECK="--backbone full --dtype bfloat16"
 GPU_CHECK ?=
 gpu-check: $(VENV)/.installed
-	$(BIN)/python -m mimic_redundancy.gpu_check --device cuda $(GPU_CHECK)
+	$(BIN)/python -m mimic_redundancy.tools.gpu_check --device cuda $(GPU_CHECK)
 
 # a real single-node Slurm cluster on this machine (root; see tools/slurm/README.md)
 slurm-up:

@@ -5,7 +5,7 @@ rule sweep:
         report=rules.validate.output.report,
         features=features_of("inference"),
         checkpoint=checkpoint_files,
-        code=HEAD_CODE + code("sweep", "timing"),
+        code=HEAD_CODE + code("analysis/sweep", "core/timing"),
     output:
         npz=sharded("sweep.npz"),
     params:
@@ -30,7 +30,7 @@ rule backbone:
         features=features_of("inference"),
         data=data_files,
         checkpoint=checkpoint_files,
-        code=BACKBONE_CODE + code("backbone", "timing"),
+        code=BACKBONE_CODE + code("analysis/backbone", "core/timing"),
     output:
         npz=sharded("backbone.npz"),
     params:

@@ -5,10 +5,12 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from mimic_redundancy import config as cfg
-from mimic_redundancy.hub import offline_env
+from mimic_redundancy.core.hub import offline_env
+from mimic_redundancy.pipeline import config as cfg
 
 cfg.validate_config(config)
 
@@ -17,7 +19,7 @@ cfg.validate_config(config)
 os.environ.update(offline_env(cfg.hub_cache(config)))
 
 # Slurm: see a job that `scancel` killed as failed instead of polling it forever (slurm_compat.py)
-from mimic_redundancy.slurm_compat import patch_slurm_status_query
+from mimic_redundancy.pipeline.slurm_compat import patch_slurm_status_query
 
 patch_slurm_status_query()
 
@@ -44,14 +46,19 @@ def shards_of(stage, name):
 
 
 def code(*modules):
-    """Package modules a stage runs: inputs, so editing one reruns the stages that use it."""
-    return [f"src/mimic_redundancy/{m}.py" for m in modules]
+    """Package modules a stage runs (by floor: 'core/io'): inputs, so editing one reruns the stages that use it."""
+    paths = [f"src/mimic_redundancy/{m}.py" for m in modules]
+    missing = [p for p in paths if not (Path(workflow.basedir) / p).is_file()]
+    if missing:
+        raise WorkflowError(f"rules name package modules that do not exist: {missing} (src/mimic_redundancy/<floor>/...)")
+    return paths
 
 
 # what every model stage runs; the backbone stages also run BACKBONE_CODE, the head-only stages HEAD_CODE
-MODEL_CODE = code("stages", "numerics", "hub", "model", "checkpoints", "io", "features", "samples")
-BACKBONE_CODE = MODEL_CODE + code("tokenizer", "readers", "lerobot", "probe")
-HEAD_CODE = MODEL_CODE + code("probe")
+MODEL_CODE = code("pipeline/stages", "core/numerics", "core/hub", "core/io", "data/samples", "model/model",
+                  "model/presets", "model/checkpoints", "model/features", "model/sampling")
+BACKBONE_CODE = MODEL_CODE + code("data/tokenizer", "data/readers", "data/sources", "data/lerobot", "analysis/probe")
+HEAD_CODE = MODEL_CODE + code("analysis/probe")
 
 
 def data_files(wildcards):

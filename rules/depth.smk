@@ -35,7 +35,7 @@ if SHARDED:
     rule gather_depth_features:
         input:
             shards=shards_of("depth_features", "depth/features.safetensors"),
-            code=code("shards", "io"),
+            code=code("core/shards", "core/io"),
         output:
             features=results("{preset}", "depth/features.safetensors"),
         params:
@@ -57,7 +57,7 @@ rule depth:
         report=rules.validate.output.report,
         features=depth_features_of,
         checkpoint=checkpoint_files,
-        code=HEAD_CODE + code("depth", "metrics", "stats"),
+        code=HEAD_CODE + code("analysis/depth", "analysis/metrics", "core/stats"),
     output:
         npz=results("{preset}", "depth.npz"),
     params:
@@ -78,7 +78,7 @@ rule depth:
 rule depth_metrics:
     input:
         npz=rules.depth.output.npz,
-        code=code("depth", "metrics", "stats", "io"),
+        code=code("analysis/depth", "analysis/metrics", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "depth.csv"), caption="../report/depth_table.rst", category="Tables"),
         summary=results("{preset}", "depth.json"),
@@ -98,7 +98,7 @@ rule plot_depth:
     input:
         table=rules.depth_metrics.output.table,
         summary=rules.depth_metrics.output.summary,
-        code=code("plots", "metrics", "io"),
+        code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/depth.png"), caption="../report/depth.rst", category="Figures"),
         svg=results("{preset}", "figures/depth.svg"),

@@ -8,7 +8,7 @@ rule early_stop:
     input:
         probe=results("{preset}", "probe.npz"),
         sweep=results("{preset}", "sweep.npz"),
-        code=code("early_stop", "metrics", "stats", "io"),
+        code=code("analysis/early_stop", "analysis/metrics", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "early_stop.csv"), caption="../report/early_stop_table.rst", category="Tables"),
         summary=results("{preset}", "early_stop.json"),
@@ -30,7 +30,7 @@ rule plot_early_stop:
     input:
         table=rules.early_stop.output.table,
         summary=rules.early_stop.output.summary,
-        code=code("plots", "metrics", "io"),
+        code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/early_stop.png"), caption="../report/early_stop.rst", category="Figures"),
         svg=results("{preset}", "figures/early_stop.svg"),

@@ -14,7 +14,7 @@ if SHARDED:
         input:
             inference=shards_of("features", "features/inference.safetensors"),
             train=shards_of("features", "features/train.safetensors"),
-            code=code("shards", "io"),
+            code=code("core/shards", "core/io"),
         output:
             inference=results("{preset}", "features/inference.safetensors"),
             train=results("{preset}", "features/train.safetensors"),
@@ -36,7 +36,7 @@ if SHARDED:
                 f"gather_{_stage}"
             input:
                 shards=shards_of(_stage, f"{_stage}.npz"),
-                code=code("shards", "io"),
+                code=code("core/shards", "core/io"),
             output:
                 npz=results("{preset}", f"{_stage}.npz"),
             params:

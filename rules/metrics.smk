@@ -8,7 +8,7 @@ localrules:
 rule metrics:
     input:
         npz=results("{preset}", "probe.npz"),
-        code=code("metrics", "stats", "io"),
+        code=code("analysis/metrics", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "metrics.csv"), caption="../report/metrics.rst", category="Tables"),
         early_exit=report(results("{preset}", "early_exit.csv"), caption="../report/early_exit.rst", category="Tables"),
@@ -34,7 +34,7 @@ rule sweep_metrics:
     input:
         sweep=results("{preset}", "sweep.npz"),
         probe=results("{preset}", "probe.npz"),
-        code=code("metrics", "stats", "io"),
+        code=code("analysis/metrics", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "sweep.csv"), caption="../report/sweep_table.rst", category="Tables"),
     benchmark:
@@ -52,7 +52,7 @@ rule sweep_metrics:
 rule backbone_metrics:
     input:
         npz=results("{preset}", "backbone.npz"),
-        code=code("metrics", "stats", "io"),
+        code=code("analysis/metrics", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "backbone.csv"), caption="../report/backbone_table.rst", category="Tables"),
         summary=results("{preset}", "backbone.json"),

@@ -10,7 +10,7 @@ rule plot:
     input:
         table=rules.metrics.output.table,
         summary=rules.metrics.output.summary,
-        code=code("plots", "metrics", "io"),
+        code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/convergence.png"), caption="../report/convergence.rst", category="Figures"),
         svg=results("{preset}", "figures/convergence.svg"),
@@ -32,7 +32,7 @@ rule plot_heatmaps:
     input:
         table=rules.metrics.output.part_errors,
         summary=rules.metrics.output.summary,
-        code=code("plots", "metrics", "io"),
+        code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/heatmaps.png"), caption="../report/heatmaps.rst", category="Figures"),
         svg=results("{preset}", "figures/heatmaps.svg"),
@@ -54,7 +54,7 @@ rule plot_sweep:
     input:
         table=rules.sweep_metrics.output.table,
         summary=rules.metrics.output.summary,
-        code=code("plots", "metrics", "io"),
+        code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/sweep.png"), caption="../report/sweep.rst", category="Figures"),
         svg=results("{preset}", "figures/sweep.svg"),
@@ -76,7 +76,7 @@ rule plot_backbone:
     input:
         table=rules.backbone_metrics.output.table,
         summary=rules.backbone_metrics.output.summary,
-        code=code("plots", "metrics", "io"),
+        code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/backbone.png"), caption="../report/backbone.rst", category="Figures"),
         svg=results("{preset}", "figures/backbone.svg"),

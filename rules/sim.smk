@@ -1,4 +1,4 @@
-# The closed loop (inputs.source demos; docs/closed-loop.md): the simulator's scripted expert writes demonstrations
+# The closed loop (inputs.source demos; docs/closed-loop.md): the simulator's (Meta-World, LIBERO) scripted expert writes demonstrations
 # as a LeRobot v3.0 dataset, which features, train, probe, sweep and early_stop read like any dataset; the trained
 # policy is then rolled out in the simulator at every K and early-stopping rule, on paired episodes.
 #   demos -> features -> train -> [trained] probe, sweep, early_stop -> rollout -> rollout_metrics -> plot_rollout
@@ -8,13 +8,15 @@ localrules:
     rollout_metrics,
     plot_rollout,
 
-SIM_CODE = code("sim/metaworld_env", "io")
-ROLLOUT_CODE = MODEL_CODE + SIM_CODE + code("probe", "sim/policy", "sim/rollout", "sim/stages", "lerobot")
+# the simulator sim.backend names (sim/backends.py): its module, the shared parts, the file contracts
+SIM_CODE = code(f"sim/{config['sim']['backend']}_env", "sim/backends", "sim/common", "core/io")
+ROLLOUT_CODE = MODEL_CODE + SIM_CODE + code("analysis/probe", "sim/policy", "sim/rollout", "pipeline/sim_stages",
+                                           "data/lerobot")
 
 
 rule demos:
     input:
-        code=SIM_CODE + code("sim/demos", "sim/stages"),
+        code=SIM_CODE + code("sim/demos", "pipeline/sim_stages"),
     output:
         dataset=directory(cfg.DEMOS_DATASET),
         summary="results/demos/summary.json",
@@ -65,7 +67,7 @@ if SHARDED:
     rule gather_rollout:
         input:
             shards=shards_of("rollout", "rollout.npz"),
-            code=code("shards", "io"),
+            code=code("core/shards", "core/io"),
         output:
             npz=results("{preset}", "rollout.npz"),
         params:
@@ -84,7 +86,7 @@ rule rollout_metrics:
     input:
         npz=results("{preset}", "rollout.npz"),
         early_stop=results("{preset}", "early_stop.csv"),
-        code=code("sim/answers", "stats", "io"),
+        code=code("sim/answers", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "rollout.csv"), caption="../report/rollout_table.rst", category="Closed loop"),
         summary=results("{preset}", "rollout.json"),
@@ -104,7 +106,7 @@ rule plot_rollout:
     input:
         table=rules.rollout_metrics.output.table,
         summary=rules.rollout_metrics.output.summary,
-        code=code("sim/answers", "plots", "io"),
+        code=code("sim/answers", "report/plots", "core/io"),
     output:
         png=report(results("{preset}", "figures/rollout.png"), caption="../report/rollout.rst", category="Closed loop"),
         svg=results("{preset}", "figures/rollout.svg"),
@@ -123,7 +125,7 @@ rule plot_rollout:
 rule rollout_videos:
     input:
         npz=results("{preset}", "rollout.npz"),
-        code=SIM_CODE + code("sim/rollout", "sim/stages", "sim/demos"),
+        code=SIM_CODE + code("sim/rollout", "pipeline/sim_stages", "sim/demos"),
     output:
         videos=directory(results("{preset}", "rollout/videos")),
         summary=report(results("{preset}", "rollout/videos.json"), caption="../report/rollout_videos.rst",

@@ -10,7 +10,7 @@ rule train:
         manifest=rules.prefetch.output.manifest,
         features=results("{preset}", "features/train.safetensors"),
         check=results("{preset}", "features/inference.safetensors"),
-        code=HEAD_CODE + code("train", "metrics", "readers"),
+        code=HEAD_CODE + code("model/train", "analysis/metrics", "data/readers", "data/sources"),
     output:
         weights=results("{preset}", "train/checkpoint/model.safetensors"),
         config=results("{preset}", "train/checkpoint/config.json"),
@@ -36,7 +36,7 @@ rule plot_train:
     input:
         loss=rules.train.output.loss,
         summary=rules.train.output.summary,
-        code=code("plots", "metrics", "io"),
+        code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/train_loss.png"), caption="../report/train.rst", category="Training"),
         svg=results("{preset}", "figures/train_loss.svg"),

@@ -2,7 +2,7 @@ rule validate:
     input:
         features=features_of("inference"),
         checkpoint=checkpoint_files,
-        code=HEAD_CODE + code("validation"),
+        code=HEAD_CODE + code("analysis/validation"),
     output:
         report=results("{preset}", "validate.json"),
     params:

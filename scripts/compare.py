@@ -1,10 +1,10 @@
-"""Snakemake adapter: rule compare -> mimic_redundancy.compare.compare."""
+"""Snakemake adapter: rule compare -> mimic_redundancy.report.compare.compare."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the package, in any env
-from mimic_redundancy.compare import compare  # noqa: E402
-from mimic_redundancy.log import setup_log  # noqa: E402
+from mimic_redundancy.core.log import setup_log  # noqa: E402
+from mimic_redundancy.report.compare import compare  # noqa: E402
 
 setup_log(snakemake.log[0])
 presets = snakemake.params.settings["presets"]

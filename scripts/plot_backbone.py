@@ -1,10 +1,10 @@
-"""Snakemake adapter: rule plot_backbone -> mimic_redundancy.plots.backbone_figure."""
+"""Snakemake adapter: rule plot_backbone -> mimic_redundancy.report.plots.backbone_figure."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the package, in any env
-from mimic_redundancy.log import setup_log  # noqa: E402
-from mimic_redundancy.plots import backbone_figure  # noqa: E402
+from mimic_redundancy.core.log import setup_log  # noqa: E402
+from mimic_redundancy.report.plots import backbone_figure  # noqa: E402
 
 setup_log(snakemake.log[0])
 backbone_figure(snakemake.input.table, snakemake.input.summary, snakemake.params.style,

@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the package, in any env
-from mimic_redundancy.log import setup_log  # noqa: E402
+from mimic_redundancy.core.log import setup_log  # noqa: E402
 
 from mimic_redundancy.sim.answers import write_answers  # noqa: E402
 

@@ -1,12 +1,12 @@
-"""Snakemake adapter: rule rollout_videos -> mimic_redundancy.sim.stages.rollout_videos."""
+"""Snakemake adapter: rule rollout_videos -> mimic_redundancy.pipeline.sim_stages.rollout_videos."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the package, in any env
-from mimic_redundancy.log import setup_log  # noqa: E402
+from mimic_redundancy.core.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-from mimic_redundancy.sim import stages  # noqa: E402  (after the log: MUJOCO_GL is set on import)
+from mimic_redundancy.pipeline import sim_stages as stages  # noqa: E402  (after the log: MUJOCO_GL is set on import)
 
 stages.rollout_videos(snakemake.params.settings, snakemake.input.npz, snakemake.params.size, snakemake.output.videos,
                       snakemake.output.summary)

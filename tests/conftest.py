@@ -1,6 +1,7 @@
 """Shared test helpers: a copy of the workflow in a temporary folder, and real Snakemake runs in it."""
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -34,6 +35,22 @@ SMALL = {
 }
 # SMALL in 2 shards: 4 samples in 2 probe batches, one batch per shard (and half of the training windows' draws)
 SHARDS = {**SMALL, "shards": 2}
+
+
+def merged(*configs: dict) -> dict:
+    """Snakemake's merge of --configfile files over config.yaml (nested keys are updated, not replaced)."""
+    out: dict = {}
+
+    def update(into, new):
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                update(into[key], value)
+            else:
+                into[key] = copy.deepcopy(value)
+
+    for c in configs:
+        update(out, c)
+    return out
 
 
 def copy_workflow(dest: Path) -> Path:

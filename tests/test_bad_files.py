@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import REPO, SNAKEMAKE, copy_run, executed_rules, planned_jobs, planned_rules, run_ok, snakemake
-from mimic_redundancy import config as cfg
-from mimic_redundancy.io import PROBE_ARRAYS, InputFileError, load_npz, load_probe, read_json, rebuild_command
-from mimic_redundancy.metrics import read_csv, write_csv
+from mimic_redundancy.analysis.metrics import read_csv, write_csv
+from mimic_redundancy.core.io import PROBE_ARRAYS, InputFileError, load_npz, load_probe, read_json, rebuild_command
+from mimic_redundancy.pipeline import config as cfg
 
 
 def test_the_rebuild_command_puts_the_target_before_forcerun():
@@ -224,7 +224,7 @@ def test_a_damaged_table_or_manifest_is_named_and_the_command_given_rebuilds_it(
 def _resave(path, change):
     """Rewrite a real features file through save_features (so its checksums fit the new content), `change` applied
     to its rows: what a writer with a bug would leave."""
-    from mimic_redundancy.features import load_features, save_features
+    from mimic_redundancy.model.features import load_features, save_features
 
     rows = load_features(path)
     rows = change(rows) or rows
@@ -235,7 +235,7 @@ def _resave(path, change):
 
 
 def _flip_bytes(path, tensor="hiddens.0"):
-    from mimic_redundancy.shards import _header
+    from mimic_redundancy.core.shards import _header
 
     header, start = _header(path)
     first = start + header[tensor]["data_offsets"][0]
@@ -311,7 +311,7 @@ def test_a_features_file_whose_content_or_rows_are_wrong_is_named_with_the_fix(s
     """The session run's own features files, damaged as a disk, a copy or a writer with a bug would: the head
     stage reading them (load_features, as probe, sweep, validate, train and depth call it) names the file, what is
     wrong and the command that rebuilds it, instead of computing wrong numbers from it."""
-    from mimic_redundancy.features import FeaturesError, load_features
+    from mimic_redundancy.model.features import FeaturesError, load_features
 
     name, damage, problem = FEATURE_DAMAGE[case]
     monkeypatch.chdir(tmp_path)  # paths relative to the workflow folder, as Snakemake gives them
@@ -355,7 +355,7 @@ def test_rebuilding_damaged_features_reruns_nothing_that_read_them(small_run, tm
 def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     """A job killed while writing (a gather streaming gigabytes of features) leaves a complete hidden temporary;
     the next write of that file removes it, and leaves a live writer's, other files' and the results alone."""
-    from mimic_redundancy.io import write_json
+    from mimic_redundancy.core.io import write_json
 
     target = tmp_path / "results/tiny/features/inference.safetensors"
     target.parent.mkdir(parents=True)

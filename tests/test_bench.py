@@ -17,7 +17,7 @@ from conftest import REPO
 
 @pytest.mark.slow
 def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
-    result = subprocess.run([sys.executable, "-m", "mimic_redundancy.gpu_check", "--device", "cpu", "--steps", "3",
+    result = subprocess.run([sys.executable, "-m", "mimic_redundancy.tools.gpu_check", "--device", "cpu", "--steps", "3",
                              "--dtype", "bfloat16", "--samples", "2"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -41,7 +41,7 @@ def test_gpu_check_runs_its_device_audit_on_the_cpu_with_a_bf16_backbone():
 
 @pytest.mark.slow
 def test_training_from_features_is_compared_with_the_librarys_loop(tmp_path):
-    from mimic_redundancy.bench import training_from_features
+    from mimic_redundancy.tools.bench import training_from_features
 
     entry = training_from_features(steps=3, draws=2, seeds=[0], out=tmp_path, score_steps=5)
     measured = entry["measured"]
@@ -57,7 +57,7 @@ def test_training_from_features_is_compared_with_the_librarys_loop(tmp_path):
 
 @pytest.mark.slow
 def test_model_benchmarks_report_ratios_with_their_measurements():
-    from mimic_redundancy.bench import markdown, model_benchmarks
+    from mimic_redundancy.tools.bench import markdown, model_benchmarks
 
     results = model_benchmarks(repeats=1, steps=2)
     for key in ["probe_overhead_ratio", "cache_speedup", "batch16_throughput_ratio"]:
@@ -75,7 +75,7 @@ def test_model_benchmarks_report_ratios_with_their_measurements():
 
 @pytest.mark.slow
 def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
-    from mimic_redundancy.bench import markdown, shard_benchmarks
+    from mimic_redundancy.tools.bench import markdown, shard_benchmarks
 
     results = shard_benchmarks(tmp_path, samples=16, steps=2, shards=(2,))  # 2 probe batches of 8
     shard = results["shard_job_peak_rss_mb"]
@@ -91,7 +91,7 @@ def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
 @pytest.mark.slow
 def test_rollout_throughput_counts_every_step_of_both_sides():
     pytest.importorskip("metaworld")  # the closed loop: pip install -e '.[sim]'
-    from mimic_redundancy.bench import markdown, rollout_throughput
+    from mimic_redundancy.tools.bench import markdown, rollout_throughput
 
     results = rollout_throughput(repeats=1, episodes=2, max_steps=8, ks=(1, 2))
     entry = results["rollout_batch_throughput_ratio"]
@@ -113,7 +113,7 @@ def test_rollout_throughput_counts_every_step_of_both_sides():
 
 
 def test_without_the_simulator_the_rollout_entry_is_skipped_saying_what_to_install(tmp_path, monkeypatch):
-    from mimic_redundancy.bench import parse_args, plan, settings
+    from mimic_redundancy.tools.bench import parse_args, plan, settings
 
     monkeypatch.setitem(sys.modules, "mimic_redundancy.sim.metaworld_env", None)  # its import now fails
     entries, skipped = plan(settings(parse_args([])), tmp_path)
@@ -126,7 +126,7 @@ def _summary(out):
 
 
 def test_the_bench_prints_each_benchmark_and_writes_the_summary_after_each(tmp_path, capsys):
-    from mimic_redundancy.bench import run_entries
+    from mimic_redundancy.tools.bench import run_entries
 
     seen = {}
 
@@ -162,7 +162,7 @@ def test_the_bench_prints_each_benchmark_and_writes_the_summary_after_each(tmp_p
 def test_a_killed_bench_keeps_the_benchmarks_that_finished(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
-        from mimic_redundancy.bench import run_entries
+        from mimic_redundancy.tools.bench import run_entries
         run_entries([("first", lambda: {{"first_ratio": {{"value": 1.0, "how": "stand-in"}}}}),
                      ("second", lambda: os.kill(os.getpid(), signal.SIGKILL))], {str(tmp_path)!r})
     """)
@@ -178,7 +178,7 @@ def test_a_killed_bench_keeps_the_benchmarks_that_finished(tmp_path):
 
 
 def test_a_bench_that_runs_to_its_end_says_so(tmp_path):
-    from mimic_redundancy.bench import run_entries
+    from mimic_redundancy.tools.bench import run_entries
 
     summary = run_entries([("only", lambda: {"x": {"value": 2.0, "how": "stand-in"}})], tmp_path)
     assert _summary(tmp_path)["completed"] is True and summary["entries"]["only"]["seconds"] >= 0
@@ -186,10 +186,11 @@ def test_a_bench_that_runs_to_its_end_says_so(tmp_path):
 
 
 def test_the_default_bench_leaves_the_1000_sample_sharding_study_to_full(tmp_path):
-    from mimic_redundancy.bench import parse_args, plan, settings, simulator_missing
+    from mimic_redundancy.tools.bench import parse_args, plan, settings, simulator_missing
 
     run = lambda *argv: settings(parse_args(list(argv)))
-    names = lambda *argv: [name for name, _ in plan(run(*argv), tmp_path)[0] if name != "rollout_throughput"]
+    names = lambda *argv: [name for name, _ in plan(run(*argv), tmp_path)[0]
+                           if name not in ("rollout_throughput", "libero_rollout_throughput", "libero_episode_cost")]
     sim = simulator_missing() is None  # the closed-loop rollout entry runs where the simulator imports
     assert ("rollout_throughput" in [name for name, _ in plan(run(), tmp_path)[0]]) == sim
     assert ("rollout_throughput" in plan(run(), tmp_path)[1]) == (not sim)

@@ -3,7 +3,6 @@ at every rule, through real Snakemake runs; replays, determinism across processe
 rollout loop, what reruns, and bad input. One small closed-loop run (`loop`) is shared by the module's tests."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -18,13 +17,14 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEMAKE, copy_run, copy_workflow, executed_rules, planned_rules, run_ok, snakemake, write_config
+from conftest import (REPO, SNAKEMAKE, copy_run, copy_workflow, executed_rules, merged, planned_rules, run_ok, snakemake,
+                      write_config)
 
 # our module first: it sets MUJOCO_GL=egl before mujoco is imported
 metaworld_env = pytest.importorskip("mimic_redundancy.sim.metaworld_env", exc_type=ModuleNotFoundError)
 
-from mimic_redundancy import config as cfg  # noqa: E402
-from mimic_redundancy.io import ROLLOUT_ARRAYS, load_npz  # noqa: E402
+from mimic_redundancy.core.io import ROLLOUT_ARRAYS, load_npz  # noqa: E402
+from mimic_redundancy.pipeline import config as cfg  # noqa: E402
 from mimic_redundancy.sim.metaworld_env import SimError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high")]
@@ -44,22 +44,6 @@ LOOP = {
 }
 TARGETS = ["results/trained/rollout.json", "results/trained/figures/rollout.png", "results/trained/rollout/videos.json"]
 RULES = ["K=1", "K=10", "stop@5 x_t", "stop@5 clean"]
-
-
-def merged(*configs: dict) -> dict:
-    """Snakemake's merge of --configfile files over config.yaml (nested keys are updated, not replaced)."""
-    out: dict = {}
-
-    def update(into, new):
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                update(into[key], value)
-            else:
-                into[key] = copy.deepcopy(value)
-
-    for c in configs:
-        update(out, c)
-    return out
 
 
 def loop_config(workdir, extra: dict | None = None) -> dict:
@@ -146,7 +130,7 @@ def test_the_same_seeds_give_the_same_rollout_in_another_process_and_unsharded(l
     assert again.returncode == 0, again.stderr[-3000:]
     assert executed_rules(again) == ["gather_rollout", "rollout", "rollout"]
     _same_rollout(load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS), before)
-    code = ("import sys; sys.path.insert(0, 'src'); from mimic_redundancy.sim import stages; "
+    code = ("import sys; sys.path.insert(0, 'src'); from mimic_redundancy.pipeline import sim_stages as stages; "
             "import json; s = json.load(open('settings.json')); "
             "stages.rollout(s, 'results/demos/dataset', 'results/trained/early_stop.json', sys.argv[1])")
     (workdir / "settings.json").write_text(json.dumps(cfg.rollout_settings(loop_config(workdir), "trained")))
@@ -177,8 +161,8 @@ def _descendants(pid: int) -> list[int]:
 def test_a_rollout_shard_that_is_not_its_own_is_not_gathered(loop, tmp_path):
     """Shard 1's rollout copied over shard 2's: the gather names the file and the command that rebuilds it, instead
     of gathering the same episodes twice."""
-    from mimic_redundancy.io import InputFileError
-    from mimic_redundancy.stages import gather
+    from mimic_redundancy.core.io import InputFileError
+    from mimic_redundancy.pipeline.stages import gather
 
     parts = [loop[0] / f"results/trained/shards/{s}/rollout.npz" for s in ["1-of-2", "2-of-2"]]
     gather("rollout", parts, tmp_path / "ok.npz")
@@ -286,27 +270,31 @@ def test_bad_rollout_settings_stop_the_dag_naming_the_key(loop, tmp_path):
 def test_a_policy_or_dataset_that_does_not_fit_the_simulator_is_refused(loop, tmp_path):
     import torch
 
-    from mimic_redundancy.model import DimensionError
-    from mimic_redundancy.readers import DataError
-    from mimic_redundancy.sim import stages
+    from mimic_redundancy.data.readers import DataError
+    from mimic_redundancy.model.model import DimensionError
+    from mimic_redundancy.pipeline import sim_stages as stages
 
     workdir = loop[0]
     settings = cfg.rollout_settings(loop_config(workdir), "trained")
     settings["model"]["checkpoint"] = str(workdir / "results/tiny-policy/train/checkpoint")
     wrong_state = {**settings, "inputs": {**settings["inputs"], "state_key": "observation.state"}}
-    with pytest.raises(DimensionError, match="39-dim state, but Meta-World's .* observation.state .* 9"):
-        stages._policy(wrong_state, torch.device("cpu"))
+    with pytest.raises(DimensionError, match="39-dim state, but metaworld's .* observation.state .* 9"):
+        stages._policy(wrong_state, torch.device("cpu"), metaworld_env)
     dataset = workdir / "results/demos/dataset"
-    with pytest.raises(DataError, match="at 80 fps, but the policy is fed 32x32 px .* at 10 fps"):
+    with pytest.raises(DataError, match="at 80 fps, but the closed loop steps at 10 fps"):
         stages.check_dataset(dataset, {**settings, "demos": {**settings["demos"], "fps": 10}})
-    with pytest.raises(DataError, match="32x32 px .* fed 64x64 px"):
-        stages.check_dataset(dataset, {**settings, "inputs": {**settings["inputs"], "height": 64, "width": 64}})
+    # a policy fed 64 px: the env renders at the dataset's 32 px, and the policy resizes as its training did
+    assert stages.check_dataset(dataset, {**settings, "inputs": {**settings["inputs"], "height": 64, "width": 64}}) \
+        == (32, 32)
+    with pytest.raises(DataError, match="no camera 'observation.images.topview'.*'sim.camera' is 'topview'"):
+        stages.check_dataset(dataset, {**settings, "demos": {**settings["demos"], "camera": "topview"},
+                                       "inputs": {**settings["inputs"], "camera": "auto"}})
     broken = tmp_path / "dataset"
     shutil.copytree(dataset, broken)
     (video,) = broken.glob("videos/*/*/*.mp4")
     video.unlink()
-    from mimic_redundancy.lerobot import read_lerobot
-    from mimic_redundancy.readers import episode_frames
+    from mimic_redundancy.data.lerobot import read_lerobot
+    from mimic_redundancy.data.readers import episode_frames
 
     with pytest.raises(DataError, match=f"{video.name}.*not found"):
         for episode in read_lerobot(broken, {"camera": "observation.images.corner", "state_key":

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SMALL, TINY_PRESET, snakemake, write_config
-from mimic_redundancy import config as cfg
+from mimic_redundancy.pipeline import config as cfg
 
 CASES = {
     "zero steps": ({"probe": {"steps": 0}},
@@ -314,7 +314,7 @@ def test_the_troubleshooting_guides_config_messages_are_the_real_ones(capsys):
 
 
 def test_the_troubleshooting_guides_damaged_file_message_is_the_real_one(tmp_path, monkeypatch):
-    from mimic_redundancy.io import InputFileError, load_probe
+    from mimic_redundancy.core.io import InputFileError, load_probe
 
     block = TROUBLESHOOTING.read_text().split("\n```\nInputFileError: ", 1)[1].split("\n```", 1)[0]
     documented = "InputFileError: " + " ".join(block.splitlines())

@@ -14,10 +14,11 @@ import torch
 
 from datasets import ACTION_DIM, JOINT_DIM, write_lerobot, write_video_dir
 from hub_server import HubServer
-from mimic_redundancy.lerobot import read_lerobot
-from mimic_redundancy.readers import DataError, data_dims, read_episodes, read_video_dir
-from mimic_redundancy.samples import real_samples
-from mimic_redundancy.model import DimensionError, resolve_dims
+from mimic_redundancy.data.lerobot import read_lerobot
+from mimic_redundancy.data.readers import DataError, data_dims, read_video_dir
+from mimic_redundancy.data.samples import real_samples
+from mimic_redundancy.data.sources import read_episodes
+from mimic_redundancy.model.model import DimensionError, resolve_dims
 
 REPO = "test-org/libero-tiny"
 INPUTS = {"source": "lerobot", "frames": 5, "height": 32, "width": 32, "frame_skip": 2, "episodes": "all",
@@ -28,9 +29,10 @@ DIMS = {"chunk_len": 32, "action_dim": ACTION_DIM, "joint_dim": JOINT_DIM}
 # and offline read of the dataset, and mimic-video's LiberoDataset on the same repo; saves both side by side.
 COMPARE = """
 import json, sys, numpy as np, torch
-from mimic_redundancy import hub, lerobot
-from mimic_redundancy.readers import read_episodes
-from mimic_redundancy.samples import real_samples
+from mimic_redundancy.core import hub
+from mimic_redundancy.data import lerobot
+from mimic_redundancy.data.samples import real_samples
+from mimic_redundancy.data.sources import read_episodes
 from mimic_video.libero import LiberoDataset
 inputs, dims, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 entries = lerobot.fetch(hub.required_repos({}, {"source": "lerobot", "lerobot": {"repo": sys.argv[4]}}), 10)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import SMALL, copy_run, executed_rules, planned_rules, write_config
-from mimic_redundancy.early_stop import early_stop_tables
-from mimic_redundancy.features import FeaturesError, load_features
-from mimic_redundancy.io import DEPTH_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
-from mimic_redundancy.metrics import read_csv, seed_spread
+from mimic_redundancy.analysis.early_stop import early_stop_tables
+from mimic_redundancy.analysis.metrics import read_csv, seed_spread
+from mimic_redundancy.core.io import DEPTH_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
+from mimic_redundancy.model.features import FeaturesError, load_features
 
 pytestmark = pytest.mark.slow  # reads the session's shared DAG run (conftest.small_run), reruns copies of it
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mimic_redundancy import early_stop as es
+from mimic_redundancy.analysis import early_stop as es
 
 # 4 samples (seeds 0..3), 4 steps, one action value each, so an MSE is a squared difference.
 # Clean predictions c_1..c_4 per sample; the final action is c_4. Relative changes (step 2, 3, 4):

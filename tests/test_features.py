@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimic_redundancy.samples import synthetic_samples
-from mimic_redundancy.features import FeaturesError, compute_features, library_video_defaults, load_features, save_features
-from mimic_redundancy.model import build_backbone, build_model, net_dims
-from mimic_redundancy.probe import video_hiddens
+from mimic_redundancy.data.samples import synthetic_samples
+from mimic_redundancy.model.features import (FeaturesError, compute_features, library_video_defaults, load_features,
+                                             save_features)
+from mimic_redundancy.model.model import build_backbone, build_model, net_dims
+from mimic_redundancy.model.sampling import video_hiddens
 
 from conftest import TINY as DEFAULT_TINY, TINY_INPUTS as INPUTS
 
@@ -90,7 +91,7 @@ def test_a_features_file_round_trips_and_is_refused_when_missing_damaged_or_fore
     path = tmp_path / "results/tiny/features/inference.safetensors"
     settings = {"backbone": {"kind": "tiny-random"}, "data": [1, 2]}
     save_features(path, rows, "inference", settings, {"dtypes_json": {"vae": "float32"}})
-    from mimic_redundancy.io import config_digest
+    from mimic_redundancy.core.io import config_digest
 
     digest = config_digest(settings)[1]
     again = load_features(path, digest, "inference")
@@ -115,8 +116,8 @@ def test_the_same_rows_give_the_same_bytes_whatever_their_wall_times(net, tmp_pa
     (safetensors' own writer orders the metadata at random)."""
     import json
 
-    from mimic_redundancy.io import config_digest
-    from mimic_redundancy.shards import tensor_checksums, timing_path
+    from mimic_redundancy.core.io import config_digest
+    from mimic_redundancy.core.shards import tensor_checksums, timing_path
 
     rows = compute_features(net.video_predict_wrapper, samples(net), "cpu")
     settings = {"backbone": {"kind": "tiny-random"}, "data": [1, 2]}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mimic_redundancy import compare, plots
+from mimic_redundancy.report import compare, plots
 
 pytestmark = pytest.mark.slow  # reads the session's shared DAG run
 

@@ -229,7 +229,7 @@ def test_cached_files_are_checked_against_the_hubs_sha256_of_lfs_files(tmp_path)
     """The loopback Hub lists no LFS files; the Hub gives an LFS file's sha256, which prefetch checks the same way."""
     import hashlib
 
-    from mimic_redundancy.hub import _mismatch
+    from mimic_redundancy.core.hub import _mismatch
 
     data = b"weights" * 1000
     (tmp_path / "model.safetensors").write_bytes(data)
@@ -255,8 +255,8 @@ def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workf
     tests/test_workflow.py::test_head_stages_never_build_the_backbone...)."""
     import numpy as np
 
-    from mimic_redundancy.io import load_probe
-    from mimic_redundancy.metrics import read_csv
+    from mimic_redundancy.analysis.metrics import read_csv
+    from mimic_redundancy.core.io import load_probe
 
     ok(run(workflow, hub.url, TRAINED_COSMOS, "results/cosmos/prefetch.json"))
     before = len(hub_requests(hub))

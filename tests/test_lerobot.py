@@ -19,8 +19,8 @@ from safetensors import safe_open
 from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
 from datasets import ACTION_DIM, JOINT_DIM, write_lerobot, write_lerobot_layout
 from hub_server import HubServer
-from mimic_redundancy.lerobot import read_layout, read_lerobot
-from mimic_redundancy.readers import DataError
+from mimic_redundancy.data.lerobot import read_layout, read_lerobot
+from mimic_redundancy.data.readers import DataError
 
 V16 = "test-org/libero-v16"
 INPUTS = {"source": "lerobot", "frames": 5, "height": 32, "width": 32, "frame_skip": 2, "episodes": "all",
@@ -71,9 +71,11 @@ FAILING = {  # case -> (repo, inputs keys, the message it must fail with)
 # (lerobot.fetch, what stages.prefetch calls), its offline read, and LiberoDataset on the v1.6 repo.
 FETCH_AND_READ = """
 import json, sys, time, numpy as np, torch
-from mimic_redundancy import hub, lerobot
-from mimic_redundancy.readers import DataError, read_episodes
-from mimic_redundancy.samples import real_samples
+from mimic_redundancy.core import hub
+from mimic_redundancy.data import lerobot
+from mimic_redundancy.data.readers import DataError
+from mimic_redundancy.data.samples import real_samples
+from mimic_redundancy.data.sources import read_episodes
 cases, base, dims, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 hub.go_online()
 arrays, results = {}, {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mimic_redundancy.metrics import convergence_step, part_rows, step_errors, summary_rows
+from mimic_redundancy.analysis.metrics import convergence_step, part_rows, step_errors, summary_rows
 
 # The seed session's table: MSE of intermediate actions vs the final action (one sample).
 SEED_STEPS = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
@@ -45,7 +45,7 @@ def test_metrics_rows_match_direct_computation():
 
 
 def test_t_quantiles():
-    from mimic_redundancy.stats import t975
+    from mimic_redundancy.core.stats import t975
 
     assert t975(1) == 12.706 and t975(7) == 2.365 and t975(30) == 2.042
     for df, table in [(40, 2.021), (60, 2.000), (120, 1.980)]:  # beyond the table: the expansion
@@ -53,7 +53,7 @@ def test_t_quantiles():
 
 
 def test_mean_ci_against_direct_arithmetic():
-    from mimic_redundancy.stats import mean_ci
+    from mimic_redundancy.core.stats import mean_ci
 
     values = np.array([1.0, 2.0, 4.0, 7.0])
     mean, low, high = mean_ci(values)
@@ -63,7 +63,7 @@ def test_mean_ci_against_direct_arithmetic():
 
 
 def test_seed_spread_pairs_same_prompt_different_seed():
-    from mimic_redundancy.metrics import seed_spread
+    from mimic_redundancy.analysis.metrics import seed_spread
 
     final = np.stack([np.full((2, 2), v) for v in [0.0, 10.0, 1.0, 30.0]])
     spread = seed_spread(final, np.array([0, 0, 1, 1]), np.array(["a", "b", "a", "b"]))
@@ -71,7 +71,7 @@ def test_seed_spread_pairs_same_prompt_different_seed():
 
 
 def test_part_convergence_finds_the_slow_dimension():
-    from mimic_redundancy.metrics import part_convergence
+    from mimic_redundancy.analysis.metrics import part_convergence
 
     steps = 4
     traj = np.zeros((steps + 1, 1, 2, 3), dtype=np.float32)
@@ -85,7 +85,7 @@ def test_part_convergence_finds_the_slow_dimension():
 
 
 def test_slurm_cancelled_state_is_normalised():
-    from mimic_redundancy.slurm_compat import normalise_state, patch_slurm_status_query
+    from mimic_redundancy.pipeline.slurm_compat import normalise_state, patch_slurm_status_query
 
     assert normalise_state("CANCELLED by 0") == "CANCELLED"
     assert [normalise_state(s) for s in ["COMPLETED", "RUNNING", "FAILED", "CANCELLED"]] == [
@@ -113,7 +113,7 @@ def test_step_and_part_errors_hold_one_step_at_a_time():
     [S, N, D] block, not a float64 copy of the whole trajectory (docs/sharding.md, 1,000 samples)."""
     import tracemalloc
 
-    from mimic_redundancy.metrics import part_errors, step_errors
+    from mimic_redundancy.analysis.metrics import part_errors, step_errors
 
     rng = np.random.default_rng(0)
     probe = {"trajectory": rng.standard_normal((51, 200, 32, 20), dtype=np.float32),

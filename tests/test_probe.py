@@ -5,11 +5,12 @@ import pytest
 import torch
 
 
-from mimic_redundancy.features import compute_features
-from mimic_redundancy.samples import synthetic_samples
-from mimic_redundancy.model import build_model, net_dims
-from mimic_redundancy.probe import library_sample, probe_trajectory, run_probe, synthetic_batch, video_hiddens
-from mimic_redundancy.tokenizer import builtin_tokenizer, tokenizer_problems
+from mimic_redundancy.analysis.probe import probe_trajectory, run_probe, synthetic_batch
+from mimic_redundancy.data.samples import synthetic_samples
+from mimic_redundancy.data.tokenizer import builtin_tokenizer, tokenizer_problems
+from mimic_redundancy.model.features import compute_features
+from mimic_redundancy.model.model import build_model, net_dims
+from mimic_redundancy.model.sampling import library_sample, video_hiddens
 
 from conftest import TINY, TINY_INPUTS as INPUTS
 PAIRS = [(0, "pick up the red block"), (1, "open the top drawer"), (2, "pick up the red block")]
@@ -101,7 +102,7 @@ def test_validation_refuses_transformers_silent_offline_tokenizer(tmp_path):
     import sys
 
     code = ("from transformers import T5TokenizerFast\n"
-            "from mimic_redundancy.tokenizer import tokenizer_problems\n"
+            "from mimic_redundancy.data.tokenizer import tokenizer_problems\n"
             "t = T5TokenizerFast.from_pretrained('google-t5/t5-small')\n"
             "print(len(t)); print('\\n'.join(tokenizer_problems(t, ['peel the orange', 'pick the apple'])))\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}
@@ -115,7 +116,7 @@ def test_validation_refuses_transformers_silent_offline_tokenizer(tmp_path):
 
 def test_video_modes_agree_when_the_video_noise_is_fixed(net):
     """Library-faithful per-step recompute with the same video noise each step == hiddens cached once."""
-    from mimic_redundancy.backbone import run_backbone
+    from mimic_redundancy.analysis.backbone import run_backbone
 
     fixed = run_backbone(net, inputs(net, PAIRS[:2]), steps=6, fixed_video_noise=True, device=torch.device("cpu"))
     assert (fixed["final_recompute"] == fixed["final_cached"]).all()
@@ -126,7 +127,7 @@ def test_video_modes_agree_when_the_video_noise_is_fixed(net):
 
 
 def test_sweep_entry_with_the_main_steps_equals_the_probe(net):
-    from mimic_redundancy.sweep import run_sweep
+    from mimic_redundancy.analysis.sweep import run_sweep
 
     probe = run_probe(net, samples(net), steps=7, batch_size=3, device="cpu")
     sweep = run_sweep(net, samples(net), [1, 7], reference_steps=14, batch_size=3, repeats=1,

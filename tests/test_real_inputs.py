@@ -13,8 +13,8 @@ import pytest
 from conftest import SMALL, TINY_PRESET, copy_workflow, executed_rules, snakemake, write_config
 from datasets import ACTION_DIM, JOINT_DIM, write_lerobot, write_video_dir
 from hub_server import HubServer
-from mimic_redundancy.io import load_probe
-from mimic_redundancy.metrics import read_csv
+from mimic_redundancy.analysis.metrics import read_csv
+from mimic_redundancy.core.io import load_probe
 
 pytestmark = pytest.mark.slow  # real Snakemake runs on real inputs
 REPO = "test-org/libero-tiny"

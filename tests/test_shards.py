@@ -16,10 +16,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import SHARDS, copy_run, copy_workflow, executed_rules, run_ok, snakemake, write_config
-from mimic_redundancy import config as cfg
-from mimic_redundancy import io
-from mimic_redundancy.io import InputFileError
-from mimic_redundancy.shards import gather_features, gather_npz, tensor_checksums
+from mimic_redundancy.core import io
+from mimic_redundancy.core.io import InputFileError
+from mimic_redundancy.core.shards import gather_features, gather_npz, tensor_checksums
+from mimic_redundancy.pipeline import config as cfg
 
 TIMINGS = {"wall_seconds", "seconds_cached", "seconds_recompute", "backbone_seconds"}  # differ from run to run
 SHARDED = [f"{stage}.npz" for stage in ("probe", "sweep", "backbone")]
@@ -249,7 +249,7 @@ def test_a_shard_file_that_is_not_its_own_is_named_and_the_fix_gathers_the_right
 
 
 def test_a_shards_samples_are_those_rows_of_the_whole_run():
-    from mimic_redundancy.samples import load_samples
+    from mimic_redundancy.data.samples import load_samples
 
     config = cfg.validate_config({**cfg.default_config(), "seeds": [0, 1, 2]})
     data, dims = cfg.data_settings(config), {"chunk_len": 4, "action_dim": 3, "joint_dim": 2}

@@ -15,8 +15,8 @@ import pytest
 # our module first: it sets MUJOCO_GL=egl before mujoco is imported (metaworld imports it; it picks its GL then)
 metaworld_env = pytest.importorskip("mimic_redundancy.sim.metaworld_env", exc_type=ModuleNotFoundError)
 
-from mimic_redundancy.lerobot import read_lerobot  # noqa: E402
-from mimic_redundancy.readers import episode_frames  # noqa: E402
+from mimic_redundancy.data.lerobot import read_lerobot  # noqa: E402
+from mimic_redundancy.data.readers import episode_frames  # noqa: E402
 from mimic_redundancy.sim import demos  # noqa: E402
 from mimic_redundancy.sim.metaworld_env import SimError, run_expert  # noqa: E402
 
@@ -35,18 +35,18 @@ def written(tmp_path_factory):
         metaworld_env.check_rendering()
     except SimError as error:
         pytest.skip(str(error))
-    records, original = [], demos.run_expert
+    records, original = [], metaworld_env.run_expert
 
     def recording(*args, **kwargs):
         records.append(original(*args, **kwargs))
         return records[-1]
 
-    demos.run_expert = recording
+    metaworld_env.run_expert = recording  # what write_demos calls, through sim.backends.simulator('metaworld')
     try:
         root = tmp_path_factory.mktemp("sim") / "demos"
         summary = demos.write_demos(root, {TASK: PROMPT}, 2, **SETTINGS)
     finally:
-        demos.run_expert = original
+        metaworld_env.run_expert = original
     return root, summary, records
 
 
@@ -151,7 +151,7 @@ def test_bad_settings_name_the_key():
 def test_failed_episodes_dropped_and_failed_writes_leave_nothing(written, tmp_path, monkeypatch):
     _, _, records = written
     # layout 1 "fails": dropped and counted; the dataset keeps layout 0 only
-    monkeypatch.setattr(demos, "run_expert", lambda task, seed, layout, *args: records[0] if layout == 0 else
+    monkeypatch.setattr(metaworld_env, "run_expert", lambda task, seed, layout, *args: records[0] if layout == 0 else
                         dataclasses.replace(records[1], success=False, steps_to_success=-1))
     summary = demos.write_demos(tmp_path / "one", {TASK: PROMPT}, 2, **SETTINGS)
     assert summary["tasks"][TASK]["kept"] == 1 and summary["tasks"][TASK]["dropped"] == 1

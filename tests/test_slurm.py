@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, SHARDS, SMALL, SNAKEMAKE, copy_workflow, executed_rules, planned_jobs, write_config
-from mimic_redundancy.io import load_probe
+from mimic_redundancy.core.io import load_probe
 
 pytestmark = pytest.mark.slow  # real Slurm jobs
 MODEL_JOBS = ["backbone", "depth", "depth_features", "features", "probe", "sweep", "validate"]

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from mimic_redundancy.checkpoints import FORMAT_V1, FORMAT_V2
-from mimic_redundancy.features import compute_features
-from mimic_redundancy.samples import synthetic_samples
-from mimic_redundancy.model import (CheckpointError, DimensionError, build_backbone, build_head, build_model,
-                                    head_parameters, load_head, net_dims, resolve_dims, save_checkpoint)
-from mimic_redundancy.probe import library_sample, video_hiddens
-from mimic_redundancy.train import train_model
+from mimic_redundancy.data.samples import synthetic_samples
+from mimic_redundancy.model.checkpoints import FORMAT_V1, FORMAT_V2
+from mimic_redundancy.model.features import compute_features
+from mimic_redundancy.model.model import (CheckpointError, DimensionError, build_backbone, build_head, build_model,
+                                          head_parameters, load_head, net_dims, resolve_dims, save_checkpoint)
+from mimic_redundancy.model.sampling import library_sample, video_hiddens
+from mimic_redundancy.model.train import train_model
 
 # a narrow model keeps these tests fast; the dims are not mimic-video's defaults on purpose
 SMALL_MODEL = {"preset": "small", "dim": 64, "depth": 1, "extract_layer": 1, "backbone": "tiny-random",
@@ -132,7 +132,7 @@ def save_v1(net, folder):
 
 
 def test_format_v1_checkpoints_still_load(tmp_path):
-    from mimic_redundancy.checkpoints import checkpoint_backbone
+    from mimic_redundancy.model.checkpoints import checkpoint_backbone
 
     whole = build_model({**SMALL_MODEL, "model_seed": 5}, torch.device("cpu"), dims=DIMS)
     save_v1(whole, tmp_path / "v1")
@@ -233,7 +233,7 @@ def test_a_v1_checkpoints_broken_tokenizer_names_the_file(tmp_path):
     whole = build_model(SMALL_MODEL, torch.device("cpu"), dims=DIMS)
     save_v1(whole, tmp_path / "v1")
     (tmp_path / "v1" / "tokenizer.json").write_text("{}")
-    from mimic_redundancy.checkpoints import checkpoint_backbone
+    from mimic_redundancy.model.checkpoints import checkpoint_backbone
 
     with pytest.raises(CheckpointError, match=r"v1/tokenizer\.json: not a tokenizers JSON file"):
         build_backbone(checkpoint_backbone(tmp_path / "v1"), torch.device("cpu"))
@@ -248,7 +248,7 @@ def test_a_checkpoints_dimensions_are_checked_against_the_data(trained):
 
 
 def test_train_refuses_windows_without_ground_truth(trained, backbone):
-    from mimic_redundancy.readers import DataError
+    from mimic_redundancy.data.readers import DataError
 
     rows = compute_features(backbone, pool(2), "cpu", draws=1)
     rows.gt_actions[1] = float("nan")
@@ -260,7 +260,7 @@ def test_train_refuses_windows_without_ground_truth(trained, backbone):
 def test_a_checkpoint_trained_elsewhere_runs_the_dag_with_its_own_dimensions(trained, backbone, tmp_path):
     """The preset `checkpoint` reads checkpoints/my-model: here the fixture's checkpoint, as a user would copy it."""
     from conftest import SMALL, copy_workflow, executed_rules, snakemake, write_config
-    from mimic_redundancy.io import load_probe
+    from mimic_redundancy.core.io import load_probe
 
     workdir = copy_workflow(tmp_path / "wf")
     config = write_config(workdir, {**SMALL, "preset": "checkpoint"})
@@ -296,7 +296,7 @@ def test_a_checkpoint_trained_elsewhere_runs_the_dag_with_its_own_dimensions(tra
 def test_noisy_flow_times_and_the_cosine_schedule_change_training_only(backbone):
     """train.flow_times noisy draws the loss's flow times mostly near the noise (mean s/3 against the library's
     2s/3), only while training; train.lr_schedule cosine ends at lr 0. Both change the trained weights."""
-    from mimic_redundancy.train import noisy_flow_times
+    from mimic_redundancy.model.train import noisy_flow_times
 
     rows = compute_features(backbone, pool(8), "cpu", draws=1, draw_seed=0)
     net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import SMALL, TINY_PRESET, copy_run, executed_rules, planned_rules, run_ok, snakemake, write_config
-from mimic_redundancy.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
+from mimic_redundancy.core.io import BACKBONE_ARRAYS, SWEEP_ARRAYS, load_npz, load_probe
 
 pytestmark = pytest.mark.slow  # the session's shared DAG run and real reruns
 
@@ -253,7 +253,7 @@ def test_a_job_that_fails_leaves_no_output_that_looks_complete(workflow):
 
 def test_editing_plot_code_reruns_only_figures(plan):
     workdir, planned = plan
-    plots = workdir / "src/mimic_redundancy/plots.py"
+    plots = workdir / "src/mimic_redundancy/report/plots.py"
     plots.write_text(plots.read_text() + "\n# edited\n")
     assert planned({}) == FIGURES
 
@@ -279,11 +279,12 @@ def test_head_stages_never_build_the_backbone_and_match_hiddens_computed_directl
     same stages run from hiddens that the whole model computes directly from the video."""
     import os
 
-    from mimic_redundancy import config as cfg
-    from mimic_redundancy import numerics
-    from mimic_redundancy.samples import synthetic_samples
-    from mimic_redundancy.model import build_model
-    from mimic_redundancy.probe import probe_trajectory, video_hiddens
+    from mimic_redundancy.analysis.probe import probe_trajectory
+    from mimic_redundancy.core import numerics
+    from mimic_redundancy.data.samples import synthetic_samples
+    from mimic_redundancy.model.model import build_model
+    from mimic_redundancy.model.sampling import video_hiddens
+    from mimic_redundancy.pipeline import config as cfg
 
     workdir, _ = rerun
     before = {"probe": load_probe(workdir / "results/tiny/probe.npz"),
@@ -337,8 +338,8 @@ def test_backbone_samples_limits_the_recompute_and_says_so(rerun):
 def test_files_made_under_other_numerics_are_stale_and_refused(plan):
     """numerics.threads joins every model stage's settings: a change reruns every model stage and what follows (the
     job's CPUs do not), and a head stage refuses features computed under other numerics, naming the fix."""
-    from mimic_redundancy import config as cfg
-    from mimic_redundancy.features import FeaturesError, load_features
+    from mimic_redundancy.model.features import FeaturesError, load_features
+    from mimic_redundancy.pipeline import config as cfg
 
     workdir, planned = plan
     assert planned({"numerics": {"threads": 2}}) == ALL_BUT_PREFETCH

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..io import ROLLOUT_ARRAYS, load_npz, write_json
+from mimic_redundancy.core.io import ROLLOUT_ARRAYS, load_npz, write_json
 
 Z_95_ONE_SIDED, Z_80 = 1.6448536269514722, 0.8416212335729143
 
@@ -176,7 +176,7 @@ def _decide(rows: list[dict], ref_name: str, margin: float, n: int) -> dict:
 
 
 def write_answers(npz_path, early_stop_csv, settings: dict, table_path, summary_path) -> None:
-    from ..metrics import write_csv
+    from mimic_redundancy.analysis.metrics import write_csv
 
     run = load_npz(npz_path, ROLLOUT_ARRAYS)
     rows, summary = rollout_tables(run, _open_loop(early_stop_csv), settings)
@@ -192,7 +192,7 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
 
     import matplotlib.pyplot as plt
 
-    from .. import plots
+    from mimic_redundancy.report import plots
 
     with open(table_path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -1,15 +1,17 @@
-"""Expert demonstrations as a LeRobot v3.0 dataset, readable by `mimic_redundancy.lerobot.read_lerobot`.
+"""Expert demonstrations as a LeRobot v3.0 dataset, readable by `mimic_redundancy.data.lerobot.read_lerobot`, in the
+conventions of the simulator's datasets (sim/backends.py: Meta-World's own; LIBERO's as the Hub's LIBERO datasets).
 
 Layout written (one data file and one video file: demos at these sizes are a few MB; LeRobot itself splits files
 at ~100 MB of data and ~500 MB of video):
   meta/info.json                                   codebase_version v3.0, fps, features
   meta/tasks.parquet                               task_index + the prompt (the pandas index, as LeRobot writes it)
   meta/episodes/chunk-000/file-000.parquet         per episode: length, files, [from, to) seconds, layout_seed,
-                                                   layout_index, metaworld_task, steps_to_success
+                                                   layout_index, <backend>_task, steps_to_success
   meta/mimic_redundancy.json                       provenance: package versions, seeds, layouts, dropped episodes
-  data/chunk-000/file-000.parquet                  per frame: observation.state (9), observation.environment_state
-                                                   (39), action (4), timestamp, frame_index, episode_index, index,
-                                                   task_index
+  data/chunk-000/file-000.parquet                  per frame: observation.state (Meta-World 9, LIBERO 8),
+                                                   observation.environment_state (Meta-World's 39), action
+                                                   (Meta-World 4, LIBERO 7), timestamp, frame_index,
+                                                   episode_index, index, task_index
   videos/observation.images.<camera>/chunk-000/file-000.mp4   all episodes back to back, frame i at i / fps s
 The video is H.264 lossless RGB (libx264rgb, qp 0), so decoded frames equal the rendered ones bit for bit (LeRobot
 encodes lossy AV1 yuv420p; the lossy round trip would blur the question of what the model sees).
@@ -27,29 +29,30 @@ from pathlib import Path
 
 import numpy as np
 
-from .metaworld_env import (ACTION_DIM, ENV_STATE_DIM, LAYOUTS, RENDERING, STATE_DIM, STEPS_AFTER_SUCCESS,
-                            EpisodeRecord, SimError, check_camera, check_task, run_expert)
+from mimic_redundancy.sim.backends import CONVENTIONS, Conventions, simulator
+from mimic_redundancy.sim.common import STEPS_AFTER_SUCCESS, EpisodeRecord, SimError
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 CODEC = {"name": "libx264rgb", "pix_fmt": "rgb24", "options": {"qp": "0", "preset": "veryfast", "bf": "0"}}
-JOINTS = [f"joint_{i}" for i in range(7)] + ["finger_right", "finger_left"]  # qpos[:9] of the Sawyer
-PACKAGES = ("metaworld", "mujoco", "gymnasium", "numpy", "av")
+PACKAGES = ("numpy", "av")  # besides the simulator's own (its versions())
 
 
-def camera_key(camera: str) -> str:
-    return f"observation.images.{camera}"
+def camera_key(camera: str, backend: str = "metaworld") -> str:
+    return CONVENTIONS[backend].camera_key(camera)
 
 
-def features(camera: str, height: int, width: int, fps: int) -> dict:
+def features(conventions: Conventions, camera: str, height: int, width: int, fps: int, environment_dim: int) -> dict:
     """info.json's features: what each column (and the video) holds."""
     video_info = {"video.height": height, "video.width": width, "video.codec": "h264", "video.pix_fmt": "gbrp",
                   "video.is_depth_map": False, "video.fps": fps, "video.channels": 3, "has_audio": False}
-    out = {camera_key(camera): {"dtype": "video", "shape": [height, width, 3],
-                                "names": ["height", "width", "channels"], "info": video_info},
-           "observation.state": {"dtype": "float32", "shape": [STATE_DIM], "names": JOINTS},
-           "observation.environment_state": {"dtype": "float32", "shape": [ENV_STATE_DIM], "names": None},
-           "action": {"dtype": "float32", "shape": [ACTION_DIM], "names": ["dx", "dy", "dz", "gripper"]}}
+    out = {conventions.camera_key(camera): {"dtype": "video", "shape": [height, width, 3],
+                                            "names": ["height", "width", "channels"], "info": video_info},
+           "observation.state": {"dtype": "float32", "shape": [len(conventions.state_names)],
+                                 "names": conventions.state_names}}
+    if conventions.environment_state:
+        out["observation.environment_state"] = {"dtype": "float32", "shape": [environment_dim], "names": None}
+    out["action"] = {"dtype": "float32", "shape": [len(conventions.action_names)], "names": conventions.action_names}
     for key, dtype in [("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
                        ("index", "int64"), ("task_index", "int64")]:
         out[key] = {"dtype": dtype, "shape": [1], "names": None}
@@ -86,29 +89,32 @@ def _vectors(rows: np.ndarray):
 
 
 def write_dataset(root: Path, episodes: list[tuple[int, EpisodeRecord]], prompts: list[str], camera: str,
-                  fps: int, provenance: dict) -> None:
+                  fps: int, provenance: dict, conventions: Conventions = CONVENTIONS["metaworld"]) -> None:
     """The LeRobot v3.0 files of `episodes` ((task_index, record) pairs, in episode order) into `root`."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    key = camera_key(camera)
+    key = conventions.camera_key(camera)
     lengths = [len(r.actions) for _, r in episodes]
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
     height, width = episodes[0][1].frames.shape[1:3]
-    info = {"codebase_version": "v3.0", "robot_type": "sawyer", "total_episodes": len(episodes),
+    environment_dim = episodes[0][1].environment_states.shape[1]
+    info = {"codebase_version": "v3.0", "robot_type": conventions.robot_type, "total_episodes": len(episodes),
             "total_frames": int(starts[-1]), "total_tasks": len(prompts), "chunks_size": 1000,
             "data_files_size_in_mb": 100, "video_files_size_in_mb": 500, "fps": fps,
             "splits": {"train": f"0:{len(episodes)}"}, "data_path": DATA_PATH, "video_path": VIDEO_PATH,
-            "features": features(camera, height, width, fps)}
+            "features": features(conventions, camera, height, width, fps, environment_dim)}
     (root / "meta").mkdir(parents=True)
     (root / "meta/info.json").write_text(json.dumps(info, indent=4))
     (root / "meta/mimic_redundancy.json").write_text(json.dumps(provenance, indent=4))
 
     frame_index = np.concatenate([np.arange(n) for n in lengths])
+    columns = {"observation.state": _vectors(np.concatenate([r.states for _, r in episodes]))}
+    if conventions.environment_state:
+        columns["observation.environment_state"] = _vectors(np.concatenate([r.environment_states for _, r in episodes]))
     data = pa.table({
-        "observation.state": _vectors(np.concatenate([r.states for _, r in episodes])),
-        "observation.environment_state": _vectors(np.concatenate([r.environment_states for _, r in episodes])),
+        **columns,
         "action": _vectors(np.concatenate([r.actions for _, r in episodes])),
         "timestamp": pa.array((frame_index / fps).astype(np.float32)),
         "frame_index": pa.array(frame_index.astype(np.int64)),
@@ -131,7 +137,7 @@ def write_dataset(root: Path, episodes: list[tuple[int, EpisodeRecord]], prompts
                      # frame i of the shared video sits at i / fps s: [from, to) covers exactly this episode
                      f"videos/{key}/from_timestamp": starts[e] / fps,
                      f"videos/{key}/to_timestamp": starts[e + 1] / fps,
-                     "metaworld_task": r.task, "layout_seed": r.layout_seed, "layout_index": r.layout_index,
+                     f"{conventions.backend}_task": r.task, "layout_seed": r.layout_seed, "layout_index": r.layout_index,
                      "steps_to_success": r.steps_to_success})
     path = root / "meta/episodes/chunk-000/file-000.parquet"
     path.parent.mkdir(parents=True)
@@ -142,19 +148,19 @@ def write_dataset(root: Path, episodes: list[tuple[int, EpisodeRecord]], prompts
 
 
 def write_demos(out_root: Path, tasks: dict[str, str], episodes_per_task: int, layout_seed: int, camera: str,
-                height: int, width: int, fps: int, max_steps: int) -> dict:
-    """Run the expert on layouts 0..episodes_per_task-1 of MT1(task, seed=layout_seed) for each task (-> prompt),
-    keep the successful episodes and write them as a LeRobot v3.0 dataset at `out_root`, atomically (built in a
+                height: int, width: int, fps: int, max_steps: int, backend: str = "metaworld") -> dict:
+    """Run the backend's expert on its demonstration layouts (sim.demo_layouts: Meta-World's layouts 0 ..
+    episodes_per_task-1 of MT1(task, seed=layout_seed); LIBERO's last init states) for each task (-> prompt), keep
+    the successful episodes and write them as a LeRobot v3.0 dataset at `out_root`, atomically (built in a
     temporary folder beside it, renamed at the end). Returns a summary: episodes kept/dropped per task, frames,
     seconds in physics, rendering and writing."""
+    sim, conventions = simulator(backend), CONVENTIONS[backend]
     if not tasks:
-        raise SimError("config key 'sim.tasks': no tasks given; name at least one Meta-World task (-> its prompt)")
+        raise SimError(f"config key 'sim.tasks': no tasks given; name at least one {backend} task (-> its prompt)")
     for task in tasks:
-        check_task(task)
-    check_camera(camera)
-    if not 1 <= episodes_per_task <= LAYOUTS:
-        raise SimError(f"config key 'sim.demos': {episodes_per_task} episodes per task asked; MT1 has {LAYOUTS} "
-                       f"layouts per task and seed, so 1-{LAYOUTS} are possible")
+        sim.check_task(task)
+    sim.check_camera(camera)
+    layouts = sim.demo_layouts(episodes_per_task)
     start = time.perf_counter()
     out_root = Path(out_root)
     prompts = list(tasks.values())
@@ -162,8 +168,8 @@ def write_demos(out_root: Path, tasks: dict[str, str], episodes_per_task: int, l
     for task_index, task in enumerate(tasks):
         stats = per_task[task] = {"prompt": tasks[task], "kept": 0, "dropped": 0, "layouts_kept": [],
                                   "layouts_dropped": [], "steps_to_success": []}
-        for layout_index in range(episodes_per_task):
-            record = run_expert(task, layout_seed, layout_index, camera, height, width, max_steps)
+        for layout_index in layouts:
+            record = sim.run_expert(task, layout_seed, layout_index, camera, height, width, max_steps)
             sim_s, render_s = sim_s + record.sim_seconds, render_s + record.render_seconds
             if record.success:
                 kept.append((task_index, record))
@@ -176,8 +182,8 @@ def write_demos(out_root: Path, tasks: dict[str, str], episodes_per_task: int, l
     if not kept:
         raise SimError(f"no expert episode succeeded within {max_steps} steps ({', '.join(tasks)}): nothing to "
                        "write; allow more steps or pick other tasks (sim.tasks)")
-    provenance = {"packages": {name: version(name) for name in PACKAGES},
-                  "mujoco_gl": os.environ.get("MUJOCO_GL"), "rendering": RENDERING,
+    provenance = {"backend": backend, "packages": {**sim.versions(), **{name: version(name) for name in PACKAGES}},
+                  "mujoco_gl": os.environ.get("MUJOCO_GL"), "rendering": getattr(sim, "RENDERING", None),
                   "layout_seed": layout_seed, "camera": camera,
                   "height": height, "width": width, "fps": fps, "max_steps": max_steps,
                   "steps_after_success": STEPS_AFTER_SUCCESS, "codec": CODEC, "tasks": per_task,
@@ -189,7 +195,7 @@ def write_demos(out_root: Path, tasks: dict[str, str], episodes_per_task: int, l
     temporary = out_root.with_name(f".{out_root.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        write_dataset(temporary, kept, prompts, camera, fps, provenance)
+        write_dataset(temporary, kept, prompts, camera, fps, provenance, conventions)
         if out_root.exists():  # an older dataset: moved aside first, so the rename below cannot fail on it
             old = out_root.with_name(f".{out_root.name}.old-{os.getpid()}")
             out_root.rename(old)

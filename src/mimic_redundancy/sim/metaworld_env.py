@@ -15,22 +15,17 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco impor
 
 import time  # noqa: E402
 import warnings  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 
-class SimError(ValueError):
-    """A simulator setting the pipeline cannot use; the message names the config key and what is allowed."""
-
-
-RENDERING_FIX = ("install Mesa's EGL (apt-get install -y libegl1) and set MUJOCO_GL=egl, or OSMesa (apt-get install "
-                 "-y libosmesa6) and set MUJOCO_GL=osmesa")
+from mimic_redundancy.sim.common import (RENDERING_FIX, STEPS_AFTER_SUCCESS, EpisodeRecord,  # noqa: E402, F401
+                                         Observation, SimError, check_rendering)
 try:  # metaworld imports mujoco, which loads the GL backend MUJOCO_GL names, right now
     import metaworld  # noqa: E402
 except ModuleNotFoundError as error:
     raise ModuleNotFoundError(f"{error}: the closed loop needs the simulator; install it with "
-                              "pip install -e '.[sim]' (make sim does)") from None
+                              "pip install -e '.[metaworld]' (make sim installs both simulators)") from None
 except (ImportError, RuntimeError, AttributeError) as error:
     raise SimError(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: cannot render headless ({type(error).__name__}: "
                    f"{error}); {RENDERING_FIX}") from None
@@ -41,7 +36,6 @@ LAYOUTS = 50             # train_tasks per MT1 benchmark (metaworld's _N_GOALS)
 STATE_DIM = 9            # qpos[:9]: 7 arm joints + 2 finger joints, radians / metres
 ENV_STATE_DIM = 39       # Meta-World's observation: hand, gripper, object poses (x2: now and previous), goal
 ACTION_DIM = 4           # xyz end-effector delta (x 1/100 m) + gripper effort, each in [-1, 1]
-STEPS_AFTER_SUCCESS = 10  # a demonstration goes on this many steps after the first success, then stops
 MAX_PATH_LENGTH = 1_000_000  # Meta-World raises after 500 steps; callers bound their episodes themselves
 
 # the renderer's settings, applied to every env (demos and rollouts alike) and recorded in every dataset:
@@ -69,30 +63,6 @@ def check_layout(layout_index: int) -> None:
     if not 0 <= layout_index < LAYOUTS:
         raise SimError(f"config key 'sim.demos': layout {layout_index} does not exist; MT1 has {LAYOUTS} layouts "
                        f"per task and seed (0-{LAYOUTS - 1}): ask for at most {LAYOUTS} episodes per task")
-
-
-def check_rendering() -> None:
-    """Render one tiny frame with the MUJOCO_GL backend; raise SimError with the fix when it cannot."""
-    import mujoco
-
-    backend = os.environ.get("MUJOCO_GL", "egl")
-    # mujoco picks its GL backend once, at its first import: set MUJOCO_GL before anything imports it
-    chosen = getattr(mujoco, "GLContext", None)
-    chosen = chosen.__module__.rsplit(".", 1)[-1] if chosen is not None else "none"
-    if chosen != backend:
-        raise SimError(f"MUJOCO_GL={backend}, but mujoco was imported earlier with the {chosen!r} backend (MUJOCO_GL "
-                       "unset or different then, e.g. by `import metaworld` before this module): import "
-                       "mimic_redundancy.sim.metaworld_env first, or export MUJOCO_GL=egl before Python starts")
-    try:
-        model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='0.1'/></worldbody></mujoco>")
-        data = mujoco.MjData(model)
-        mujoco.mj_forward(model, data)
-        with mujoco.Renderer(model, 8, 8) as renderer:
-            renderer.update_scene(data)
-            renderer.render()
-    except Exception as error:
-        raise SimError(f"MUJOCO_GL={backend}: cannot render headless ({type(error).__name__}: {error}); "
-                       f"{RENDERING_FIX}") from None
 
 
 def versions() -> dict[str, str]:
@@ -161,13 +131,6 @@ def _set(model, path: str, value) -> None:
         setattr(model, name, value)
 
 
-@dataclass
-class Observation:
-    image: np.ndarray | None       # (H, W, 3) uint8, right side up (None: not rendered)
-    state: np.ndarray              # (9,) float32: qpos[:9]
-    environment_state: np.ndarray  # (39,) float32: Meta-World's observation vector
-
-
 class MetaWorldEnv:
     """One layout of one task, rendering `camera` at height x width. Counts seconds spent in physics
     (`sim_seconds`) and in rendering (`render_seconds`) since construction."""
@@ -228,22 +191,6 @@ def expert(task: str):
     return lambda obs: np.asarray(policy.get_action(obs), dtype=np.float32)
 
 
-@dataclass
-class EpisodeRecord:
-    """One expert episode: row t is observation t and the action taken from it (T rows)."""
-    task: str
-    layout_seed: int
-    layout_index: int
-    frames: np.ndarray              # (T, H, W, 3) uint8
-    states: np.ndarray              # (T, 9) float32
-    environment_states: np.ndarray  # (T, 39) float32
-    actions: np.ndarray             # (T, 4) float32, as executed (clipped to [-1, 1])
-    success: bool
-    steps_to_success: int           # actions taken until the first success, or -1
-    sim_seconds: float
-    render_seconds: float
-
-
 def run_expert(task: str, layout_seed: int, layout_index: int, camera: str = "corner", height: int = 32,
                width: int = 32, max_steps: int = 200, noise: float | None = None) -> EpisodeRecord:
     """The expert on one layout: records observation t, then acts; stops STEPS_AFTER_SUCCESS steps after the first
@@ -273,3 +220,33 @@ def run_expert(task: str, layout_seed: int, layout_index: int, camera: str = "co
         env.close()
     return EpisodeRecord(task, layout_seed, layout_index, np.stack(frames), np.stack(states), np.stack(env_states),
                          np.stack(actions), first >= 0, first, env.sim_seconds, env.render_seconds)
+
+
+# the backend interface (sim/backends.py) besides check_*, versions and run_expert
+Env = MetaWorldEnv
+
+
+def prompt_of(task: str, given: str) -> str:
+    """The prompt of a task: Meta-World has none, so the config's (sim.tasks: task -> prompt)."""
+    check_task(task)
+    return given
+
+
+def demo_layouts(count: int) -> list[int]:
+    """The layouts the expert demonstrates: 0 .. count-1 of MT1(task, seed=sim.layout_seed); the rollouts use another
+    seed (rollout.layout_seed), so the policy is evaluated on layouts it was not trained on."""
+    if not 1 <= count <= LAYOUTS:
+        raise SimError(f"config key 'sim.demos': {count} episodes per task asked; MT1 has {LAYOUTS} layouts per task "
+                       f"and seed, so 1-{LAYOUTS} are possible")
+    return list(range(count))
+
+
+def eval_layouts(count: int) -> list[int]:
+    """The layouts rolled out: 0 .. count-1 of MT1(task, seed=rollout.layout_seed)."""
+    check_layout(count - 1)
+    return list(range(count))
+
+
+def step_limit(task: str) -> int | None:
+    """The benchmark's episode step limit (None: Meta-World sets none here; rollout.max_steps decides)."""
+    return None

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..probe import euler_steps
-from ..samples import Batch, history_index
+from mimic_redundancy.data.samples import Batch, history_index, window_frames
+from mimic_redundancy.model.sampling import euler_steps
 
 RULE_KINDS = ("fixed_k", "fixed_step_xt", "fixed_step_clean", "clean_change")
 STATE_KEYS = {"observation.environment_state": "environment_state", "observation.state": "state"}
@@ -97,7 +97,7 @@ class ExpertPolicy:
     vector): run through the rollout loop with execute_steps 1, it must reach the success it reaches alone."""
 
     def __init__(self, task: str):
-        from .metaworld_env import expert
+        from mimic_redundancy.sim.metaworld_env import expert
 
         self.expert, self.dims = expert(task), {"chunk_len": 1, "action_dim": 4}
 
@@ -115,7 +115,7 @@ class Policy:
     inputs.state_key, and the task's prompt."""
 
     def __init__(self, net, wrapper, device, inputs: dict):
-        from ..model import net_dims
+        from mimic_redundancy.model.model import net_dims
 
         if inputs["state_key"] not in STATE_KEYS:
             raise ValueError(f"config key 'inputs.state_key': {inputs['state_key']!r} is no state the simulator "
@@ -128,11 +128,16 @@ class Policy:
         return any((t + i * self.inputs["frame_skip"]) % execute_steps == 0 for i in range(self.inputs["frames"]))
 
     def video(self, histories: list[dict[int, np.ndarray]], t: int) -> torch.Tensor:
-        """(b, frames, 3, H, W) in [0, 1]: each episode's frames up to step t, as samples.window_frames(history)."""
+        """(b, frames, 3, H, W) in [0, 1]: each episode's frames up to step t, as samples.window_frames(history),
+        resized to inputs.height x inputs.width as training resized the dataset's frames (the env renders at the
+        dataset's size, e.g. LIBERO's 256 x 256)."""
         index = history_index(t, self.inputs["frames"], self.inputs["frame_skip"])
         clips = [np.stack([h[i] for i in index]) for h in histories]  # (frames, H, W, 3) uint8
-        video = torch.from_numpy(np.stack(clips)).float() / 255.0
-        return video.permute(0, 1, 4, 2, 3).to(self.device)
+        video = (torch.from_numpy(np.stack(clips)).float() / 255.0).permute(0, 1, 4, 2, 3)
+        size = (self.inputs["height"], self.inputs["width"])
+        if tuple(video.shape[-2:]) != size:
+            video = torch.stack([window_frames(clip, 0, len(index), 1, size) for clip in video])
+        return video.to(self.device)
 
     def state(self, observations) -> torch.Tensor:
         name = STATE_KEYS[self.inputs["state_key"]]
@@ -159,7 +164,7 @@ class Policy:
     def hiddens(self, video: torch.Tensor, prompts: list[str], seed: int) -> list[torch.Tensor]:
         """The backbone's hiddens as the inference features computes them (video time 0, one predicted future
         latent), its future-latent noise drawn after torch.manual_seed(seed); float32 for the head."""
-        from ..features import library_video_hiddens
+        from mimic_redundancy.model.features import library_video_hiddens
 
         torch.manual_seed(seed)
         zero = torch.zeros(video.shape[0], device=self.device)

@@ -1,4 +1,5 @@
-"""Closed-loop rollouts: the trained policy acts in Meta-World, receding horizon, under every sampling rule.
+"""Closed-loop rollouts: the trained policy acts in the simulator (Meta-World or LIBERO: sim/backends.py), receding
+horizon, under every sampling rule.
 
 Per decision (at steps 0, execute_steps, 2 x execute_steps, ...) the policy sees the frames up to now, the state and
 the prompt, samples an action chunk under the rule, and executes its first `execute_steps` actions; an episode ends
@@ -19,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from .policy import Rule
+from mimic_redundancy.sim.policy import Rule
 
 log = logging.getLogger(__name__)
 COSTS = ("sim", "render", "backbone", "head")  # the wall-time split of every episode, seconds
@@ -102,13 +103,13 @@ def run_batch(policy, rule: Rule, envs: list, episodes: list[tuple[str, int, int
 
 
 def rollout_arrays(results: dict, rules: list[Rule], episodes: list[tuple[str, int, int]], prompts: dict,
-                   settings: dict) -> dict:
+                   settings: dict, action_dim: int) -> dict:
     """The rollout NPZ's arrays (io.ROLLOUT_ARRAYS) from results[(rule index, episode index)]."""
     n_rules, n_eps = len(rules), len(episodes)
     decisions = -(-settings["max_steps"] // settings["execute_steps"])  # fixed: shards concatenate along S
     out = {"success": np.zeros((n_rules, n_eps), bool), "steps_to_success": np.full((n_rules, n_eps), -1, np.int64),
            "steps": np.zeros((n_rules, n_eps), np.int64), "nfe": np.full((n_rules, n_eps, decisions), -1, np.int64),
-           "actions": np.full((n_rules, n_eps, settings["max_steps"], 4), np.nan, np.float32),
+           "actions": np.full((n_rules, n_eps, settings["max_steps"], action_dim), np.nan, np.float32),
            "seconds": np.zeros((n_rules, n_eps, len(COSTS)), np.float64)}
     for (r, e), result in results.items():
         out["success"][r, e] = result["success"]
@@ -144,11 +145,11 @@ def run_rollouts(policy, rules: list[Rule], episodes: list[tuple[str, int, int]]
                          time.perf_counter() - start)
         offset += len(batch)
     flat = [episodes[i] for batch in batches for i in batch]
-    return rollout_arrays(results, rules, flat, prompts, settings)
+    return rollout_arrays(results, rules, flat, prompts, settings, policy.dims["action_dim"])
 
 
 def replay(make_env, task: str, layout_seed: int, layout_index: int, actions: np.ndarray, frames: bool = False):
-    """Execute recorded actions (T, 4; NaN rows: not executed) open loop in a fresh env with that layout:
+    """Execute recorded actions (T, A; NaN rows: not executed) open loop in a fresh env with that layout:
     (success, steps to success or -1, the frames if asked)."""
     env = make_env(task, layout_seed, layout_index)
     shown, first = [], -1

@@ -1,4 +1,5 @@
-"""Record every step of mimic-video's Euler action sampler.
+"""Sampling the library's way: the video hiddens by MimicVideo's own inference path, its Euler sampler one step at a
+time, and `MimicVideo.sample` itself (the reference every analysis and the closed loop compare against).
 
 Conventions (mimic-video 0.5.8): flow time runs from t=0 (noise) to t=1 (data) on
 `linspace(0, 1, K+1)[:-1]`; the head predicts clean actions x1_hat, and the sampler steps
@@ -6,22 +7,9 @@ x <- x + (x1_hat - x) / max(1 - t, eps) / K.
 """
 from __future__ import annotations
 
-import logging
-import time
-
 import torch
 
-from .samples import Batch
-
-log = logging.getLogger(__name__)
-
-
-def synthetic_batch(net, pairs: list[tuple[int, str]], inputs: dict, device) -> Batch:
-    """A batch of synthetic samples for `net`'s dimensions (samples.synthetic_samples)."""
-    from .model import net_dims
-    from .samples import synthetic_samples
-
-    return synthetic_samples(pairs, inputs, net_dims(net)).batch(slice(None), device)
+from mimic_redundancy.data.samples import Batch
 
 
 @torch.no_grad()
@@ -42,21 +30,6 @@ def video_hiddens(net, batch: Batch) -> list[torch.Tensor]:
             joint_state=batch.joint_state[i:i + 1], predict_num_future_latents=1, return_intermediates=True)
         per_sample.append(intermediates.cache.video_hiddens)
     return [torch.cat(layer) for layer in zip(*per_sample)]
-
-
-@torch.no_grad()
-def probe_trajectory(net, batch: Batch, hiddens: list[torch.Tensor], steps: int):
-    """Euler-integrate the action flow like `MimicVideo.sample`, keeping every step.
-
-    Returns (trajectory (K+1, b, N, D) with [0] = noise and [-1] = final actions,
-             clean_prediction (K, b, N, D), times (K+1,)).
-    """
-    times = torch.linspace(0.0, 1.0, steps + 1, device=batch.noise.device)
-    trajectory, clean = [batch.noise], []
-    for x, x1_hat in euler_steps(net, batch, hiddens, steps):
-        trajectory.append(x)
-        clean.append(x1_hat)
-    return torch.stack(trajectory), torch.stack(clean), times
 
 
 @torch.no_grad()
@@ -85,23 +58,3 @@ def library_sample(net, batch: Batch, hiddens: list[torch.Tensor], steps: int, v
                       video_hiddens=hiddens, prompts=batch.prompts, joint_state=batch.joint_state,
                       time_video_denoise=video_time, disable_progress_bar=True)
 
-
-def run_probe(net, samples, steps: int, batch_size: int, device) -> dict:
-    """Probe every sample (a features.FeatureSet: cached hiddens) in batches; arrays in the NPZ contract's layout (io.PROBE_ARRAYS),
-    less the per-sample metadata (SampleSet.metadata)."""
-    trajectories, cleans = [], []
-    n_batches = -(-len(samples) // batch_size)
-    for b in range(n_batches):
-        start = time.perf_counter()
-        batch = samples.batch(slice(b * batch_size, (b + 1) * batch_size), device)
-        trajectory, clean, times = probe_trajectory(net, batch, batch.hiddens, steps)
-        trajectories.append(trajectory.float().cpu())
-        cleans.append(clean.float().cpu())
-        log.info("batch %d/%d: %d samples x %d steps in %.2f s", b + 1, n_batches, len(batch.seeds), steps,
-                 time.perf_counter() - start)
-    return {
-        "trajectory": torch.cat(trajectories, dim=1).numpy(),
-        "clean_prediction": torch.cat(cleans, dim=1).numpy(),
-        "times": times.float().cpu().numpy(),
-        "gt_actions": samples.gt_actions.float().numpy(),
-    }

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from .model import head_parameters
-from .readers import DataError
+from mimic_redundancy.data.readers import DataError
+from mimic_redundancy.model.model import head_parameters
 
 log = logging.getLogger(__name__)
 ROUND_TRIP_STEPS = 10
@@ -111,7 +111,7 @@ def train_model(net, rows, settings: dict, device) -> tuple[list[dict], dict]:
     log.info("training on %d windows x %d cached draws", len(rows) // draws, draws)
     normalizer = None
     if settings.get("normalize_state"):  # z-scored state: Meta-World's goal positions span a few cm of ~1 m values
-        from .model import attach_joint_normalizer
+        from mimic_redundancy.model.model import attach_joint_normalizer
 
         normalizer = attach_joint_normalizer(net, rows.joint_state)
     before = held_loss(net, rows, device)
@@ -168,9 +168,9 @@ def backbone_reference(backbone: dict, manifest: dict) -> dict:
 @torch.no_grad()
 def verify_round_trip(net, checks, folder, settings: dict, reference: dict, manifest: dict, device) -> dict:
     """Save the head-only checkpoint, load it back, and require bit-identical weights and sampled actions."""
-    from .io import config_digest
-    from .model import CheckpointError, head_state, library_versions, load_head, save_checkpoint
-    from .probe import library_sample
+    from mimic_redundancy.core.io import config_digest
+    from mimic_redundancy.model.model import CheckpointError, head_state, library_versions, load_head, save_checkpoint
+    from mimic_redundancy.model.sampling import library_sample
 
     _, digest = config_digest(settings)
     hub_inputs = [{"role": e["role"], "repo": e["repo"], "repo_type": e["repo_type"], "commit": e["resolved_revision"]}

@@ -23,13 +23,13 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROMPTS = ["pick up the red block", "open the top drawer"]
 
 
 def _tiny():
     """The embedded default's whole-model settings and inputs, from config.yaml (the one place they are set)."""
-    from . import config as cfg
+    from mimic_redundancy.pipeline import config as cfg
 
     config = cfg.default_config()
     spec = config["presets"]["tiny"]
@@ -59,9 +59,10 @@ def _entry(value: float, goal: str, met: bool, how: str, **measured) -> dict:
 def model_benchmarks(repeats: int, steps: int = 50) -> dict:
     import torch
 
-    from .backbone import recompute_sample
-    from .model import build_model
-    from .probe import library_sample, probe_trajectory, synthetic_batch, video_hiddens
+    from mimic_redundancy.analysis.backbone import recompute_sample
+    from mimic_redundancy.analysis.probe import probe_trajectory, synthetic_batch
+    from mimic_redundancy.model.model import build_model
+    from mimic_redundancy.model.sampling import library_sample, video_hiddens
 
     torch.set_num_threads(2)
     tiny, inputs = _tiny()
@@ -112,13 +113,13 @@ def training_from_features(steps: int, draws: int, seeds: list[int], out: Path |
     sampled with `score_steps` Euler steps (default: the default config's probe.steps)."""
     import torch
 
-    from . import config as cfg
-    from .samples import synthetic_samples
-    from .features import compute_features
-    from .metrics import write_csv
-    from .model import attach_backbone, build_backbone, build_head
-    from .probe import library_sample
-    from .train import train_library, train_model
+    from mimic_redundancy.analysis.metrics import write_csv
+    from mimic_redundancy.data.samples import synthetic_samples
+    from mimic_redundancy.model.features import compute_features
+    from mimic_redundancy.model.model import attach_backbone, build_backbone, build_head
+    from mimic_redundancy.model.sampling import library_sample
+    from mimic_redundancy.model.train import train_library, train_model
+    from mimic_redundancy.pipeline import config as cfg
 
     torch.set_num_threads(2)
     config = cfg.default_config()
@@ -170,13 +171,14 @@ def training_from_features(steps: int, draws: int, seeds: list[int], out: Path |
 
 
 SIM_FIX = "pip install -e '.[sim]'"
-ROLLOUT_TASK = "button-press-topdown-v3"
 
 
-def simulator_missing() -> str | None:
+def simulator_missing(backend: str = "metaworld") -> str | None:
     """Why the closed-loop benchmark cannot run here (the simulator does not import or cannot render), or None."""
     try:
-        import mimic_redundancy.sim.metaworld_env  # noqa: F401  (first: it sets MUJOCO_GL before mujoco loads)
+        from mimic_redundancy.sim.backends import simulator
+
+        simulator(backend)  # (first: it sets MUJOCO_GL before mujoco loads)
     except ModuleNotFoundError as error:
         return f"the simulator does not import ({error.name or error}): {SIM_FIX}"
     except (ImportError, ValueError) as error:  # SimError: no headless rendering
@@ -185,28 +187,32 @@ def simulator_missing() -> str | None:
 
 
 def rollout_throughput(repeats: int, episodes: int | None = None, max_steps: int = 24,
-                       ks: tuple[int, ...] | None = None) -> dict:
+                       ks: tuple[int, ...] | None = None, backend: str = "metaworld") -> dict:
     """Env steps per second of a rollout job (sim.rollout.run_rollouts: every rule on the job's episodes, envs built
     once per episode and reset for each rule) with the policy batched over the job's `episodes` episodes (one batch)
-    against one episode at a time (batches of one), on layouts 0 .. episodes-1 of MT1(ROLLOUT_TASK, seed=1)
-    (default: a job's batch, configs/metaworld.yaml's rollout.batch_size), the rules K in `ks` (default: its
-    rollout.steps), the make-sim policy's shape
-    (configs/metaworld.yaml: preset tiny-policy, its inputs and rollout.execute_steps) with a random head and the
-    tiny random backbone, one torch thread. Timed alternately (after a short warm-up), `repeats` times each side;
+    against one episode at a time (batches of one), on the first task of configs/<backend>.yaml, its layouts 0 ..
+    episodes-1 (Meta-World: of MT1(task, seed=1); LIBERO: init states) (default: a job's batch, the config's
+    rollout.batch_size), the rules K in `ks` (default: its rollout.steps), the config's policy shape (preset
+    tiny-policy, its inputs and rollout.execute_steps) with a random head and the tiny random backbone, one torch
+    thread. Timed alternately (after a short warm-up), `repeats` times each side;
     every side's wall time is split into the rollout's own costs (its seconds: sim, render, backbone, head, summed
     over episodes and rules), building and closing the envs (env_setup), the envs' resets (reset: physics and the
     first frame; the first render of an env creates its GL context), and the rest (other: the loop, the policy's
     inputs)."""
     import yaml
 
-    from .sim import metaworld_env as mw  # first: it sets MUJOCO_GL before anything imports mujoco
+    from mimic_redundancy.sim.backends import simulator
+
+    sim = simulator(backend)  # first: it sets MUJOCO_GL before anything imports mujoco
     import torch
 
-    from .model import build_backbone, build_head
-    from .sim.policy import Policy, Rule
-    from .sim.rollout import COSTS, run_rollouts
+    from mimic_redundancy.model.model import build_backbone, build_head
+    from mimic_redundancy.sim.policy import Policy, Rule
+    from mimic_redundancy.sim.rollout import COSTS, run_rollouts
 
-    config = yaml.safe_load((REPO / "configs/metaworld.yaml").read_text())
+    config = yaml.safe_load((REPO / f"configs/{backend}.yaml").read_text())
+    task = next(iter(config["sim"]["tasks"]))
+    layout_seed = config["rollout"].get("layout_seed", 0)
     preset, inputs = config["presets"][config["preset"]], config["inputs"]
     ks = tuple(ks or config["rollout"]["steps"])
     episodes = episodes or config["rollout"]["batch_size"]
@@ -216,20 +222,21 @@ def rollout_throughput(repeats: int, episodes: int | None = None, max_steps: int
         device = torch.device("cpu")
         wrapper = build_backbone({"kind": preset["backbone"], "model_seed": 0, "tokenizer": preset["tokenizer"],
                                   "extract_layer": preset["extract_layer"], "dtype": "float32"}, device)
-        dims = {"chunk_len": preset["chunk_len"], "action_dim": mw.ACTION_DIM, "joint_dim": mw.ENV_STATE_DIM}
+        state = {"observation.state": sim.STATE_DIM, "observation.environment_state": getattr(sim, "ENV_STATE_DIM", 0)}
+        dims = {"chunk_len": preset["chunk_len"], "action_dim": sim.ACTION_DIM, "joint_dim": state[inputs["state_key"]]}
         head = build_head({"preset": config["preset"], "dim": preset["dim"], "depth": preset["depth"], "model_seed": 0,
                            "device": "cpu", "chunk_len": preset["chunk_len"]}, device, dims, wrapper.dim_latent)
         policy = Policy(head, wrapper, device, inputs)
         rules = [Rule("fixed_k", float(k)) for k in ks]
         settings = {"execute_steps": config["rollout"]["execute_steps"], "max_steps": max_steps, "seed": 0,
                     "probe_steps": max(ks)}
-        layouts = [(ROLLOUT_TASK, 1, i) for i in range(episodes)]
-        camera, prompts = config["sim"]["camera"], {ROLLOUT_TASK: "press the button"}
+        layouts = [(task, layout_seed, i) for i in range(episodes)]
+        camera, prompts = config["sim"]["camera"], {task: config["sim"]["tasks"][task]}
         setup = [0.0, 0.0]  # seconds building and closing envs; their sim + render seconds, resets included
 
         def make_env(task, seed, index):  # times building and closing each env (not among the rollout's costs)
             start = time.perf_counter()
-            env = mw.MetaWorldEnv(task, seed, index, camera, inputs["height"], inputs["width"])
+            env = sim.Env(task, seed, index, camera, inputs["height"], inputs["width"])
             setup[0] += time.perf_counter() - start
             close = env.close
 
@@ -244,8 +251,7 @@ def rollout_throughput(repeats: int, episodes: int | None = None, max_steps: int
         def side(batches, job_rules=rules, job_settings=settings):
             setup[:] = [0.0, 0.0]
             start = time.perf_counter()
-            arrays = run_rollouts(policy, job_rules, layouts, batches, prompts, [ROLLOUT_TASK], job_settings,
-                                  make_env)
+            arrays = run_rollouts(policy, job_rules, layouts, batches, prompts, [task], job_settings, make_env)
             wall = time.perf_counter() - start
             costs = {name: float(arrays["seconds"][..., c].sum()) for c, name in enumerate(COSTS)}
             reset = setup[1] - costs["sim"] - costs["render"]  # the envs' own clocks, less the rollout's steps
@@ -272,17 +278,45 @@ def rollout_throughput(repeats: int, episodes: int | None = None, max_steps: int
     batched, single = summary("batched"), summary("one_at_a_time")
     ratio = batched["steps_per_second"] / single["steps_per_second"]
     policy_s = lambda s: s["split_seconds"]["backbone"] + s["split_seconds"]["head"]
-    return {"rollout_batch_throughput_ratio": _entry(
+    where = (f"layouts 0-{episodes - 1} of MT1('{task}', seed={layout_seed})" if backend == "metaworld" else
+             f"{backend} {task} from init states 0-{episodes - 1}")
+    name = "rollout_batch_throughput_ratio" if backend == "metaworld" else f"{backend}_rollout_batch_throughput_ratio"
+    return {name: _entry(
         ratio, ">= 4", ratio >= 4,
         f"env steps/s of a rollout job (sim.rollout.run_rollouts) over {episodes} episodes in one batch / in "
-        f"batches of one, rules K = {', '.join(map(str, ks))}, layouts 0-{episodes - 1} of MT1('{ROLLOUT_TASK}', "
-        f"seed=1), {max_steps} steps, execute_steps {settings['execute_steps']}, preset {config['preset']} (random "
+        f"batches of one, rules K = {', '.join(map(str, ks))}, {where}, {max_steps} steps, execute_steps {settings['execute_steps']}, preset {config['preset']} (random "
         f"head: it never succeeds, so every episode runs all {max_steps} steps) on the tiny random backbone, 1 torch "
         f"thread, CPU; medians of {repeats}; wall split (the rollout's sim, render, backbone, head; env setup, "
         "resets, other) in "
         "measured",
         batched=batched, one_at_a_time=single, episodes=episodes, max_steps=max_steps, ks=list(ks),
         policy_only_ratio=policy_s(single) / policy_s(batched))}
+
+
+def libero_episode_cost(k: int = 10) -> dict:
+    """What one LIBERO episode at its suite's step limit costs a rollout job, to size `shards`: the first task of
+    configs/libero.yaml from init state 0, the config's policy (random head: it never succeeds, so the episode runs
+    every step of the limit) under K = `k`, rendering at the config's size; the env's build (once per episode and
+    job), its reset (set_init_state and the no-op steps) and the episode's steps, with their split."""
+    import yaml
+
+    from mimic_redundancy.sim import libero_env
+
+    config = yaml.safe_load((REPO / "configs/libero.yaml").read_text())
+    task = next(iter(config["sim"]["tasks"]))
+    limit = libero_env.step_limit(task)
+    start = time.perf_counter()
+    built = rollout_throughput(1, episodes=1, max_steps=limit, ks=(k,), backend="libero")
+    whole = time.perf_counter() - start
+    side = built["libero_rollout_batch_throughput_ratio"]["measured"]["one_at_a_time"]
+    seconds = side["split_seconds"]
+    return {"libero_episode_seconds": _entry(
+        side["median"], "report", True,
+        f"one episode of {task} at its suite's limit ({limit} steps), K={k}, execute_steps "
+        f"{config['rollout']['execute_steps']}, {config['inputs']['height']} px, 1 torch thread, CPU: the rollout "
+        "job's wall time for it, env build and reset included (a job of E episodes and R rules pays the build E times "
+        "and about R x E x this less the build)",
+        steps=side["steps"], split_seconds=seconds, benchmark_wall_s=whole)}
 
 
 def cosmos_projection(steps: int) -> dict:
@@ -478,14 +512,23 @@ def markdown(summary: dict) -> str:
         lines.append(f"\nProjection (counted FLOPs, not measured): cache speedup for Cosmos 7B at {projection['steps']} "
                      f"steps = {projection['projected_speedup']:.1f}x (backbone {projection['backbone_gflops_per_call']:.0f} "
                      f"GFLOP per call, action head {projection['action_head_gflops_per_step']:.2f} GFLOP per step).")
-    rollout = summary["results"].get("rollout_batch_throughput_ratio", {}).get("measured")
-    if rollout:
+    for name, title in [("rollout_batch_throughput_ratio", "Closed-loop rollout"),
+                        ("libero_rollout_batch_throughput_ratio", "LIBERO closed-loop rollout")]:
+        rollout = summary["results"].get(name, {}).get("measured")
+        if not rollout:
+            continue
         split = lambda side: ", ".join(f"{k} {v:.2f}" for k, v in rollout[side]["split_seconds"].items())
-        lines.append(f"\nClosed-loop rollout ({rollout['episodes']} episodes x {rollout['max_steps']} steps, "
-                     f"rules K = {', '.join(map(str, rollout['ks']))}): batched {rollout['batched']['steps_per_second']:.1f} env steps/s, one "
-                     f"episode at a time {rollout['one_at_a_time']['steps_per_second']:.1f} (policy alone "
+        lines.append(f"\n{title} ({rollout['episodes']} episodes x {rollout['max_steps']} steps, "
+                     f"rules K = {', '.join(map(str, rollout['ks']))}): batched "
+                     f"{rollout['batched']['steps_per_second']:.1f} env steps/s, one episode at a time "
+                     f"{rollout['one_at_a_time']['steps_per_second']:.1f} (policy alone "
                      f"{rollout['policy_only_ratio']:.1f}x faster batched). Wall seconds per run, batched: "
                      f"{split('batched')}; one at a time: {split('one_at_a_time')}.")
+    episode = summary["results"].get("libero_episode_seconds")
+    if episode:
+        lines.append(f"\nOne LIBERO episode at its suite's limit ({episode['measured']['steps']} steps): "
+                     f"{episode['value']:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                       episode["measured"]["split_seconds"].items()) + ").")
     return "\n".join(lines) + "\n"
 
 
@@ -498,7 +541,7 @@ def run_entries(entries: Iterable[tuple[str, Callable[[], dict]]], out: Path, he
     and ends, so a bench that is killed keeps every benchmark that finished. A benchmark that raises is
     recorded as failed (its error and traceback on stderr) and the next one runs. `completed` is true only
     once every benchmark has run to its end; `running` names the one in progress."""
-    from .io import atomic_path, write_json
+    from mimic_redundancy.core.io import atomic_path, write_json
 
     out = Path(out)
     summary = {**(header or {}), "results": {}, "entries": {}, "skipped": dict(skipped or {}), "running": None,
@@ -584,6 +627,13 @@ def plan(run: dict, out: Path) -> tuple[list[tuple[str, Callable[[], dict]]], di
         # one repeat by default (~2 min: each side runs 7 rules on 20 episodes); --full: as many as the others
         entries.append(("rollout_throughput", lambda: rollout_throughput(run["repeats"] if run["mode"] == "full"
                                                                          else 1)))
+    missing = simulator_missing("libero")
+    if missing:
+        skipped["libero"] = missing
+    else:  # 4 episodes of 24 steps per side (~1 min), and one episode at libero_object's 280 steps (~1 min)
+        entries.append(("libero_rollout_throughput", lambda: rollout_throughput(
+            run["repeats"] if run["mode"] == "full" else 1, episodes=4, ks=(1, 10), backend="libero")))
+        entries.append(("libero_episode_cost", libero_episode_cost))
     if run["pipeline"]:
         entries.append(("default_run", lambda: _in_tmp(lambda tmp: pipeline_benchmarks(tmp, noop_repeats=3))))
     else:
@@ -601,7 +651,7 @@ def main(argv=None) -> int:
     import platform
     import os
 
-    from .model import library_versions
+    from mimic_redundancy.model.model import library_versions
 
     args = parse_args(argv)
     run = settings(args)

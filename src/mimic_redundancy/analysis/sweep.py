@@ -7,8 +7,8 @@ import statistics
 import numpy as np
 import torch
 
-from .probe import library_sample
-from .timing import timed
+from mimic_redundancy.core.timing import timed
+from mimic_redundancy.model.sampling import library_sample
 
 log = logging.getLogger(__name__)
 

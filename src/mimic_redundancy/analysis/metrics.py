@@ -10,8 +10,8 @@ import csv
 
 import numpy as np
 
-from .io import atomic_path, describe, load_probe, write_json
-from .stats import mean_ci
+from mimic_redundancy.core.io import atomic_path, describe, load_probe, write_json
+from mimic_redundancy.core.stats import mean_ci
 
 
 def mse_vs(arrays: np.ndarray, final: np.ndarray, axis=(-2, -1)) -> np.ndarray:
@@ -125,7 +125,7 @@ def write_csv(path, rows: list[dict]) -> None:
 def read_csv(path, text_columns: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Columns of a CSV written by write_csv, as float arrays (empty cells -> NaN; `text_columns` as str);
     errors name the file, what is wrong, and the command that rebuilds it."""
-    from .io import input_error
+    from mimic_redundancy.core.io import input_error
 
     try:
         with open(path, newline="") as f:
@@ -207,7 +207,7 @@ def _same_samples(a: dict, b: dict, a_path, b_path) -> None:
 def write_sweep_metrics(sweep_path, probe_path, table_path) -> None:
     """sweep.csv: per K, the error vs the main run (the probe's final actions) and vs the fine
     reference, with 95% CIs, and the wall time of sampling all samples with K steps."""
-    from .io import SWEEP_ARRAYS, load_npz
+    from mimic_redundancy.core.io import SWEEP_ARRAYS, load_npz
 
     sweep, probe = load_npz(sweep_path, SWEEP_ARRAYS), load_probe(probe_path)
     _same_samples(sweep, probe, sweep_path, probe_path)
@@ -236,7 +236,7 @@ def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
     """backbone.csv: per action step, how far the recomputed video hiddens are from the cached ones
     (relative difference, cosine) and from the previous step's; backbone.json: final-action
     difference between the modes vs the seed-to-seed spread, and the time of each mode."""
-    from .io import BACKBONE_ARRAYS, load_npz
+    from mimic_redundancy.core.io import BACKBONE_ARRAYS, load_npz
 
     run = load_npz(backbone_path, BACKBONE_ARRAYS)
     steps = int(run["steps"])
@@ -276,7 +276,7 @@ def write_comparison(presets: list[str], files: dict, table_path) -> dict:
     vs ground truth, the K-step sweep, the backbone-recompute effect, the calibrated early-stopping rules and
     the video-depth effect. `files`: preset -> paths of its probe, convergence (thresholds), summary, sweep,
     backbone_summary, early_stop (+ _summary) and depth (+ _summary). Returns the loaded runs."""
-    from .io import read_json
+    from mimic_redundancy.core.io import read_json
 
     runs, rows = {}, []
     first = presets[0]

@@ -17,12 +17,14 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .backbone import recompute_sample
-from .features import compute_features
-from .model import attach_backbone, backbone_dtypes, build_backbone, build_head, net_dims, resolve_device
-from .probe import library_sample, probe_trajectory
-from .samples import synthetic_samples
-from .timing import timed
+from mimic_redundancy.analysis.backbone import recompute_sample
+from mimic_redundancy.model.features import compute_features
+from mimic_redundancy.model.model import (attach_backbone, backbone_dtypes, build_backbone, build_head, net_dims,
+                                          resolve_device)
+from mimic_redundancy.analysis.probe import probe_trajectory
+from mimic_redundancy.core.timing import timed
+from mimic_redundancy.data.samples import synthetic_samples
+from mimic_redundancy.model.sampling import library_sample
 
 class DeviceAudit(TorchFunctionMode):
     """Records every torch call whose tensor output lands on a device other than `device`."""
@@ -43,7 +45,7 @@ class DeviceAudit(TorchFunctionMode):
 
 def tiny_preset() -> tuple[dict, dict, dict]:
     """(head settings, backbone spec, inputs) of config.yaml's embedded default, the one place they are set."""
-    from . import config as cfg
+    from mimic_redundancy.pipeline import config as cfg
 
     config = cfg.default_config()
     return cfg.model_settings(config, "tiny"), cfg.backbone_spec(config, "tiny"), cfg.input_settings(config)

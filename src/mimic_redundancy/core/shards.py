@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import (InputFileError, atomic_path, config_digest, input_error, load_npz, rebuild_command, save_npz,
-                 write_json)
+from mimic_redundancy.core.io import (InputFileError, atomic_path, config_digest, input_error, load_npz,
+                                      rebuild_command, save_npz, write_json)
 
 # Arrays of a run NPZ that gather sums over shards (a wall time of all samples); per-job values (the device)
 # are joined when they differ; the rest without an S axis must be equal in every shard.

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .readers import DataError, Episode, matrix
+from mimic_redundancy.data.readers import DataError, Episode, matrix
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def plan_fetch(repo: dict, timeout_s: float) -> dict:
     action_key, prompt). Raises DataError (layout, episodes, keys) or HubError (the Hub) within seconds."""
     from huggingface_hub import HfApi, constants
 
-    from . import hub
+    from mimic_redundancy.core import hub
 
     name = f"dataset {repo['repo']}@{repo['revision']}"
     try:
@@ -330,7 +330,7 @@ def plan_fetch(repo: dict, timeout_s: float) -> dict:
 def fetch(repos: list[dict], timeout_s: float) -> list[dict]:
     """hub.fetch, a dataset repo's metadata checked first (plan_fetch) and only the files it needs fetched;
     the manifest entries carry what was selected ('layout')."""
-    from . import hub
+    from mimic_redundancy.core import hub
 
     entries = hub.fetch([plan_fetch(r, timeout_s) if r["role"] == "dataset" else r for r in repos], timeout_s)
     for entry in entries:

@@ -81,7 +81,7 @@ ROLLOUT_ARRAYS = {
     "steps_to_success": "int64 [R, S]: env steps until the first success, -1 if never",
     "steps": "int64 [R, S]: env steps taken (the episode ends at its first success or at max_steps)",
     "nfe": "int64 [R, S, M]: head evaluations of each decision, -1 after the episode ended",
-    "actions": "float32 [R, S, T, 4]: the actions executed (clipped to [-1, 1]), NaN after the episode ended; replaying them open loop gives the outcome",
+    "actions": "float32 [R, S, T, A]: the actions executed (A: Meta-World 4, LIBERO 7) (clipped to [-1, 1]), NaN after the episode ended; replaying them open loop gives the outcome",
     "seconds": "float64 [R, S, C]: wall seconds of the episode per cost (sim, render, backbone, head; batched calls split evenly)",
     "task": "str [S]: the Meta-World task of each episode",
     "layout_seed": "int64 [S]: the episode's layout: metaworld.MT1(task, seed=layout_seed).train_tasks[layout_index]",

@@ -10,70 +10,90 @@ from pathlib import Path
 log = logging.getLogger("mimic_redundancy")
 
 
-def _check_simulator(demos: dict) -> None:
-    """Tasks, camera and rendering, before any episode: each error names the key and what is allowed."""
-    from .metaworld_env import check_camera, check_rendering, check_task
+def _check_simulator(demos: dict):
+    """The simulator module, its tasks, camera and rendering checked before any episode: each error names the key
+    and what is allowed."""
+    from mimic_redundancy.sim.backends import simulator
 
+    sim = simulator(demos["backend"])
     for task in demos["tasks"]:
-        check_task(task)
-    check_camera(demos["camera"])
-    check_rendering()
+        sim.check_task(task)
+    sim.check_camera(demos["camera"])
+    sim.check_rendering()
+    return sim
 
 
 def demos(settings: dict, dataset_dir, summary_path) -> None:
     """The scripted expert of every task on layouts 0 .. demos-1, written as a LeRobot v3.0 dataset."""
-    from ..io import write_json
-    from .demos import write_demos
+    from mimic_redundancy.core.io import write_json
+    from mimic_redundancy.sim.demos import write_demos
 
     _check_simulator(settings)
     summary = write_demos(Path(dataset_dir), settings["tasks"], settings["demos"], settings["layout_seed"],
                           settings["camera"], settings["height"], settings["width"], settings["fps"],
-                          settings["max_steps"])
+                          settings["max_steps"], settings["backend"])
     for task, counts in summary["tasks"].items():
         log.info("%s: %d demonstrations kept, %d dropped (the expert failed)", task, counts["kept"], counts["dropped"])
     write_json(summary_path, {**summary, "settings": settings, "dataset": str(dataset_dir)})
 
 
-def check_dataset(dataset_dir, settings: dict) -> None:
-    """The demonstrations the policy learned from must show what the env will show it: the same fps, camera and
-    image size; else stop, naming both."""
-    from ..lerobot import read_layout
-    from ..readers import DataError
-    from .demos import camera_key
+def check_dataset(dataset_dir, settings: dict) -> tuple[int, int]:
+    """The dataset the policy learned from must hold what the env will show it, in the backend's conventions
+    (sim/backends.py): the camera sim.camera stands for, the state and action sizes, the fps; else stop, naming
+    both. Returns the frame size the dataset stores (the env renders at it; the policy resizes as training did)."""
+    from mimic_redundancy.data.lerobot import read_layout
+    from mimic_redundancy.data.readers import DataError
+    from mimic_redundancy.sim.backends import CONVENTIONS
 
     info_path = Path(dataset_dir) / "meta/info.json"
     layout = read_layout(Path(dataset_dir))
     demos, inputs = settings["demos"], settings["inputs"]
-    key = camera_key(demos["camera"])
+    conventions = CONVENTIONS[demos["backend"]]
+    key = conventions.camera_key(demos["camera"])
+    if inputs["camera"] not in ("auto", key):
+        raise DataError(f"config key 'inputs.camera': the policy was trained on {inputs['camera']!r}, but sim.camera "
+                        f"{demos['camera']!r} is {key!r} in {demos['backend']}'s datasets; train on {key!r} or "
+                        f"render the camera the policy saw")
     feature = layout.features.get(key)
     if feature is None:
         raise DataError(f"{info_path}: no camera {key!r} (config key 'sim.camera' is {demos['camera']!r}); its "
                         f"cameras: {layout.cameras()}; rerun the demos rule with the camera the policy sees")
+    sizes = {name: list(layout.features.get(inputs[k], {}).get("shape", [None]))[:1]
+             for name, k in (("state", "state_key"), ("action", "action_key"))}
+    wanted = {"state": [len(conventions.state_names)] if inputs["state_key"] == "observation.state" else None,
+              "action": [len(conventions.action_names)]}
+    for name, size in sizes.items():
+        if wanted[name] is not None and size != wanted[name]:
+            raise DataError(f"{info_path}: {inputs[name + '_key']!r} ({name}) has size {size[0]}, but "
+                            f"{demos['backend']}'s env gives {wanted[name][0]} (config key 'inputs.{name}_key'); "
+                            f"train the policy on a dataset in {demos['backend']}'s conventions")
     shape = list(feature.get("shape", []))[:2]
-    if shape != [inputs["height"], inputs["width"]] or layout.info.get("fps") != demos["fps"]:
-        raise DataError(f"{info_path}: the demonstrations are {shape[0]}x{shape[1]} px at {layout.info.get('fps')} fps, "
-                        f"but the policy is fed {inputs['height']}x{inputs['width']} px (inputs.height, inputs.width) at "
-                        f"{demos['fps']} fps (sim.fps); rerun the demos rule and train with the same settings")
+    if layout.info.get("fps") != demos["fps"]:
+        raise DataError(f"{info_path}: the demonstrations are at {layout.info.get('fps')} fps, but the closed loop "
+                        f"steps at {demos['fps']} fps (sim.fps); rerun the demos rule and train with the same settings")
+    return int(shape[0]), int(shape[1])
 
 
-def _policy(settings: dict, device):
+def _policy(settings: dict, device, sim):
     """The trained head and the backbone it was trained on, checked against the simulator's dimensions."""
-    from ..model import DimensionError, build_backbone, build_head, net_dims, resolve_dims
-    from .metaworld_env import ACTION_DIM, ENV_STATE_DIM, STATE_DIM
-    from .policy import STATE_KEYS, Policy
+    from mimic_redundancy.model.model import DimensionError, build_backbone, build_head, net_dims, resolve_dims
+    from mimic_redundancy.sim.policy import STATE_KEYS, Policy
 
-    inputs = settings["inputs"]
-    if inputs["state_key"] not in STATE_KEYS:
-        raise DimensionError(f"config key 'inputs.state_key': {inputs['state_key']!r} is no state the simulator gives; "
-                             f"allowed: {', '.join(STATE_KEYS)}")
+    inputs, backend = settings["inputs"], settings["demos"]["backend"]
+    states = {"observation.state": sim.STATE_DIM}
+    if hasattr(sim, "ENV_STATE_DIM"):
+        states["observation.environment_state"] = sim.ENV_STATE_DIM
+    if inputs["state_key"] not in states:
+        raise DimensionError(f"config key 'inputs.state_key': {inputs['state_key']!r} is no state {backend} gives; "
+                             f"allowed: {', '.join(k for k in STATE_KEYS if k in states)}")
     wrapper = build_backbone(settings["backbone"], device)
     net = build_head(settings["model"], device, resolve_dims(settings["model"], {}), wrapper.dim_latent)
     dims = net_dims(net)
-    state = {"observation.environment_state": ENV_STATE_DIM, "observation.state": STATE_DIM}[inputs["state_key"]]
+    state = states[inputs["state_key"]]
     where = settings["model"].get("checkpoint", f"preset {settings['model']['preset']}")
-    if dims["action_dim"] != ACTION_DIM or dims["joint_dim"] != state:
+    if dims["action_dim"] != sim.ACTION_DIM or dims["joint_dim"] != state:
         raise DimensionError(f"{where}: the policy acts in {dims['action_dim']} dimensions from a {dims['joint_dim']}-dim "
-                             f"state, but Meta-World's actions have {ACTION_DIM} and its {inputs['state_key']} "
+                             f"state, but {backend}'s actions have {sim.ACTION_DIM} and its {inputs['state_key']} "
                              f"(inputs.state_key) {state}; train the checkpoint on these demonstrations")
     return Policy(net, wrapper, device, inputs)
 
@@ -87,20 +107,19 @@ def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int
     """Every rule on this job's share of the episodes (whole batches), in closed loop."""
     import numpy as np
 
-    from .. import numerics
-    from ..config import shard_rows
-    from ..io import ROLLOUT_ARRAYS, config_digest, save_npz
-    from ..model import library_versions, resolve_device
-    from .metaworld_env import MetaWorldEnv, versions
-    from .policy import rules_of
-    from .rollout import batches_of, episode_list, run_rollouts
+    from mimic_redundancy.core import numerics
+    from mimic_redundancy.core.io import ROLLOUT_ARRAYS, config_digest, save_npz
+    from mimic_redundancy.model.model import library_versions, resolve_device
+    from mimic_redundancy.pipeline.config import shard_rows
+    from mimic_redundancy.sim.policy import rules_of
+    from mimic_redundancy.sim.rollout import batches_of, episode_list, run_rollouts
 
     run, demos = settings["rollout"], settings["demos"]
-    _check_simulator(demos)
-    check_dataset(dataset_dir, settings)
+    sim = _check_simulator(demos)
+    height, width = check_dataset(dataset_dir, settings)
     device = resolve_device(settings["device"])
     numerics.apply(settings["numerics"], device, job_cpus=threads)
-    policy = _policy(settings, device)
+    policy = _policy(settings, device, sim)
     eps = calibrated_eps(early_stop_path) if run["clean_change"] else None
     if run["clean_change"] and eps is None:
         log.warning("early_stop.json calibrated no clean-change threshold: that rule is not rolled out")
@@ -114,16 +133,15 @@ def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int
     batches = batches[picked.start:picked.stop]
     log.info("%d rules x %d episodes in %d batches%s: %s", len(rules), sum(map(len, batches)), len(batches),
              f" (shard {shard})" if shard else "", ", ".join(r.name for r in rules))
-    inputs = settings["inputs"]
-    make_env = lambda task, seed, index: MetaWorldEnv(task, seed, index, demos["camera"], inputs["height"],
-                                                      inputs["width"])
+    # the env renders at the dataset's frame size; the policy resizes its frames as its training did
+    make_env = lambda task, seed, index: sim.Env(task, seed, index, demos["camera"], height, width)
     start = time.perf_counter()
     arrays = run_rollouts(policy, rules, episodes, batches, demos["tasks"],
                           tasks, {**run, "probe_steps": settings["probe_steps"]}, make_env)
     log.info("rolled out in %.1f s", time.perf_counter() - start)
     text, digest = config_digest({**settings, "shard": record} if shard else settings)
     arrays.update(preset=settings["model"]["preset"], device=str(device), config_json=text, config_digest=digest,
-                  versions_json=json.dumps({**library_versions(), **versions()}, sort_keys=True),
+                  versions_json=json.dumps({**library_versions(), **sim.versions()}, sort_keys=True),
                   numerics_json=json.dumps(numerics.record(device), sort_keys=True),
                   total_episodes=np.int64(len(episodes)))
     save_npz(npz_path, arrays, ROLLOUT_ARRAYS)
@@ -137,15 +155,14 @@ def rollout_videos(settings: dict, npz_path, size: int, videos_dir, summary_path
 
     import numpy as np
 
-    from ..io import ROLLOUT_ARRAYS, atomic_path, input_error, load_npz, write_json
-    from .demos import VIEWING_CODEC, write_video
-    from .metaworld_env import MetaWorldEnv
-    from .rollout import replay
+    from mimic_redundancy.core.io import ROLLOUT_ARRAYS, atomic_path, input_error, load_npz, write_json
+    from mimic_redundancy.sim.demos import VIEWING_CODEC, write_video
+    from mimic_redundancy.sim.rollout import replay
 
     run = load_npz(npz_path, ROLLOUT_ARRAYS)
     demos = settings["demos"]
-    _check_simulator(demos)
-    make_env = lambda task, seed, index: MetaWorldEnv(task, seed, index, demos["camera"], size, size)
+    sim = _check_simulator(demos)
+    make_env = lambda task, seed, index: sim.Env(task, seed, index, demos["camera"], size, size)
     videos = Path(videos_dir)
     tmp = videos.with_name(f".{videos.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

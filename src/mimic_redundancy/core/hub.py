@@ -221,7 +221,7 @@ def local_snapshot(entry: dict, preset: str = "<preset>") -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from .io import rebuild_command
+    from mimic_redundancy.core.io import rebuild_command
 
     name = f"{entry['repo_type']} {entry['repo']}@{entry['resolved_revision']}"
     # the manifest is up to date, so a plain run would not redo prefetch: force it

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import torch
 
-from .probe import library_sample, video_hiddens
-from .timing import synchronize
+from mimic_redundancy.core.timing import synchronize
+from mimic_redundancy.model.sampling import library_sample, video_hiddens
 
 log = logging.getLogger(__name__)
 

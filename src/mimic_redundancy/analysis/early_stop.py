@@ -23,9 +23,9 @@ import logging
 
 import numpy as np
 
-from .io import SWEEP_ARRAYS, load_npz, load_probe, write_json
-from .metrics import _same_samples, describe_probe, mse_vs, write_csv
-from .stats import mean_ci
+from mimic_redundancy.analysis.metrics import _same_samples, describe_probe, mse_vs, write_csv
+from mimic_redundancy.core.io import SWEEP_ARRAYS, load_npz, load_probe, write_json
+from mimic_redundancy.core.stats import mean_ci
 
 RULES = ["fixed_step_xt", "fixed_step_clean", "clean_change", "fixed_k"]
 CURVE = "clean_change_curve"  # the clean-change rule over every threshold: the threshold-free curve

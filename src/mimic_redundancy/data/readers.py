@@ -91,33 +91,6 @@ def read_video_dir(folder: Path) -> list[Episode]:
     return episodes
 
 
-def read_episodes(inputs: dict, snapshots: dict | None = None) -> list[Episode]:
-    """The selected episodes of a real-data source (inputs.episodes: 'all' or a list of indices), in that order."""
-    if inputs["source"] == "lerobot":
-        from .lerobot import read_lerobot
-
-        if not snapshots or "dataset" not in snapshots:
-            raise DataError("inputs.source 'lerobot' needs the dataset prefetched: run the prefetch rule")
-        return read_lerobot(snapshots["dataset"], inputs)
-    if inputs["source"] == "demos":  # the demos stage's dataset, written here (no Hub)
-        from .lerobot import read_lerobot
-
-        if not (Path(inputs["dataset"]) / "meta/info.json").is_file():
-            raise DataError(f"{inputs['dataset']}: no demonstrations; run the demos rule first "
-                            f"(snakemake --profile profiles/local results/demos/summary.json)")
-        return read_lerobot(Path(inputs["dataset"]), inputs)
-    episodes = read_video_dir(Path(inputs["video_dir"]))
-    wanted = inputs["episodes"]
-    if wanted == "all":
-        return episodes
-    by_index = {e.index: e for e in episodes}
-    unknown = [i for i in wanted if i not in by_index]
-    if unknown:
-        raise DataError(f"config key 'inputs.episodes': episodes {unknown} are not in the data "
-                        f"(it has {sorted(by_index)})")
-    return [by_index[i] for i in wanted]
-
-
 def data_dims(episodes: list[Episode]) -> dict:
     """Dimensions the data fixes (joint_dim, and action_dim where actions are known), and where they come from."""
     dims = {}

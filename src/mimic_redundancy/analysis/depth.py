@@ -16,9 +16,9 @@ import logging
 
 import numpy as np
 
-from .io import DEPTH_ARRAYS, load_npz, write_json
-from .metrics import describe_probe, mse_vs, seed_spread, write_csv
-from .stats import mean_ci
+from mimic_redundancy.analysis.metrics import describe_probe, mse_vs, seed_spread, write_csv
+from mimic_redundancy.core.io import DEPTH_ARRAYS, load_npz, write_json
+from mimic_redundancy.core.stats import mean_ci
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def run_depth(net, features, steps: int, batch_size: int, device) -> dict:
     Arrays in io.DEPTH_ARRAYS' layout, less the run metadata."""
     import torch
 
-    from .probe import library_sample
+    from mimic_redundancy.model.sampling import library_sample
 
     times, rows = time_rows(features)
     if times[0] != 0.0:

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io import atomic_path, read_json  # noqa: E402
-from .metrics import read_csv  # noqa: E402
+from mimic_redundancy.analysis.metrics import read_csv  # noqa: E402
+from mimic_redundancy.core.io import atomic_path, read_json  # noqa: E402
 
 
 REPORT_WIDTH_PX = 960  # the width every figure is read at: plot.width (6.4 in) x plot.dpi (150), the defaults

@@ -9,10 +9,11 @@ import os
 
 import torch
 
-from .hub import OFFLINE_FLAGS
-from .io import describe
-from .model import library_versions, net_dims, parameter_counts
-from .probe import library_sample, probe_trajectory
+from mimic_redundancy.analysis.probe import probe_trajectory
+from mimic_redundancy.core.hub import OFFLINE_FLAGS
+from mimic_redundancy.core.io import describe
+from mimic_redundancy.model.model import library_versions, net_dims, parameter_counts
+from mimic_redundancy.model.sampling import library_sample
 
 log = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ class FeatureSet:
 
     def batch(self, index, device):
         """A Batch (probe.Batch) of rows, hiddens in float32 on `device` (as MimicVideo casts them)."""
-        from .samples import Batch
+        from mimic_redundancy.data.samples import Batch
 
         index = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
         return Batch([self.seeds[i] for i in index], [self.prompts[i] for i in index], None,
@@ -156,7 +156,7 @@ def library_video_hiddens(wrapper, video, prompts, video_time, future_latents: i
 
 def _timed_rows(wrapper, samples, device, row_specs):
     """Run the backbone once per row spec (sample index, seed, training draw or None, fixed video time or None)."""
-    from .timing import synchronize
+    from mimic_redundancy.core.timing import synchronize
 
     mu, sigma = library_video_defaults()
     hiddens, times, seconds = [], [], []
@@ -228,8 +228,8 @@ def save_features(path, features: FeatureSet, kind: str, settings: dict, extra: 
     """Write a features file atomically (safetensors: tensors plus string metadata, with the sha256 of every
     tensor). The same content always gives the same bytes: keys sorted, and the wall times (per-row seconds,
     extra's build_seconds) in the sidecar shards.timing_path, so a rebuild does not rerun what reads the file."""
-    from .io import atomic_path, config_digest, write_json
-    from .shards import CHECKSUMS, safetensors_header, timing_path
+    from mimic_redundancy.core.io import atomic_path, config_digest, write_json
+    from mimic_redundancy.core.shards import CHECKSUMS, safetensors_header, timing_path
 
     extra = dict(extra)
     write_json(timing_path(path), {"seconds": features.meta.get("seconds", []),
@@ -338,7 +338,7 @@ def load_features(path, expected_digest: str | None = None, kind: str | None = N
     counts, or rows other than its settings give (count, seeds, prompts or windows, draws, times)."""
     from safetensors import safe_open
 
-    from .shards import CHECKSUMS, timing_path, tensor_checksums
+    from mimic_redundancy.core.shards import CHECKSUMS, timing_path, tensor_checksums
 
     path = Path(path)
     preset = path.parent.parent.name

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+from mimic_redundancy.model.presets import preset_backbone
+
+SCHEMA = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
 TRAIN_SEED_BASE = 10_000  # synthetic training samples have seeds TRAIN_SEED_BASE + i
 
 
@@ -262,16 +264,38 @@ def _closed_loop_problems(config: dict) -> list[str]:
     if config["inputs"]["frame_window"] != "history":
         problems.append("config key 'inputs.frame_window': the closed loop's policy sees only the frames up to now, so "
                         "its training windows must too; allowed with inputs.source demos: history")
+    sim_config = config["sim"]
     try:  # the simulator's own lists: only closed-loop configs import it (a few seconds)
-        from .sim.metaworld_env import SimError, check_camera, check_task
+        from mimic_redundancy.sim.backends import simulator
+        from mimic_redundancy.sim.common import SimError
+
+        sim = simulator(sim_config["backend"])
     except (ModuleNotFoundError, ValueError) as error:  # not installed, or MUJOCO_GL unusable
         return problems + [f"config key 'inputs.source': demos needs the simulator: {error}"]
-    for check, values in [(check_task, list(config["sim"]["tasks"])), (check_camera, [config["sim"]["camera"]])]:
-        for value in values:
-            try:
-                check(value)
-            except SimError as error:
-                problems.append(str(error))
+    checks = [(sim.check_task, task) for task in sim_config["tasks"]] + [(sim.check_camera, sim_config["camera"])]
+    checks += [(lambda pair: sim.prompt_of(*pair), item) for item in sim_config["tasks"].items()]
+    checks += [(sim.demo_layouts, sim_config["demos"]), (sim.eval_layouts, rollout["episodes"])]
+    for check, value in checks:
+        try:
+            check(value)
+        except SimError as error:
+            problems.append(str(error))
+    if problems:
+        return problems
+    if sim_config["backend"] == "libero":  # one list of init states: the demonstrations must not be rolled out
+        overlap = sorted(set(sim.demo_layouts(sim_config["demos"])) & set(sim.eval_layouts(rollout["episodes"])))
+        if overlap:
+            problems.append(f"config keys 'sim.demos' and 'rollout.episodes': LIBERO ships {sim.INIT_STATES} init states "
+                            f"per task; the rollouts use 0 .. episodes-1 and the demonstrations the last sim.demos, so "
+                            f"{sim_config['demos']} + {rollout['episodes']} overlap at {overlap}; allowed: a sum of at most "
+                            f"{sim.INIT_STATES}")
+    for task in sim_config["tasks"]:
+        limit = sim.step_limit(task)
+        for key in ("rollout.max_steps", "sim.max_steps"):
+            value = rollout["max_steps"] if key == "rollout.max_steps" else sim_config["max_steps"]
+            if limit is not None and value > limit:
+                problems.append(f"config key '{key}': {value} exceeds {task}'s step limit {limit} (its suite's, as the "
+                                f"LIBERO evaluations use); allowed: 1 to {limit}")
     if rollout["execute_steps"] > rollout["max_steps"]:
         problems.append(f"config key 'rollout.execute_steps': {rollout['execute_steps']} exceeds rollout.max_steps "
                         f"({rollout['max_steps']}); allowed: 1 to {rollout['max_steps']}")
@@ -394,7 +418,8 @@ def rollout_presets(config: dict) -> list[str]:
 def rollout_settings(config: dict, preset: str) -> dict:
     """The rollout stage: the policy (its head, the backbone, what it sees), the simulator, the rules, the episodes."""
     rollout = dict(sorted(config["rollout"].items()))
-    inputs = {k: config["inputs"][k] for k in ("frames", "frame_skip", "height", "width", "state_key", "camera")}
+    inputs = {k: config["inputs"][k] for k in ("frames", "frame_skip", "height", "width", "state_key", "action_key",
+                                               "camera")}
     return {"model": model_settings(config, preset), "backbone": backbone_spec(config, preset), "inputs": inputs,
             "demos": demos_settings(config), "probe_steps": config["probe"]["steps"],
             "rollout": {k: v for k, v in rollout.items() if k not in ("margin", "videos")},
@@ -451,7 +476,7 @@ def feature_preset(config: dict, preset: str) -> str:
 
 def backbone_spec(config: dict, preset: str) -> dict:
     """The video backbone of a preset, as data: what the features stage builds and a checkpoint references."""
-    from .checkpoints import CheckpointError, checkpoint_backbone
+    from mimic_redundancy.model.checkpoints import CheckpointError, checkpoint_backbone
 
     spec = config["presets"][preset]
     if "checkpoint" in spec:
@@ -463,15 +488,6 @@ def backbone_spec(config: dict, preset: str) -> dict:
         except CheckpointError:  # not there yet: the job reports it (Snakemake names the missing files first)
             return {"kind": "checkpoint", "folder": spec["checkpoint"]}
     return preset_backbone(spec, config["model_seed"])
-
-
-def preset_backbone(spec: dict, model_seed: int) -> dict:
-    """The backbone spec of a model preset's settings (backbone, tokenizer, extract_layer, dtype)."""
-    common = {"extract_layer": spec["extract_layer"], "dtype": spec.get("dtype", "float32")}
-    if spec["backbone"] == "tiny-random":
-        return {"kind": "tiny-random", "model_seed": model_seed, "tokenizer": spec["tokenizer"], **common}
-    return {"kind": "pretrained", "repo": spec["backbone"]["repo"], "revision": spec["backbone"].get("revision", "main"),
-            **common}
 
 
 def train_data_settings(config: dict) -> dict:
@@ -504,7 +520,7 @@ def _features_identity(config: dict, preset: str) -> dict:
 
 def features_digest(config: dict, preset: str, kind: str) -> str:
     """The digest a head stage requires of the features it reads (kind: inference or train)."""
-    from .io import config_digest
+    from mimic_redundancy.core.io import config_digest
 
     return config_digest(_features_identity(config, preset)[kind])[1]
 
@@ -522,7 +538,7 @@ def features_settings(config: dict, preset: str) -> dict:
 
 def checkpoint_files(config: dict, preset: str) -> list[str]:
     """A checkpoint preset's files: rule inputs, so a checkpoint the train rule writes is made first."""
-    from .checkpoints import CHECKPOINT_FILES, FORMAT_V1, FORMAT_V2
+    from mimic_redundancy.model.checkpoints import CHECKPOINT_FILES, FORMAT_V1, FORMAT_V2
 
     folder = config["presets"][preset].get("checkpoint")
     if not folder:
@@ -540,7 +556,7 @@ def checkpoint_files(config: dict, preset: str) -> list[str]:
 
 def prefetch_settings(config: dict, preset: str) -> dict:
     """What decides the manifest's content; the timeout is left out on purpose (no rerun for it)."""
-    from .hub import required_repos
+    from mimic_redundancy.core.hub import required_repos
 
     # a dataset's files are fetched for the episodes that are probed and those that are trained on
     inputs = {**config["inputs"], "train_episodes": config["train"]["episodes"]}
@@ -588,7 +604,7 @@ def depth_features_settings(config: dict, preset: str) -> dict:
 
 def depth_settings(config: dict, preset: str) -> dict:
     """The depth stage (head only): MimicVideo.sample at every video time, from the depth features."""
-    from .io import config_digest
+    from mimic_redundancy.core.io import config_digest
 
     return {"model": model_settings(config, preset), "features_digest": config_digest(_depth_identity(config, preset))[1],
             "steps": config["depth"]["steps"], "batch_size": config["probe"]["batch_size"]}

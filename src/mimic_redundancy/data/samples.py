@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .readers import DataError, Episode, episode_frames
+from mimic_redundancy.data.readers import DataError, Episode, episode_frames
 
 
 @dataclass

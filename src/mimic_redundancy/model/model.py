@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import FORMAT_V2, CheckpointError, read_checkpoint_config
-from .tokenizer import load_tokenizer
+from mimic_redundancy.data.tokenizer import load_tokenizer
+from mimic_redundancy.model.checkpoints import FORMAT_V2, CheckpointError, read_checkpoint_config
 
 LIBRARY_DIMS = {"chunk_len": 32, "action_dim": 20, "joint_dim": 32}  # MimicVideo's defaults
 CONSTRUCTOR_DIMS = {"chunk_len": "action_chunk_len", "action_dim": "dim_action", "joint_dim": "dim_joint_state"}
@@ -116,7 +116,7 @@ def _tiny_wrapper(tokenizer, extract_layer: int):
 
 def check_guardrail(snapshot, guardrail_snapshot) -> None:
     """Fail before any GPU work when the pipeline needs the safety checker and it is not installed or fetched."""
-    from .hub import needs_guardrail
+    from mimic_redundancy.core.hub import needs_guardrail
 
     if not needs_guardrail(snapshot):
         return
@@ -261,7 +261,7 @@ def attach_backbone(head, wrapper):
 def build_model(model: dict, device: torch.device, snapshots: dict | None = None, dims: dict | None = None):
     """The whole model of a preset given as settings (dim, depth, backbone, tokenizer, extract_layer, model_seed):
     `MimicVideo(dim, CosmosPredictWrapper(...))` as the library builds it, for benchmarks and tests."""
-    from .config import preset_backbone
+    from mimic_redundancy.model.presets import preset_backbone
 
     wrapper = build_backbone(preset_backbone(model, model["model_seed"]), device, snapshots)
     head = build_head(model, device, dims or resolve_dims(model, {}), wrapper.dim_latent)

@@ -18,8 +18,8 @@ class ValidationFailed(RuntimeError):
 def _threads_and_device(settings: dict, threads: int):
     """The device of a model job, with its numerics (threads, determinism) set from `settings['numerics']`, not from
     the `threads` the executor gave the job (numerics.py)."""
-    from . import numerics
-    from .model import resolve_device
+    from mimic_redundancy.core import numerics
+    from mimic_redundancy.model.model import resolve_device
 
     device = resolve_device(settings["device"])
     numerics.apply(settings["numerics"], device, job_cpus=threads)
@@ -30,10 +30,11 @@ def _read_data(model: dict, data: dict, snapshots: dict, limit: int | None = Non
                allow_empty: bool = False):
     """(samples with their videos, dims, their rows out of all): the data read offline (a shard: only its rows),
     the dimensions from the model config and the data (a mismatch stops here, naming both)."""
-    from .config import shard_rows
-    from .model import resolve_dims
-    from .readers import data_dims, read_episodes
-    from .samples import count_samples, load_samples
+    from mimic_redundancy.data.readers import data_dims
+    from mimic_redundancy.data.samples import count_samples, load_samples
+    from mimic_redundancy.data.sources import read_episodes
+    from mimic_redundancy.model.model import resolve_dims
+    from mimic_redundancy.pipeline.config import shard_rows
 
     episodes = None if data["inputs"]["source"] == "synthetic" else read_episodes(data["inputs"], snapshots)
     dims = resolve_dims(model, data_dims(episodes) if episodes is not None else {})
@@ -52,9 +53,9 @@ def _head(settings: dict, features_path, threads: int, kind: str = "inference", 
     """(action head, device, features) of a head-only stage: the features checked against the settings this
     stage expects (digest; a shard reads only its rows, whole probe batches), the head built alone (no
     transformer, VAE or T5 encoder)."""
-    from .config import shard_rows
-    from .features import feature_rows, load_features
-    from .model import build_head, net_dims, resolve_dims
+    from mimic_redundancy.model.features import feature_rows, load_features
+    from mimic_redundancy.model.model import build_head, net_dims, resolve_dims
+    from mimic_redundancy.pipeline.config import shard_rows
 
     model = settings["model"]
     device = _threads_and_device(model, threads)
@@ -86,9 +87,9 @@ def _save_run(npz_path, arrays: dict, contract: dict, settings: dict, device, sa
     include its rows ({'shard': 'i-of-n', 'rows': [start, stop]}): its gather checks them, then leaves them out."""
     import json
 
-    from . import numerics
-    from .io import config_digest, save_npz
-    from .model import library_versions
+    from mimic_redundancy.core import numerics
+    from mimic_redundancy.core.io import config_digest, save_npz
+    from mimic_redundancy.model.model import library_versions
 
     text, digest = config_digest({**settings, "shard": shard} if shard else settings)
     arrays.update(samples.metadata(), preset=settings["model"]["preset"], device=str(device), config_json=text,
@@ -101,13 +102,13 @@ def prefetch(preset: str, settings: dict, timeout_s: float, manifest_path) -> No
     """Fetch the preset's Hub repos (online: the only stage that is) and write the manifest last."""
     import os
 
-    from . import hub
-    from .io import write_json
+    from mimic_redundancy.core import hub
+    from mimic_redundancy.core.io import write_json
 
     hub.go_online()
     repos = settings["repos"]
     if repos:
-        from .lerobot import fetch  # hub.fetch, a dataset's metadata checked first (layout, episodes, keys)
+        from mimic_redundancy.data.lerobot import fetch  # hub.fetch, a dataset's metadata checked first (layout, episodes, keys)
 
         entries = fetch(repos, timeout_s)
         backbone = [e for e in entries if e["role"] == "backbone"]
@@ -128,13 +129,13 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
     """Run the video backbone once per probe sample (and `draws` times per training window when the preset is
     trained) and write the features files; the only model stage that builds the backbone, besides the
     per-step recompute analysis. A shard ('i-of-n') does its contiguous share of the samples and windows."""
-    from . import features as feats
-    from .hub import local_snapshots
-    from .io import read_json
-    from .model import backbone_dtypes, build_backbone, library_versions
-    from .tokenizer import tokenizer_problems
+    from mimic_redundancy.core.hub import local_snapshots
+    from mimic_redundancy.core.io import read_json
+    from mimic_redundancy.data.tokenizer import tokenizer_problems
+    from mimic_redundancy.model import features as feats
+    from mimic_redundancy.model.model import backbone_dtypes, build_backbone, library_versions
 
-    from . import numerics
+    from mimic_redundancy.core import numerics
 
     model, backbone = settings["model"], settings["inference"]["backbone"]
     device = _threads_and_device(settings, threads)  # settings['device']
@@ -194,13 +195,13 @@ def depth_features(settings: dict, manifest_path, features_path, threads: int = 
     rows may span every sample (a range across a time), so it reads them all, as an unsharded run does."""
     import torch
 
-    from . import features as feats
-    from .config import shard_rows
-    from .hub import local_snapshots
-    from .io import read_json
-    from .model import backbone_dtypes, build_backbone, library_versions
+    from mimic_redundancy.core.hub import local_snapshots
+    from mimic_redundancy.core.io import read_json
+    from mimic_redundancy.model import features as feats
+    from mimic_redundancy.model.model import backbone_dtypes, build_backbone, library_versions
+    from mimic_redundancy.pipeline.config import shard_rows
 
-    from . import numerics
+    from mimic_redundancy.core import numerics
 
     depth = settings["depth"]
     device = _threads_and_device(settings, threads)
@@ -225,8 +226,8 @@ def depth_features(settings: dict, manifest_path, features_path, threads: int = 
 
 def depth(settings: dict, features_path, npz_path, threads: int = 1) -> None:
     """MimicVideo.sample at every video-denoising time, from the depth features (head only)."""
-    from .depth import run_depth
-    from .io import DEPTH_ARRAYS
+    from mimic_redundancy.analysis.depth import run_depth
+    from mimic_redundancy.core.io import DEPTH_ARRAYS
 
     net, device, rows = _head(settings, features_path, threads, kind="depth")
     arrays = run_depth(net, rows, settings["steps"], settings["batch_size"], device)
@@ -238,8 +239,8 @@ def validate(settings: dict, features_path, report_path, threads: int = 1) -> No
     """Write the validation report; raise ValidationFailed (after logging the report) if a check fails."""
     import json
 
-    from .io import write_json
-    from .validation import validate_model
+    from mimic_redundancy.analysis.validation import validate_model
+    from mimic_redundancy.core.io import write_json
 
     net, device, rows = _head(settings, features_path, threads, limit=settings["limit"])
     report = validate_model(net, device, settings, rows)
@@ -251,8 +252,8 @@ def validate(settings: dict, features_path, report_path, threads: int = 1) -> No
 
 
 def probe(settings: dict, features_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
-    from .io import PROBE_ARRAYS
-    from .probe import run_probe
+    from mimic_redundancy.analysis.probe import run_probe
+    from mimic_redundancy.core.io import PROBE_ARRAYS
 
     net, device, rows = _head(settings, features_path, threads, shard=shard)
     log.info("probing %d samples x %d steps, batch size %d", len(rows), settings["steps"], settings["batch_size"])
@@ -263,8 +264,8 @@ def probe(settings: dict, features_path, npz_path, threads: int = 1, shard: str 
 
 
 def sweep(settings: dict, features_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
-    from .io import SWEEP_ARRAYS
-    from .sweep import run_sweep
+    from mimic_redundancy.analysis.sweep import run_sweep
+    from mimic_redundancy.core.io import SWEEP_ARRAYS
 
     net, device, rows = _head(settings, features_path, threads, shard=shard)
     arrays = run_sweep(net, rows, settings["sweep_steps"], settings["reference_steps"],
@@ -277,11 +278,11 @@ def backbone(settings: dict, manifest_path, features_path, npz_path, threads: in
     (`features_path`, the run's features, gives how many samples the run has); a shard on its share of them."""
     import numpy as np
 
-    from .backbone import run_backbone
-    from .features import feature_rows
-    from .hub import local_snapshots
-    from .io import BACKBONE_ARRAYS, read_json
-    from .model import attach_backbone, build_backbone, build_head
+    from mimic_redundancy.analysis.backbone import run_backbone
+    from mimic_redundancy.core.hub import local_snapshots
+    from mimic_redundancy.core.io import BACKBONE_ARRAYS, read_json
+    from mimic_redundancy.model.features import feature_rows
+    from mimic_redundancy.model.model import attach_backbone, build_backbone, build_head
 
     device = _threads_and_device(settings["model"], threads)
     snapshots = local_snapshots(read_json(manifest_path))
@@ -299,8 +300,8 @@ def backbone(settings: dict, manifest_path, features_path, npz_path, threads: in
 def gather(what: str, shard_paths: list, out_path) -> None:
     """Join a stage's shards into the file an unsharded run writes (what: probe, sweep, backbone, or the
     features kind inference/train/depth). Numpy and the files' own formats only: no torch, no model."""
-    from . import io
-    from .shards import gather_features, gather_npz
+    from mimic_redundancy.core import io
+    from mimic_redundancy.core.shards import gather_features, gather_npz
 
     start = time.perf_counter()
     if what in ("inference", "train", "depth"):
@@ -317,10 +318,10 @@ def train(settings: dict, manifest_path, features_path, check_path, checkpoint_d
     backbone, and prove it reloads bit for bit."""
     import json
 
-    from .features import load_features
-    from .io import read_json, write_json
-    from .metrics import write_csv
-    from .train import backbone_reference, train_model, verify_round_trip
+    from mimic_redundancy.analysis.metrics import write_csv
+    from mimic_redundancy.core.io import read_json, write_json
+    from mimic_redundancy.model.features import load_features
+    from mimic_redundancy.model.train import backbone_reference, train_model, verify_round_trip
 
     net, device, rows = _head(settings, features_path, threads, kind="train")
     checks = load_features(check_path, settings["check_digest"], "inference").subset(settings["check_samples"])
