@@ -65,7 +65,7 @@ def data_files(wildcards):
     """inputs.source video_dir: the table and the videos it names (those that exist: a missing one is
     reported by the job, naming the table row), so editing the data reruns the model stages; demos: the demos
     stage's summary (written after its dataset)."""
-    if cfg.closed_loop(config):
+    if config["inputs"]["source"] == "demos":
         return ["results/demos/summary.json"]
     table = cfg.video_dir_table(config)
     if table is None or not table.is_file():

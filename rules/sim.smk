@@ -38,14 +38,16 @@ rule demos:
 rule rollout:
     input:
         checkpoint=checkpoint_files,
-        dataset=rules.demos.output.summary,
+        # the dataset the policy learned from: the demonstrations, or (a LeRobot dataset from the Hub, rolled out in
+        # LIBERO) the manifest that locates its snapshot in the Hub cache
+        dataset=rules.demos.output.summary if config["inputs"]["source"] == "demos" else manifest_of,
         early_stop=results("{preset}", "early_stop.json"),
         code=ROLLOUT_CODE,
     output:
         npz=sharded("rollout.npz"),
     params:
         settings=lambda w: cfg.rollout_settings(config, w.preset),
-        dataset=cfg.DEMOS_DATASET,
+        dataset=cfg.DEMOS_DATASET if config["inputs"]["source"] == "demos" else None,
     threads: 1
     benchmark:
         sharded("benchmarks/rollout.tsv")

@@ -182,3 +182,26 @@ def test_the_policy_resizes_the_envs_frames_as_its_training_resized_the_datasets
     clip = torch.from_numpy(frames).float().div(255.0).permute(0, 3, 1, 2)
     expected = window_frames(clip, 8, 2, 4, (32, 32), history=True)
     assert video.shape == (1, 2, 3, 32, 32) and torch.equal(video[0], expected)
+
+
+def test_a_policy_trained_on_a_hub_dataset_is_rolled_out_in_libero_without_demonstrations(tmp_path):
+    """inputs.source lerobot with sim.backend libero: the DAG prefetches the dataset, trains on it and rolls the
+    policy out in LIBERO, reading the dataset's conventions from its snapshot in the Hub cache (no demos rule); the
+    rollout's dataset is resolved from the prefetch manifest."""
+    from conftest import planned_rules
+
+    from mimic_redundancy.pipeline.sim_stages import policy_dataset
+
+    workdir = copy_workflow(tmp_path / "run")
+    shutil.copytree(REPO / "configs", workdir / "configs")
+    hub = {"inputs": {"source": "lerobot", "camera": "observation.images.image"}}
+    config = write_config(workdir, merged(LOOP, hub), "hub.yaml")
+    rules = planned_rules(workdir, "results/trained/rollout.json", "--configfile", "configs/libero.yaml", str(config))
+    assert "demos" not in rules and {"prefetch", "features", "train", "rollout", "rollout_metrics"} <= set(rules)
+    assert policy_dataset(workdir / "results/demos/dataset") == workdir / "results/demos/dataset"
+    # a manifest (prefetch.json) resolves to the dataset's snapshot as the features stage resolves it (hub.local_snapshots);
+    # a missing one is named with the command that makes it
+    from mimic_redundancy.core.io import InputFileError
+
+    with pytest.raises(InputFileError, match=r"prefetch.json: no such file. Rebuild it: snakemake .*--forcerun prefetch"):
+        policy_dataset(workdir / "results/tiny-policy/prefetch.json")

@@ -263,7 +263,9 @@ def _closed_loop_problems(config: dict) -> list[str]:
                             f"from 1 to {steps} (every rule is a schedule of at most probe.steps head evaluations)")
     if config["inputs"]["frame_window"] != "history":
         problems.append("config key 'inputs.frame_window': the closed loop's policy sees only the frames up to now, so "
-                        "its training windows must too; allowed with inputs.source demos: history")
+                        f"its training windows must too; allowed with inputs.source {config['inputs']['source']} and "
+                        f"sim.backend {config['sim']['backend']}: history")
+    demos = config["inputs"]["source"] == "demos"  # else a Hub dataset's policy: no demonstrations are made
     sim_config = config["sim"]
     try:  # the simulator's own lists: only closed-loop configs import it (a few seconds)
         from mimic_redundancy.sim.backends import simulator
@@ -274,7 +276,8 @@ def _closed_loop_problems(config: dict) -> list[str]:
         return problems + [f"config key 'inputs.source': demos needs the simulator: {error}"]
     checks = [(sim.check_task, task) for task in sim_config["tasks"]] + [(sim.check_camera, sim_config["camera"])]
     checks += [(lambda pair: sim.prompt_of(*pair), item) for item in sim_config["tasks"].items()]
-    checks += [(sim.demo_layouts, sim_config["demos"]), (sim.eval_layouts, rollout["episodes"])]
+    checks += [(sim.demo_layouts, sim_config["demos"])] if demos else []
+    checks += [(sim.eval_layouts, rollout["episodes"])]
     for check, value in checks:
         try:
             check(value)
@@ -282,7 +285,7 @@ def _closed_loop_problems(config: dict) -> list[str]:
             problems.append(str(error))
     if problems:
         return problems
-    if sim_config["backend"] == "libero":  # one list of init states: the demonstrations must not be rolled out
+    if demos and sim_config["backend"] == "libero":  # one list of init states: demonstrations are not rolled out
         overlap = sorted(set(sim.demo_layouts(sim_config["demos"])) & set(sim.eval_layouts(rollout["episodes"])))
         if overlap:
             problems.append(f"config keys 'sim.demos' and 'rollout.episodes': LIBERO ships {sim.INIT_STATES} init states "
@@ -291,7 +294,7 @@ def _closed_loop_problems(config: dict) -> list[str]:
                             f"{sim.INIT_STATES}")
     for task in sim_config["tasks"]:
         limit = sim.step_limit(task)
-        for key in ("rollout.max_steps", "sim.max_steps"):
+        for key in ("rollout.max_steps", "sim.max_steps") if demos else ("rollout.max_steps",):
             value = rollout["max_steps"] if key == "rollout.max_steps" else sim_config["max_steps"]
             if limit is not None and value > limit:
                 problems.append(f"config key '{key}': {value} exceeds {task}'s step limit {limit} (its suite's, as the "
@@ -399,8 +402,11 @@ DEMOS_DATASET = "results/demos/dataset"  # the demos stage's LeRobot v3.0 datase
 
 
 def closed_loop(config: dict) -> bool:
-    """Whether the run is a closed-loop study: demonstrations in, rollouts out (inputs.source demos)."""
-    return config["inputs"]["source"] == "demos"
+    """Whether the run rolls its trained policies out: a closed-loop study on the simulator's demonstrations
+    (inputs.source demos), or a policy trained on a LeRobot dataset from the Hub rolled out in LIBERO (inputs.source
+    lerobot with sim.backend libero: the dataset must be in LIBERO's conventions, docs/closed-loop.md)."""
+    source = config["inputs"]["source"]
+    return source == "demos" or (source == "lerobot" and config["sim"]["backend"] == "libero")
 
 
 def demos_settings(config: dict) -> dict:

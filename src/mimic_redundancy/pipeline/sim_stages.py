@@ -103,8 +103,20 @@ def calibrated_eps(early_stop_path) -> float | None:
     return json.loads(Path(early_stop_path).read_text())["calibrated"]["clean_change"]["param"]
 
 
+def policy_dataset(dataset) -> Path:
+    """The dataset the policy learned from: a dataset folder (the demonstrations), or a Hub manifest (prefetch.json:
+    the LeRobot dataset's snapshot in the Hub cache, read offline)."""
+    from mimic_redundancy.core.hub import local_snapshots
+    from mimic_redundancy.core.io import read_json
+
+    if str(dataset).endswith(".json"):
+        return Path(local_snapshots(read_json(dataset))["dataset"])
+    return Path(dataset)
+
+
 def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
-    """Every rule on this job's share of the episodes (whole batches), in closed loop."""
+    """Every rule on this job's share of the episodes (whole batches), in closed loop. `dataset_dir`: the dataset the
+    policy learned from, or the manifest locating it (policy_dataset)."""
     import numpy as np
 
     from mimic_redundancy.core import numerics
@@ -116,7 +128,7 @@ def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int
 
     run, demos = settings["rollout"], settings["demos"]
     sim = _check_simulator(demos)
-    height, width = check_dataset(dataset_dir, settings)
+    height, width = check_dataset(policy_dataset(dataset_dir), settings)
     device = resolve_device(settings["device"])
     numerics.apply(settings["numerics"], device, job_cpus=threads)
     policy = _policy(settings, device, sim)
