@@ -191,7 +191,8 @@ def _reset_seed(layout_seed: int, layout_index: int) -> int:
 
 class LiberoEnv:
     """One task from one init state, rendering `camera` at height x width. Counts seconds spent in physics
-    (`sim_seconds`, resets included) and in rendering (`render_seconds`) since construction."""
+    (`sim_seconds`, resets included) and in rendering (`render_seconds`) after construction (building the env is
+    its caller's to time, as for MetaWorldEnv)."""
 
     def __init__(self, task: str, layout_seed: int, layout_index: int, camera: str = "agentview", height: int = 128,
                  width: int = 128):
@@ -203,7 +204,6 @@ class LiberoEnv:
         self.init_state = init_states(task)[layout_index]
         self.sim_seconds = self.render_seconds = 0.0
         self._render_now = False
-        start = time.perf_counter()
         # one env per episode; reset() returns it to its init state bit for bit, so a rollout job reuses it for
         # every rule. ignore_done: robosuite would refuse steps after its horizon (1000); callers bound episodes.
         self.env = OffScreenRenderEnv(bddl_file_name=bddl_file(task), controller="OSC_POSE", camera_names=[camera],
@@ -218,7 +218,6 @@ class LiberoEnv:
             return observables
 
         inner._setup_observables = gated_setup
-        self.sim_seconds += time.perf_counter() - start
 
     @property
     def sim(self):
