@@ -47,6 +47,7 @@ def _object_xy(env: LiberoEnv, state: np.ndarray) -> np.ndarray:
     return np.array([state[1 + a:3 + a] for a in free])
 
 
+@pytest.mark.slow  # LIBERO episodes: seconds each (make test-fast leaves them out)
 def test_observation(env0):
     obs = env0.reset()
     assert obs.image.shape == (128, 128, 3) and obs.image.dtype == np.uint8 and obs.image.flags.c_contiguous
@@ -77,6 +78,7 @@ def test_quat2axisangle():
         np.testing.assert_array_equal(quat, before)  # the argument is left alone
 
 
+@pytest.mark.slow  # LIBERO episodes: seconds each (make test-fast leaves them out)
 def test_init_state_order(env0, env1, record0):
     first0, first1 = env0.reset(), env1.reset()
     shipped = libero_env.init_states(TASK)
@@ -93,6 +95,7 @@ def test_init_state_order(env0, env1, record0):
     np.testing.assert_array_equal(record0.environment_states[0], first0.environment_state.astype(np.float32))
 
 
+@pytest.mark.slow  # LIBERO episodes: seconds each (make test-fast leaves them out)
 def test_render_on_request(env0):
     """render=False steps skip the camera; the frames rendered in between equal always-rendered ones bit for bit,
     and the physics does not notice."""
@@ -112,6 +115,7 @@ def test_render_on_request(env0):
             assert b.image is None
 
 
+@pytest.mark.slow  # LIBERO episodes: seconds each (make test-fast leaves them out)
 def test_expert_succeeds(env1, record0):
     assert record0.success and 0 < record0.steps_to_success <= libero_env.max_steps(TASK)
     steps = record0.steps_to_success + libero_env.STEPS_AFTER_SUCCESS
@@ -128,6 +132,7 @@ def test_expert_succeeds(env1, record0):
         pytest.fail(f"the expert did not solve {TASK} from init state 1 in {libero_env.max_steps(TASK)} steps")
 
 
+@pytest.mark.slow  # LIBERO episodes: seconds each (make test-fast leaves them out)
 def test_idle_fails(env1):
     env1.reset()
     assert not any(env1.step(np.array(NOOP), render=False)[1] for _ in range(30))

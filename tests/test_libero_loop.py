@@ -184,6 +184,7 @@ def test_the_policy_resizes_the_envs_frames_as_its_training_resized_the_datasets
     assert video.shape == (1, 2, 3, 32, 32) and torch.equal(video[0], expected)
 
 
+@pytest.mark.slow  # a Snakemake dry run
 def test_a_policy_trained_on_a_hub_dataset_is_rolled_out_in_libero_without_demonstrations(tmp_path):
     """inputs.source lerobot with sim.backend libero: the DAG prefetches the dataset, trains on it and rolls the
     policy out in LIBERO, reading the dataset's conventions from its snapshot in the Hub cache (no demos rule); the
