@@ -69,3 +69,37 @@ def check_rendering() -> None:
     except Exception as error:
         raise SimError(f"MUJOCO_GL={backend}: cannot render headless ({type(error).__name__}: {error}); "
                        f"{RENDERING_FIX}") from None
+
+
+def record_episode(env, task: str, layout_seed: int, layout_index: int, make_policy, max_steps: int,
+                   noise: float | None = None, noise_dims: int | None = None) -> EpisodeRecord:
+    """A scripted expert's episode in `env` (a backend's Env), closed at the end: resets it, builds the policy
+    (make_policy(env), after the reset: an observation -> action callable), then records observation t and acts;
+    stops STEPS_AFTER_SUCCESS steps after the first success or after max_steps actions, so T = min(max_steps,
+    steps_to_success + STEPS_AFTER_SUCCESS). `noise`: std of Gaussian noise added to the first `noise_dims` dims
+    of each action (default: all) before clipping to [-1, 1], drawn from a generator seeded by the layout, so noisy
+    episodes repeat too."""
+    if max_steps < 1:
+        raise SimError(f"max_steps must be at least 1, got {max_steps}")
+    rng = np.random.default_rng([layout_seed, layout_index])
+    frames, states, env_states, actions, first = [], [], [], [], -1
+    try:
+        obs = env.reset()
+        policy = make_policy(env)
+        for t in range(max_steps):
+            action = np.array(policy(obs), dtype=np.float32)
+            if noise:
+                dims = action.size if noise_dims is None else noise_dims
+                action[:dims] += rng.normal(0.0, noise, dims).astype(np.float32)
+            action = np.clip(action, -1.0, 1.0)
+            frames.append(obs.image), states.append(obs.state)
+            env_states.append(np.asarray(obs.environment_state, dtype=np.float32)), actions.append(action)
+            obs, success = env.step(action)
+            if success and first < 0:
+                first = t + 1
+            if first >= 0 and t + 1 >= first + STEPS_AFTER_SUCCESS:
+                break
+    finally:
+        env.close()
+    return EpisodeRecord(task, layout_seed, layout_index, np.stack(frames), np.stack(states), np.stack(env_states),
+                         np.stack(actions), first >= 0, first, env.sim_seconds, env.render_seconds)

