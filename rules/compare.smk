@@ -6,7 +6,7 @@ localrules:
 rule compare:
     input:
         unpack(compare_inputs),
-        code=code("report/compare", "report/plots", "analysis/metrics", "core/io"),
+        code=code("report/compare", "report/plots", "analysis/metrics", "core/stats", "core/io"),
     output:
         table=report("results/compare/comparison.csv", caption="../report/comparison_table.rst", category="Comparison"),
         png=report("results/compare/figures/comparison.png", caption="../report/comparison.rst", category="Comparison"),

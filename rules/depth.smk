@@ -82,6 +82,8 @@ rule depth_metrics:
     output:
         table=report(results("{preset}", "depth.csv"), caption="../report/depth_table.rst", category="Tables"),
         summary=results("{preset}", "depth.json"),
+    params:
+        bootstrap=config["metrics"]["bootstrap"],
     benchmark:
         results("{preset}", "benchmarks/depth_metrics.tsv")
     log:

@@ -37,6 +37,8 @@ rule sweep_metrics:
         code=code("analysis/metrics", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "sweep.csv"), caption="../report/sweep_table.rst", category="Tables"),
+    params:
+        bootstrap=config["metrics"]["bootstrap"],
     benchmark:
         results("{preset}", "benchmarks/sweep_metrics.tsv")
     log:
@@ -56,6 +58,8 @@ rule backbone_metrics:
     output:
         table=report(results("{preset}", "backbone.csv"), caption="../report/backbone_table.rst", category="Tables"),
         summary=results("{preset}", "backbone.json"),
+    params:
+        bootstrap=config["metrics"]["bootstrap"],
     benchmark:
         results("{preset}", "benchmarks/backbone_metrics.tsv")
     log:

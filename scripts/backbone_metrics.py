@@ -7,4 +7,4 @@ from mimic_redundancy.analysis.metrics import write_backbone_metrics  # noqa: E4
 from mimic_redundancy.core.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-write_backbone_metrics(snakemake.input.npz, snakemake.output.table, snakemake.output.summary)
+write_backbone_metrics(snakemake.input.npz, snakemake.output.table, snakemake.output.summary, snakemake.params.bootstrap)

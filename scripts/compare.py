@@ -11,4 +11,5 @@ presets = snakemake.params.settings["presets"]
 kinds = ["probe", "metrics", "thresholds", "summary", "sweep", "backbone_summary", "early_stop", "early_stop_summary",
          "depth", "depth_summary"]
 files = {p: {k: snakemake.input[f"{k}_{i}"] for k in kinds} for i, p in enumerate(presets)}
-compare(presets, files, snakemake.params.style, snakemake.output.table, snakemake.output.png, snakemake.output.svg)
+compare(presets, files, snakemake.params.style, snakemake.output.table, snakemake.output.png, snakemake.output.svg,
+        snakemake.params.settings["bootstrap"])

@@ -7,4 +7,4 @@ from mimic_redundancy.analysis.metrics import write_sweep_metrics  # noqa: E402
 from mimic_redundancy.core.log import setup_log  # noqa: E402
 
 setup_log(snakemake.log[0])
-write_sweep_metrics(snakemake.input.sweep, snakemake.input.probe, snakemake.output.table)
+write_sweep_metrics(snakemake.input.sweep, snakemake.input.probe, snakemake.output.table, snakemake.params.bootstrap)

@@ -46,6 +46,12 @@ CASES = {
     "compare with an unknown preset": ({"compare": ["trained", "huge"]},
                                        ["config key 'compare'", "unknown preset 'huge'"]),
     "more shards than samples": ({"shards": 5}, ["config key 'shards': 5 shards for 4 samples; allowed: 1 to 4"]),
+    "bootstrap of zero resamples": ({"metrics": {"bootstrap": 0}},
+                                    ["config key 'metrics.bootstrap'", "0 is less than the minimum of 1",
+                                     "a whole number from 1 to 100000"]),
+    "negative bootstrap": ({"metrics": {"bootstrap": -100}}, ["config key 'metrics.bootstrap'", "-100 is less than"]),
+    "non-integer bootstrap": ({"metrics": {"bootstrap": 99.5}},
+                              ["config key 'metrics.bootstrap'", "99.5 is not of type 'integer'"]),
     # JSON Schema's 'integer' accepts 50.0; the job then crashed in torch.linspace after deleting validate.json
     "integer written as a float": ({"probe": {"steps": 10.0}},
                                    ["config key 'probe.steps'", "10.0 is not of type 'integer'"]),

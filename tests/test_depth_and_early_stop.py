@@ -28,14 +28,17 @@ def test_tables_come_from_the_npz_files(completed):
     table = read_csv(out / "depth.csv")
     mse = ((depth["final"][1].astype(np.float64) - depth["final"][0]) ** 2).mean(axis=(1, 2))
     np.testing.assert_allclose(table["mse_vs_time0"], [0.0, mse.mean()], rtol=1e-6)
-    spread = seed_spread(depth["final"][0], depth["seed"], depth["window"])
+    spread, _ = seed_spread(depth["final"][0], depth["seed"], depth["window"])
     np.testing.assert_allclose(table["mse_seed_to_seed"][0], spread.mean(), rtol=1e-6)
+    gt = depth["gt_actions"].astype(np.float64)
+    vs_gt = [((depth["final"][t].astype(np.float64) - gt) ** 2).mean(axis=(1, 2)) for t in (0, 1)]
+    np.testing.assert_allclose(table["diff_vs_gt_minus_time0"], [0.0, (vs_gt[1] - vs_gt[0]).mean()], atol=1e-12)
     assert table["n_samples"].tolist() == [4, 4] and table["n_seeds"].tolist() == [2, 2]
     assert np.all(table["backbone_seconds"] > 0)
     # the early-stopping table, recomputed from the probe and sweep NPZ files
     probe, sweep = load_probe(out / "probe.npz"), load_npz(out / "sweep.npz", SWEEP_ARRAYS)
     rows, _ = early_stop_tables(probe, sweep, {"eps": [0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.001],
-                                               "target_fraction": 0.1, "target_step": 5})
+                                               "target_fraction": 0.1, "target_step": 5, "bootstrap": 2000})
     early = read_csv(out / "early_stop.csv", text_columns=("rule", "half"))
     np.testing.assert_allclose(early["mse_vs_final"], [r["mse_vs_final"] for r in rows], rtol=1e-6)
     np.testing.assert_allclose(early["nfe_mean"], [r["nfe_mean"] for r in rows])

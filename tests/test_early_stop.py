@@ -48,13 +48,18 @@ def test_clean_change_rule_stops_where_worked_out(eps, nfe, out):
 
 def test_rows_give_nfe_and_error_by_hand():
     probe, sweep = planted()
-    rows, _ = es.early_stop_tables(probe, sweep, {"eps": [0.6, 0.1], "target_fraction": 0.5, "target_step": 1})
+    rows, _ = es.early_stop_tables(probe, sweep, {"eps": [0.6, 0.1], "target_fraction": 0.5, "target_step": 1, "bootstrap": 2000})
     row = lambda rule, param, half="all": next(r for r in rows if (r["rule"], r["param"], r["half"]) == (rule, param, half))
     r = row("clean_change", 0.6)  # NFE [3, 2, 3, 2]; only seed 3 errs: (1 - 1.5)^2 = 0.25
     assert (r["nfe_mean"], r["nfe_p50"], r["n_samples"], r["n_seeds"]) == (2.5, 2.5, 4, 4)
     assert r["nfe_p90"] == pytest.approx(3.0)
     assert r["mse_vs_final"] == pytest.approx(0.25 / 4)
     assert r["mse_vs_reference"] == pytest.approx((3 * 0.5 ** 2 + 1.0 ** 2) / 4, rel=1e-5)  # reference: final + 0.5
+    # paired with the full run on the same samples: the final action is 0.5 from the reference everywhere
+    assert r["diff_vs_reference_minus_full"] == pytest.approx((3 * 0.5 ** 2 + 1.0 ** 2) / 4 - 0.5 ** 2, rel=1e-5)
+    # 3 of the 4 seeds at exactly 0: the interval is on the raw scale and stops at 0, where the mean could be
+    assert r["mse_vs_final_ci_low"] == 0.0 < r["mse_vs_final"] < r["mse_vs_final_ci_high"]
+    assert r["diff_vs_reference_minus_full_ci_low"] < r["diff_vs_reference_minus_full"]
     r = row("clean_change", 0.1)  # NFE [3, 2, 3, 4], p90 by linear interpolation: 3 + 0.7
     assert (r["nfe_mean"], r["mse_vs_final"]) == (3.0, 0.0)
     assert r["nfe_p90"] == pytest.approx(3.7)
@@ -72,7 +77,7 @@ def test_calibrated_on_one_half_and_judged_on_the_other():
     probe, sweep = planted()
     # target: 0.001 x mean (x_1 - final)^2 over the calibration half (seeds 0, 2) = 0.001 x (2.1^2 + 3^2) / 2
     rows, summary = es.early_stop_tables(probe, sweep, {"eps": [1.5, 0.6, 0.1], "target_fraction": 0.001,
-                                                        "target_step": 1})
+                                                        "target_step": 1, "bootstrap": 2000})
     assert summary["target_mse"] == pytest.approx(0.001 * (2.1 ** 2 + 9) / 2, rel=1e-5)
     assert (summary["calibration_seeds"], summary["evaluation_seeds"]) == ([0, 2], [1, 3])
     assert summary["evaluated"] is True
@@ -96,7 +101,7 @@ def test_one_seed_leaves_the_calibrated_rules_not_evaluated():
     probe, sweep = planted()
     probe["seed"] = np.zeros(4, dtype=np.int64)
     rows, summary = es.early_stop_tables(probe, sweep, {"eps": [1.5, 0.6, 0.1], "target_fraction": 0.5,
-                                                        "target_step": 1})
+                                                        "target_step": 1, "bootstrap": 2000})
     assert summary["evaluated"] is False
     assert (summary["calibration_seeds"], summary["evaluation_seeds"], summary["n_evaluation"]) == ([0], [], 0)
     assert summary["calibrated"]["clean_change"]["param"] is not None  # calibrated on the one half there is
@@ -108,7 +113,7 @@ def test_one_seed_leaves_the_calibrated_rules_not_evaluated():
 
 def test_the_threshold_free_curve_spans_stop_at_two_to_never():
     probe, sweep = planted()
-    rows, _ = es.early_stop_tables(probe, sweep, {"eps": [0.1], "target_fraction": 0.1, "target_step": 1})
+    rows, _ = es.early_stop_tables(probe, sweep, {"eps": [0.1], "target_fraction": 0.1, "target_step": 1, "bootstrap": 2000})
     curve = [r for r in rows if r["rule"] == es.CURVE]
     assert len(curve) == es.CURVE_POINTS
     assert min(r["nfe_mean"] for r in curve) == 2.0  # the largest threshold: every sample stops at step 2

@@ -25,49 +25,41 @@ def test_no_step_reaches_the_threshold():
 
 
 def test_metrics_rows_match_direct_computation():
+    from mimic_redundancy.core.stats import interval
+
     rng = np.random.default_rng(0)
-    steps, samples = 6, 3
+    steps, samples = 6, 8
+    seeds = np.repeat(np.arange(4), 2)  # 4 seeds x 2 prompts
     probe = {"trajectory": rng.normal(size=(steps + 1, samples, 4, 2)).astype(np.float32),
              "clean_prediction": rng.normal(size=(steps, samples, 4, 2)).astype(np.float32)}
-    rows = summary_rows(step_errors(probe), [2, 6])  # what write_metrics writes to metrics.csv
+    rows = summary_rows(step_errors(probe), [2, 6], seeds, 500)  # what write_metrics writes to metrics.csv
     assert [r["step"] for r in rows] == [2, 6]
     final = probe["trajectory"][-1].astype(np.float64)
-    x2 = [((probe["trajectory"][2, i] - final[i]) ** 2).mean() for i in range(samples)]
-    c2 = [((probe["clean_prediction"][1, i] - final[i]) ** 2).mean() for i in range(samples)]
-    assert rows[0]["mse_vs_final"] == pytest.approx(sum(x2) / samples)
-    assert rows[0]["mse_clean_vs_final"] == pytest.approx(sum(c2) / samples)
-    half = 4.303 * np.std(x2, ddof=1) / np.sqrt(3)  # t(0.975, df=2) x standard error
-    assert rows[0]["mse_vs_final_ci_high"] == pytest.approx(np.mean(x2) + half)
+    x2 = np.array([((probe["trajectory"][2, i] - final[i]) ** 2).mean() for i in range(samples)])
+    c2 = np.array([((probe["clean_prediction"][1, i] - final[i]) ** 2).mean() for i in range(samples)])
+    assert rows[0]["mse_vs_final"] == pytest.approx(x2.mean())
+    assert rows[0]["mse_clean_vs_final"] == pytest.approx(c2.mean())
+    # the interval over the 4 seeds (core.stats, tested in test_stats.py): above 0, around the mean
+    assert (rows[0]["mse_vs_final_ci_low"], rows[0]["mse_vs_final_ci_high"]) == \
+        pytest.approx(interval(x2, seeds, positive=True, resamples=500)[1:])
+    assert 0 < rows[0]["mse_vs_final_ci_low"] < rows[0]["mse_vs_final"] < rows[0]["mse_vs_final_ci_high"]
+    # the paired difference of the same samples, x_t's error minus the clean prediction's, may cross 0
+    assert rows[0]["diff_xt_minus_clean_vs_final"] == pytest.approx((x2 - c2).mean())
+    assert (rows[0]["diff_xt_minus_clean_vs_final_ci_low"], rows[0]["diff_xt_minus_clean_vs_final_ci_high"]) == \
+        pytest.approx(interval(x2 - c2, seeds, positive=False, resamples=500)[1:])
     x_vs_clean = [((probe["trajectory"][2, i].astype(np.float64) - probe["clean_prediction"][1, i]) ** 2).mean()
                   for i in range(samples)]
     assert rows[0]["mse_xt_vs_clean"] == pytest.approx(np.mean(x_vs_clean))
-    assert rows[1]["mse_vs_final"] == 0.0 and rows[1]["n_samples"] == samples
-
-
-def test_t_quantiles():
-    from mimic_redundancy.core.stats import t975
-
-    assert t975(1) == 12.706 and t975(7) == 2.365 and t975(30) == 2.042
-    for df, table in [(40, 2.021), (60, 2.000), (120, 1.980)]:  # beyond the table: the expansion
-        assert t975(df) == pytest.approx(table, abs=1e-3)
-
-
-def test_mean_ci_against_direct_arithmetic():
-    from mimic_redundancy.core.stats import mean_ci
-
-    values = np.array([1.0, 2.0, 4.0, 7.0])
-    mean, low, high = mean_ci(values)
-    half = 3.182 * values.std(ddof=1) / 2
-    assert mean == 3.5 and low == pytest.approx(3.5 - half) and high == pytest.approx(3.5 + half)
-    assert np.isnan(mean_ci(np.array([5.0]))[1])
+    assert rows[1]["mse_vs_final"] == 0.0 and rows[1]["n_samples"] == samples and rows[1]["n_seeds"] == 4
+    assert rows[1]["mse_vs_final_ci_low"] == rows[1]["mse_vs_final_ci_high"] == 0.0  # the final action vs itself
 
 
 def test_seed_spread_pairs_same_prompt_different_seed():
     from mimic_redundancy.analysis.metrics import seed_spread
 
     final = np.stack([np.full((2, 2), v) for v in [0.0, 10.0, 1.0, 30.0]])
-    spread = seed_spread(final, np.array([0, 0, 1, 1]), np.array(["a", "b", "a", "b"]))
-    assert sorted(spread.tolist()) == [1.0, 400.0]
+    spread, windows = seed_spread(final, np.array([0, 0, 1, 1]), np.array(["a", "b", "a", "b"]))
+    assert sorted(zip(spread.tolist(), windows.tolist())) == [(1.0, "a"), (400.0, "b")]
 
 
 def test_part_convergence_finds_the_slow_dimension():

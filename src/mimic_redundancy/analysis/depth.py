@@ -16,9 +16,9 @@ import logging
 
 import numpy as np
 
-from mimic_redundancy.analysis.metrics import describe_probe, mse_vs, seed_spread, write_csv
+from mimic_redundancy.analysis.metrics import describe_probe, intervals_note, mse_vs, seed_spread, write_csv
 from mimic_redundancy.core.io import DEPTH_ARRAYS, load_npz, write_json
-from mimic_redundancy.core.stats import mean_ci
+from mimic_redundancy.core.stats import RESAMPLES, check_resamples, interval
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +70,38 @@ def run_depth(net, features, steps: int, batch_size: int, device) -> dict:
             "backbone_json": features.meta.get("backbone_json", "{}")}
 
 
-def _stat(row: dict, name: str, values: np.ndarray) -> None:
-    values = values[np.isfinite(values)]
-    mean, low, high = mean_ci(values) if values.size else (np.nan, np.nan, np.nan)
-    row.update({name: float(mean), f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)})
+def _stat(row: dict, name: str, values: np.ndarray, units: np.ndarray, positive: bool, resamples: int) -> None:
+    """The mean of `values` (one per unit in `units`; NaN left out) and its 95% interval (core.stats)."""
+    mean, low, high = interval(values, units, positive=positive, resamples=resamples) if values.size else \
+        (np.nan, np.nan, np.nan)
+    row.update({name: mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
 
 
-def write_depth_metrics(npz_path, table_path, summary_path) -> None:
-    """depth.csv: per video time, the final actions' MSE vs time 0's, vs the ground truth, the seed-to-seed
-    spread, the hiddens' cosine and relative difference to time 0's, and the backbone seconds per sample;
-    depth.json: the same in brief, with what the backbone is."""
+def write_depth_metrics(npz_path, table_path, summary_path, resamples: int = RESAMPLES) -> None:
+    """depth.csv: per video time, the final actions' MSE vs time 0's, vs the ground truth and its paired difference
+    to time 0's (above 0: the noised video's hiddens give worse actions on these samples), the seed-to-seed spread,
+    the hiddens' cosine and relative difference to time 0's, and the backbone seconds per sample (95% intervals over
+    seeds; the spread's over input windows); depth.json: the same in brief, with what the backbone is."""
+    resamples = check_resamples(resamples, "metrics.bootstrap")
     run = load_npz(npz_path, DEPTH_ARRAYS)
     final, seeds, windows, gt = run["final"], run["seed"], run["window"], run["gt_actions"]
     has_gt = np.isfinite(gt).all(axis=(-2, -1))
-    spread_at_0 = seed_spread(final[0], seeds, windows)
+    gt_at_0 = mse_vs(final[0][has_gt], gt[has_gt]) if has_gt.any() else np.array([])
+    spread_at_0, _ = seed_spread(final[0], seeds, windows)
     spread_0 = float(spread_at_0.mean()) if spread_at_0.size else np.nan
     rows = []
     for t, time in enumerate(run["times"]):
         row = {"video_time": float(time)}
-        _stat(row, "mse_vs_time0", mse_vs(final[t], final[0]))
-        _stat(row, "mse_vs_gt", mse_vs(final[t][has_gt], gt[has_gt]) if has_gt.any() else np.array([]))
-        spread = seed_spread(final[t], seeds, windows)
-        _stat(row, "mse_seed_to_seed", spread)
+        _stat(row, "mse_vs_time0", mse_vs(final[t], final[0]), seeds, True, resamples)
+        gt_at_t = mse_vs(final[t][has_gt], gt[has_gt]) if has_gt.any() else np.array([])
+        _stat(row, "mse_vs_gt", gt_at_t, seeds[has_gt], True, resamples)
+        _stat(row, "diff_vs_gt_minus_time0", gt_at_t - gt_at_0, seeds[has_gt], False, resamples)
+        spread, spread_windows = seed_spread(final[t], seeds, windows)
+        _stat(row, "mse_seed_to_seed", spread, spread_windows, True, resamples)
         row["mse_vs_time0_over_seed_spread"] = row["mse_vs_time0"] / spread_0 if spread_0 > 0 else np.nan
-        _stat(row, "hidden_cosine_vs_time0", run["hidden_cosine"][t].astype(np.float64))
-        _stat(row, "hidden_rel_diff_vs_time0", run["hidden_rel_diff"][t].astype(np.float64))
-        _stat(row, "backbone_seconds", run["backbone_seconds"][t])
+        _stat(row, "hidden_cosine_vs_time0", run["hidden_cosine"][t].astype(np.float64), seeds, False, resamples)
+        _stat(row, "hidden_rel_diff_vs_time0", run["hidden_rel_diff"][t].astype(np.float64), seeds, True, resamples)
+        _stat(row, "backbone_seconds", run["backbone_seconds"][t], seeds, True, resamples)
         row.update({"n_samples": int(seeds.size), "n_seeds": int(np.unique(seeds).size),
                     "n_samples_gt": int(has_gt.sum()), "n_seed_pairs": int(spread.size), "steps": int(run["steps"])})
         rows.append(row)
@@ -107,6 +113,7 @@ def write_depth_metrics(npz_path, table_path, summary_path) -> None:
         "times": [float(t) for t in run["times"]], "steps": int(run["steps"]), "n_samples": int(seeds.size),
         "n_seeds": int(np.unique(seeds).size), "samples": describe_probe(run), "n_samples_gt": int(has_gt.sum()),
         "preset": str(run["preset"]), "device": str(run["device"]), "backbone": backbone,
+        "intervals": intervals_note(resamples) + " (the seed-to-seed spread: over input windows)",
         "random_backbone": random_backbone,
         "note": ("the random-weight tiny backbone: this checks the pipeline and is not a finding" if random_backbone
                  else "pretrained backbone"),

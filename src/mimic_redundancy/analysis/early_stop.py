@@ -23,9 +23,9 @@ import logging
 
 import numpy as np
 
-from mimic_redundancy.analysis.metrics import _same_samples, describe_probe, mse_vs, write_csv
+from mimic_redundancy.analysis.metrics import _same_samples, describe_probe, intervals_note, mse_vs, write_csv
 from mimic_redundancy.core.io import SWEEP_ARRAYS, load_npz, load_probe, write_json
-from mimic_redundancy.core.stats import mean_ci
+from mimic_redundancy.core.stats import RESAMPLES, check_resamples, interval
 
 RULES = ["fixed_step_xt", "fixed_step_clean", "clean_change", "fixed_k"]
 CURVE = "clean_change_curve"  # the clean-change rule over every threshold: the threshold-free curve
@@ -68,25 +68,28 @@ def calibration_split(seeds) -> tuple[np.ndarray, np.ndarray]:
     return calibration, evaluation
 
 
-def _mean_ci(values: np.ndarray) -> tuple[float, float, float]:
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return np.nan, np.nan, np.nan
-    return tuple(float(v) for v in mean_ci(values))
-
-
-def judge(nfe: np.ndarray, out: np.ndarray, targets: dict, index: np.ndarray, seeds: np.ndarray) -> dict:
-    """NFE (mean, p50, p90) and the MSE vs every target (mean and 95% CI) over the samples `index`."""
+def judge(nfe: np.ndarray, out: np.ndarray, targets: dict, index: np.ndarray, seeds: np.ndarray,
+          final: np.ndarray, resamples: int = RESAMPLES) -> dict:
+    """NFE (mean, p50, p90), the MSE vs every target (mean and 95% interval over seeds) and, against every target
+    but the final action itself, the paired difference to the full run's MSE (diff_*_minus_full: above 0, stopping
+    early is worse on these samples) over the samples `index`."""
     row = {}
     picked = nfe[index].astype(np.float64)
     for name, value in [("nfe_mean", np.mean), ("nfe_p50", lambda v: np.percentile(v, 50)),
                         ("nfe_p90", lambda v: np.percentile(v, 90))]:
         row[name] = float(value(picked)) if picked.size else np.nan
+    units = seeds[index]
     for name, target in targets.items():
-        mean, low, high = _mean_ci(mse_vs(out[index], target[index]))
-        row.update({f"mse_{name}": mean, f"mse_{name}_ci_low": low, f"mse_{name}_ci_high": high})
+        error = mse_vs(out[index], target[index])
+        stats = {f"mse_{name}": (error, True)}
+        if name != "vs_final":
+            stats[f"diff_{name}_minus_full"] = (error - mse_vs(final[index], target[index]), False)
+        for key, (values, positive) in stats.items():
+            mean, low, high = interval(values, units, positive=positive, resamples=resamples) if values.size else \
+                (np.nan, np.nan, np.nan)
+            row.update({key: mean, f"{key}_ci_low": low, f"{key}_ci_high": high})
     row["n_samples"] = int(index.size)
-    row["n_seeds"] = int(np.unique(seeds[index]).size)
+    row["n_seeds"] = int(np.unique(units).size)
     return row
 
 
@@ -133,10 +136,12 @@ def early_stop_tables(probe: dict, sweep: dict, settings: dict) -> tuple[list[di
     k0 = settings["target_step"]
     target = settings["target_fraction"] * float(mse_vs(traj[k0][calibration], final[calibration]).mean())
     base = {"target_mse": target, "probe_steps": steps}
+    resamples = check_resamples(settings["bootstrap"], "metrics.bootstrap")
+    no_gt = {f"{key}{end}": np.nan for key in ("mse_vs_gt", "diff_vs_gt_minus_full") for end in ("", "_ci_low", "_ci_high")}
 
     def row(rule, param, half, nfe, out, index, calibrated=False):
-        return {"rule": rule, "param": param, "half": half, **judge(nfe, out, targets, index, seeds),
-                **({} if has_gt else {"mse_vs_gt": np.nan, "mse_vs_gt_ci_low": np.nan, "mse_vs_gt_ci_high": np.nan}),
+        return {"rule": rule, "param": param, "half": half, **judge(nfe, out, targets, index, seeds, final, resamples),
+                **({} if has_gt else no_gt),
                 "n_samples_gt": int(np.isfinite(gt[index]).all(axis=(-2, -1)).sum()), **base,
                 "calibrated": int(calibrated)}
 
@@ -157,13 +162,17 @@ def early_stop_tables(probe: dict, sweep: dict, settings: dict) -> tuple[list[di
         for half, index in halves:
             if pick:
                 rows.append(row(rule, param, half, nfe, out, index, calibrated=True))
-        evaluated = judge(nfe, out, targets, evaluation, seeds) if pick and evaluation.size else {}
+        evaluated = judge(nfe, out, targets, evaluation, seeds, final, resamples) if pick and evaluation.size else {}
         reaches = bool(evaluated["mse_vs_final"] <= target) if evaluated else None  # None: no rule, or not evaluated
         chosen[rule] = {"param": None if not pick else float(param),
                         "nfe_mean_evaluation": evaluated.get("nfe_mean"),
                         "nfe_saved_evaluation": steps - evaluated["nfe_mean"] if evaluated else None,
                         "mse_vs_final_evaluation": evaluated.get("mse_vs_final"),
-                        "reaches_target_on_evaluation": reaches}
+                        "reaches_target_on_evaluation": reaches,
+                        # the paired difference to the full run's error vs the ground truth, on the evaluation half
+                        "diff_vs_gt_minus_full_evaluation": evaluated.get("diff_vs_gt_minus_full"),
+                        "diff_vs_gt_minus_full_evaluation_ci": [evaluated.get("diff_vs_gt_minus_full_ci_low"),
+                                                                evaluated.get("diff_vs_gt_minus_full_ci_high")]}
     summary = {"target_mse": target, "target_step": k0, "target_fraction": settings["target_fraction"],
                "evaluated": bool(evaluation.size),
                "probe_steps": steps, "eps": sorted(settings["eps"], reverse=True),
@@ -172,7 +181,7 @@ def early_stop_tables(probe: dict, sweep: dict, settings: dict) -> tuple[list[di
                "n_calibration": int(calibration.size), "n_evaluation": int(evaluation.size),
                "n_samples": int(seeds.size), "n_seeds": int(np.unique(seeds).size), "samples": describe_probe(probe),
                "n_samples_gt": int(np.isfinite(gt).all(axis=(-2, -1)).sum()), "reference_steps": int(sweep["reference_steps"]),
-               "preset": str(probe["preset"]), "calibrated": chosen, "config_digest": str(probe["config_digest"])}
+               "preset": str(probe["preset"]), "calibrated": chosen, "intervals": intervals_note(resamples), "config_digest": str(probe["config_digest"])}
     return rows, summary
 
 

@@ -2,7 +2,9 @@
 
 "Step s" means s Euler steps (s model evaluations) have been taken: the state is
 trajectory[s] and the freshest clean-action prediction is clean_prediction[s - 1].
-Every mean over samples comes with a 95% Student-t confidence interval (columns *_ci_low/high).
+Every mean over samples comes with a 95% interval (columns *_ci_low/high): core.stats' symmetric bootstrap-t over
+seeds, on the log scale for errors (never below 0); where two things are compared on the same samples, the table
+also holds their paired difference (columns diff_*) with its interval.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import csv
 import numpy as np
 
 from mimic_redundancy.core.io import atomic_path, describe, load_probe, write_json
-from mimic_redundancy.core.stats import mean_ci
+from mimic_redundancy.core.stats import METHOD, RESAMPLES, check_resamples, interval, intervals
 
 
 def mse_vs(arrays: np.ndarray, final: np.ndarray, axis=(-2, -1)) -> np.ndarray:
@@ -58,17 +60,29 @@ def convergence_step(steps: list[int], mse: list[float], threshold: float) -> in
     return next((s for s, m in zip(steps, mse) if m <= target), None)
 
 
-def summary_rows(errors: dict[str, np.ndarray], steps: list[int]) -> list[dict]:
-    """One row per step: mean and 95% CI of every error in `errors`, and N."""
+def paired_differences(errors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-sample paired differences [K+1, S] of x_t's error minus the clean prediction's (vs the final actions,
+    and vs the ground truth where known): above 0, the clean prediction is the closer one on these samples."""
+    diffs = {"xt_minus_clean_vs_final": errors["vs_final"] - errors["clean_vs_final"]}
+    if "vs_gt" in errors:
+        diffs["xt_minus_clean_vs_gt"] = errors["vs_gt"] - errors["clean_vs_gt"]
+    return diffs
+
+
+def summary_rows(errors: dict[str, np.ndarray], steps: list[int], seeds, resamples: int = RESAMPLES) -> list[dict]:
+    """One row per step: mean and 95% interval (over seeds) of every error in `errors` and of the paired
+    differences, N and the number of seeds (`seeds` [S]: each sample's)."""
+    columns = {}
+    for prefix, kind, positive in [("mse", errors, True), ("diff", paired_differences(errors), False)]:
+        for name, per_sample in kind.items():  # the gt errors: samples with gt only (NaN elsewhere)
+            mean, low, high = intervals(per_sample[steps], seeds, positive=positive, resamples=resamples)
+            columns.update({f"{prefix}_{name}": mean, f"{prefix}_{name}_ci_low": low,
+                            f"{prefix}_{name}_ci_high": high})
     rows = []
-    for s in steps:
-        row = {"step": s}
-        for name, per_sample in errors.items():
-            values = per_sample[s]
-            mean, low, high = mean_ci(values[np.isfinite(values)])  # the gt errors: samples with gt only
-            row.update({f"mse_{name}": float(mean), f"mse_{name}_ci_low": float(low),
-                        f"mse_{name}_ci_high": float(high)})
+    for i, s in enumerate(steps):
+        row = {"step": s, **{key: float(values[i]) for key, values in columns.items()}}
         row["n_samples"] = int(next(iter(errors.values())).shape[1])
+        row["n_seeds"] = int(np.unique(seeds).size)
         if "vs_gt" in errors:
             row["n_samples_gt"] = int(np.isfinite(errors["vs_gt"][s]).sum())
         rows.append(row)
@@ -161,10 +175,10 @@ def write_metrics(npz_path, settings: dict, out: dict) -> None:
     too_large = [s for s in settings["probe_steps"] if s > steps]
     if too_large:
         raise ValueError(f"{npz_path} holds {steps} steps; metrics.probe_steps {too_large} exceed it")
-    errors = step_errors(probe)
-    rows = summary_rows(errors, sorted(settings["probe_steps"]))
+    errors, resamples = step_errors(probe), check_resamples(settings["bootstrap"], "metrics.bootstrap")
+    rows = summary_rows(errors, sorted(settings["probe_steps"]), probe["seed"], resamples)
     write_csv(out["table"], rows)
-    write_csv(out["early_exit"], summary_rows(errors, list(range(1, steps + 1))))
+    write_csv(out["early_exit"], summary_rows(errors, list(range(1, steps + 1)), probe["seed"], resamples))
     thresholds = settings["convergence_thresholds"]
     table = [{"threshold": t,
               "step_xt": convergence_step([r["step"] for r in rows], [r["mse_vs_final"] for r in rows], t),
@@ -182,6 +196,8 @@ def write_metrics(npz_path, settings: dict, out: dict) -> None:
         "target_mse": (1.0 - headline) * rows[0]["mse_vs_final"],
         "steps": steps,
         "n_samples": int(probe["seed"].size),
+        "n_seeds": int(np.unique(probe["seed"]).size),
+        "intervals": intervals_note(resamples),
         "samples": describe_probe(probe),
         "source": str(probe["source"]),
         "n_samples_gt": gt_samples(probe),
@@ -195,6 +211,10 @@ def write_metrics(npz_path, settings: dict, out: dict) -> None:
     })
 
 
+def intervals_note(resamples: int) -> str:
+    return f"95% {METHOD}, {resamples} resamples"
+
+
 def describe_probe(run: dict) -> str:
     return describe(str(run["source"]), run["seed"], run["window"], run["episode"], run["prompt"])
 
@@ -204,56 +224,71 @@ def _same_samples(a: dict, b: dict, a_path, b_path) -> None:
         raise ValueError(f"{a_path} and {b_path} hold different samples (seeds/windows): rerun both with one config")
 
 
-def write_sweep_metrics(sweep_path, probe_path, table_path) -> None:
-    """sweep.csv: per K, the error vs the main run (the probe's final actions) and vs the fine
-    reference, with 95% CIs, and the wall time of sampling all samples with K steps."""
+def write_sweep_metrics(sweep_path, probe_path, table_path, resamples: int = RESAMPLES) -> None:
+    """sweep.csv: per K, the error vs the main run (the probe's final actions) and vs the fine reference, with 95%
+    intervals over seeds; the paired difference of K's error vs the reference minus the main run's (above 0: K
+    steps are further from the ODE's solution than probe.steps are, on the same samples); and the wall time of
+    sampling all samples with K steps."""
     from mimic_redundancy.core.io import SWEEP_ARRAYS, load_npz
 
+    resamples = check_resamples(resamples, "metrics.bootstrap")
     sweep, probe = load_npz(sweep_path, SWEEP_ARRAYS), load_probe(probe_path)
     _same_samples(sweep, probe, sweep_path, probe_path)
-    main = probe["trajectory"][-1]
+    main, seeds = probe["trajectory"][-1], probe["seed"]
+    main_vs_reference = mse_vs(main, sweep["reference"])
+    columns = {}
+    for name, target in [("vs_main", main), ("vs_reference", sweep["reference"])]:
+        columns[f"mse_{name}"] = intervals(mse_vs(sweep["final"], target), seeds, positive=True, resamples=resamples)
+    columns["diff_vs_reference_minus_main"] = intervals(mse_vs(sweep["final"], sweep["reference"]) - main_vs_reference,
+                                                        seeds, positive=False, resamples=resamples)
     rows = []
-    for k, final, seconds in zip(sweep["steps"], sweep["final"], sweep["wall_seconds"]):
+    for j, (k, seconds) in enumerate(zip(sweep["steps"], sweep["wall_seconds"])):
         row = {"steps": int(k), "nfe": int(k)}
-        for name, target in [("vs_main", main), ("vs_reference", sweep["reference"])]:
-            mean, low, high = mean_ci(mse_vs(final, target))
-            row.update({f"mse_{name}": float(mean), f"mse_{name}_ci_low": float(low), f"mse_{name}_ci_high": float(high)})
+        for key, (mean, low, high) in columns.items():
+            row.update({key: float(mean[j]), f"{key}_ci_low": float(low[j]), f"{key}_ci_high": float(high[j])})
         row.update({"wall_seconds": float(seconds), "samples_per_second": probe["seed"].size / float(seconds),
                     "main_steps": probe["trajectory"].shape[0] - 1, "reference_steps": int(sweep["reference_steps"]),
-                    "timing_repeats": int(sweep["repeats"]), "n_samples": int(probe["seed"].size)})
+                    "timing_repeats": int(sweep["repeats"]), "n_samples": int(probe["seed"].size),
+                    "n_seeds": int(np.unique(seeds).size)})
         rows.append(row)
     write_csv(table_path, rows)
 
 
-def seed_spread(final: np.ndarray, seeds: np.ndarray, windows: np.ndarray) -> np.ndarray:
-    """MSE between the final actions of every two samples with the same input window and different seeds."""
+def seed_spread(final: np.ndarray, seeds: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(MSE between the final actions of every two samples with the same input window and different seeds, the
+    window of each pair: the pairs of one window share its input and their seeds, so the window is their unit)."""
     pairs = [(i, j) for i in range(len(seeds)) for j in range(i + 1, len(seeds))
              if windows[i] == windows[j] and seeds[i] != seeds[j]]
-    return np.array([((final[i].astype(np.float64) - final[j]) ** 2).mean() for i, j in pairs])
+    return (np.array([((final[i].astype(np.float64) - final[j]) ** 2).mean() for i, j in pairs]),
+            np.array([windows[i] for i, _ in pairs]))
 
 
-def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
+def write_backbone_metrics(backbone_path, table_path, summary_path, resamples: int = RESAMPLES) -> None:
     """backbone.csv: per action step, how far the recomputed video hiddens are from the cached ones
     (relative difference, cosine) and from the previous step's; backbone.json: final-action
     difference between the modes vs the seed-to-seed spread, and the time of each mode."""
     from mimic_redundancy.core.io import BACKBONE_ARRAYS, load_npz
 
+    resamples = check_resamples(resamples, "metrics.bootstrap")
     run = load_npz(backbone_path, BACKBONE_ARRAYS)
-    steps = int(run["steps"])
+    steps, seeds = int(run["steps"]), run["seed"]
+    previous = np.concatenate([np.full((1, seeds.size), np.nan), run["hidden_step_rel_diff"]])  # none at step 1
+    columns = {name: intervals(values, seeds, positive=positive, resamples=resamples)
+               for name, values, positive in [("rel_diff_vs_cached", run["hidden_rel_diff"], True),
+                                              ("cosine_vs_cached", run["hidden_cosine"], False),
+                                              ("rel_diff_vs_previous", previous, True)]}
     rows = []
     for k in range(steps):
         row = {"step": k + 1}
-        for name, values in [("rel_diff_vs_cached", run["hidden_rel_diff"][k]),
-                             ("cosine_vs_cached", run["hidden_cosine"][k]),
-                             ("rel_diff_vs_previous", run["hidden_step_rel_diff"][k - 1] if k else None)]:
-            mean, low, high = mean_ci(values) if values is not None else (np.nan, np.nan, np.nan)
-            row.update({name: float(mean), f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)})
+        for name, (mean, low, high) in columns.items():
+            row.update({name: float(mean[k]), f"{name}_ci_low": float(low[k]), f"{name}_ci_high": float(high[k])})
         row["n_samples"] = int(run["seed"].size)
+        row["n_seeds"] = int(np.unique(seeds).size)
         row["of_samples"] = int(run["total_samples"])  # the run's; backbone.samples may take the first few
         rows.append(row)
     write_csv(table_path, rows)
     modes = mse_vs(run["final_recompute"], run["final_cached"])
-    spread = seed_spread(run["final_cached"], run["seed"], run["window"])
+    spread, spread_windows = seed_spread(run["final_cached"], run["seed"], run["window"])
     subset = int(run["seed"].size) < int(run["total_samples"])
     summary = {"steps": steps, "n_samples": int(run["seed"].size), "of_samples": int(run["total_samples"]),
                "samples": (f"the first {run['seed'].size} of {int(run['total_samples'])} samples "
@@ -263,28 +298,48 @@ def write_backbone_metrics(backbone_path, table_path, summary_path) -> None:
                "seconds_cached": float(run["seconds_cached"].sum()),
                "seconds_recompute": float(run["seconds_recompute"].sum()),
                "recompute_over_cached_time": float(run["seconds_recompute"].sum() / run["seconds_cached"].sum())}
-    for name, values in [("final_mse_between_modes", modes), ("final_mse_seed_to_seed", spread)]:
-        mean, low, high = mean_ci(values) if values.size else (np.nan, np.nan, np.nan)
-        summary.update({name: float(mean), f"{name}_ci": [float(low), float(high)], f"{name}_n": int(values.size)})
+    for name, values, units in [("final_mse_between_modes", modes, seeds), ("final_mse_seed_to_seed", spread,
+                                                                            spread_windows)]:
+        mean, low, high = interval(values, units, positive=True, resamples=resamples) if values.size else \
+            (np.nan, np.nan, np.nan)
+        summary.update({name: mean, f"{name}_ci": [low, high], f"{name}_n": int(values.size)})
+    summary["intervals"] = intervals_note(resamples) + " (the seed-to-seed spread: over input windows)"
     summary["modes_over_seed_spread"] = summary["final_mse_between_modes"] / summary["final_mse_seed_to_seed"] \
         if spread.size else None
     write_json(summary_path, summary)
 
 
-def write_comparison(presets: list[str], files: dict, table_path) -> dict:
+def paired_to_first(probe: dict, first: dict, steps: list[int], resamples: int) -> dict[str, np.ndarray]:
+    """Per probe step, the paired difference of a preset's errors minus the first preset's on the same samples
+    (x_t vs its own final action; vs the ground truth where both have it), with 95% intervals over seeds: columns
+    like metrics.csv's (step, diff_vs_final, diff_vs_final_ci_low, ...)."""
+    ours, theirs = step_errors(probe), step_errors(first)
+    out = {"step": np.asarray(steps)}
+    for name in [n for n in ("vs_final", "vs_gt") if n in ours and n in theirs]:
+        mean, low, high = intervals(ours[name][steps] - theirs[name][steps], probe["seed"], positive=False,
+                                    resamples=resamples)
+        out.update({f"diff_{name}": mean, f"diff_{name}_ci_low": low, f"diff_{name}_ci_high": high})
+    return out
+
+
+def write_comparison(presets: list[str], files: dict, table_path, resamples: int = RESAMPLES) -> dict:
     """comparison.csv: one row per preset (same samples in every one): convergence steps, the error
     vs ground truth, the K-step sweep, the backbone-recompute effect, the calibrated early-stopping rules and
-    the video-depth effect. `files`: preset -> paths of its probe, convergence (thresholds), summary, sweep,
-    backbone_summary, early_stop (+ _summary) and depth (+ _summary). Returns the loaded runs."""
+    the video-depth effect; for every preset after the first, the paired difference of its final actions' error vs
+    the ground truth minus the first preset's, with its 95% interval. `files`: preset -> paths of its probe,
+    convergence (thresholds), summary, sweep, backbone_summary, early_stop (+ _summary) and depth (+ _summary).
+    Returns the loaded runs (with "paired": paired_to_first's columns, for every preset after the first)."""
     from mimic_redundancy.core.io import read_json
 
+    resamples = check_resamples(resamples, "metrics.bootstrap")
     runs, rows = {}, []
     first = presets[0]
+    first_probe = load_probe(files[first]["probe"])
     for preset in presets:
         paths = files[preset]
         probe = load_probe(paths["probe"])
         if preset != first:
-            _same_samples(load_probe(files[first]["probe"]), probe, files[first]["probe"], paths["probe"])
+            _same_samples(first_probe, probe, files[first]["probe"], paths["probe"])
         metrics, summary, sweep = read_csv(paths["metrics"]), read_json(paths["summary"]), read_csv(paths["sweep"])
         thresholds, backbone = read_csv(paths["thresholds"]), read_json(paths["backbone_summary"])
         row = {"preset": preset, "n_samples": summary["n_samples"], "samples": summary["samples"],
@@ -294,6 +349,15 @@ def write_comparison(presets: list[str], files: dict, table_path) -> dict:
             row[f"convergence_step_clean_{t:g}"] = step_clean
         row["mse_vs_final_first_step"] = summary["reference_mse"]
         row["final_mse_vs_gt"] = summary["final_mse_vs_gt"]
+        paired = None
+        if preset != first:
+            paired = paired_to_first(probe, first_probe, [int(s) for s in metrics["step"]], resamples)
+            errors, theirs = step_errors(probe), step_errors(first_probe)
+            if "vs_gt" in errors and "vs_gt" in theirs:  # the final actions (the last step), paired on the samples
+                mean, low, high = interval(errors["vs_gt"][-1] - theirs["vs_gt"][-1], probe["seed"], positive=False,
+                                           resamples=resamples)
+                row.update({f"final_mse_vs_gt_minus_{first}": mean, f"final_mse_vs_gt_minus_{first}_ci_low": low,
+                            f"final_mse_vs_gt_minus_{first}_ci_high": high})
         for k, mse in zip(sweep["nfe"].astype(int), sweep["mse_vs_reference"]):
             row[f"mse_k{k}_vs_reference"] = float(mse)
         row["final_mse_between_backbone_modes"] = backbone["final_mse_between_modes"]
@@ -310,6 +374,7 @@ def write_comparison(presets: list[str], files: dict, table_path) -> dict:
         row["depth_random_backbone"] = depth["random_backbone"]
         rows.append(row)
         runs[preset] = {"metrics": metrics, "summary": summary, "sweep": sweep, "early_stop_summary": early,
+                        "paired": paired,
                         "early_stop": read_csv(paths["early_stop"], text_columns=("rule", "half")),
                         "depth": read_csv(paths["depth"]), "depth_summary": depth}
     write_csv(table_path, rows)

@@ -587,8 +587,9 @@ def sweep_settings(config: dict, preset: str) -> dict:
 
 
 def early_stop_settings(config: dict) -> dict:
-    """The early-stopping rules read probe.npz and sweep.npz alone: only their own keys rerun them."""
-    return dict(config["early_stop"])
+    """The early-stopping rules read probe.npz and sweep.npz alone: only their own keys (and the intervals'
+    metrics.bootstrap) rerun them."""
+    return {**config["early_stop"], "bootstrap": config["metrics"]["bootstrap"]}
 
 
 def _depth_identity(config: dict, preset: str) -> dict:

@@ -1,7 +1,9 @@
 """Figures drawn from the metrics tables, summaries and NPZ files alone (never the model).
 
 Every figure states its preset, N (samples) and how many seeds and prompts they come from;
-curves are means over samples with 95% Student-t confidence bands.
+curves are means over samples with 95% intervals over seeds (core.stats: a symmetric bootstrap-t, on the log scale for
+errors, so a band never reaches 0; no band where fewer than 4 seeds give no interval). Where two things are compared on
+the same samples, a panel shows their paired difference with its interval, around a line at 0.
 
 Every figure is drawn to be read at REPORT_WIDTH_PX. `snakemake --report` shows a PNG at its own pixel size
 (shrunk, never grown, to the pane beside its navigation bar, which takes a fifth to a half of the window: 960 px of a
@@ -70,11 +72,16 @@ def _band(ax, x, table, key, label, **style):
         ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
 
 
-def _log_floor(values: np.ndarray) -> tuple[float, float]:
-    """(floor, bottom) of a log MSE axis: values <= floor are the zeros of the final action itself (to float
-    rounding) and are left out; CI bounds are cut at bottom."""
-    floor = 1e-9 * np.nanmax(values)
-    return floor, np.nanmin(values[values > floor]) / 10
+def _log_floor(values: np.ndarray) -> float:
+    """The floor of a log MSE axis: values <= floor are the zeros of the final action itself (to float rounding)
+    and are left out."""
+    return 1e-9 * np.nanmax(values)
+
+
+def _paired(ax, x, table, key, label, **style) -> None:
+    """A paired difference with its 95% band, and the line at 0 (no difference)."""
+    ax.axhline(0.0, color="grey", lw=0.8)
+    _band(ax, x, table, key, label, **style)
 
 
 def _save(fig, style: dict, png_path, svg_path) -> None:
@@ -92,7 +99,7 @@ def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path
     table, summary = read_csv(table_path), read_json(summary_path)
     steps = table["step"]
     has_gt = "mse_vs_gt" in table
-    fig, axes = _grid(style, 2 if has_gt else 1, columns=1)
+    fig, axes = _grid(style, 3 if has_gt else 2, columns=1)
     ax = axes[0]
     _band(ax, steps, table, "mse_vs_final", "$x_t$ vs final action")
     _band(ax, steps, table, "mse_clean_vs_final", "clean prediction $\\hat{x}_1$ vs final (early exit)")
@@ -106,9 +113,17 @@ def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path
         _log(ax)  # the final step's 0 is simply not drawn
     ax.set_xlabel(f"Euler step (of {summary['steps']})")
     ax.set_ylabel("MSE")
-    ax.set_title(_lines("Action denoising convergence, mean and 95% CI",
+    ax.set_title(_lines("Action denoising convergence, mean and 95% interval over seeds",
                         _provenance(summary["preset"], summary["samples"])))
     ax.legend()
+    diff_ax = axes[-1]
+    _paired(diff_ax, steps, table, "diff_xt_minus_clean_vs_final", "vs the final action")
+    if has_gt:
+        _paired(diff_ax, steps, table, "diff_xt_minus_clean_vs_gt", "vs ground truth")
+    diff_ax.set_xlabel(f"Euler step (of {summary['steps']})")
+    diff_ax.set_ylabel("MSE of $x_t$ minus $\\hat{x}_1$'s")
+    diff_ax.set_title(f"Paired difference on the same samples (above 0: $\\hat{{x}}_1$ is closer), N={summary['n_samples']}")
+    diff_ax.legend()
     if has_gt:
         gt_ax = axes[1]
         _band(gt_ax, steps, table, "mse_vs_gt", "$x_t$ vs ground truth")
@@ -117,7 +132,7 @@ def convergence_figure(table_path, summary_path, style: dict, png_path, svg_path
             _log(gt_ax)
         gt_ax.set_xlabel(f"Euler step (of {summary['steps']})")
         gt_ax.set_ylabel("MSE vs ground truth")
-        gt_ax.set_title(f"Error vs ground truth, mean and 95% CI, N={summary['n_samples_gt']} samples with "
+        gt_ax.set_title(f"Error vs ground truth, mean and 95% interval, N={summary['n_samples_gt']} samples with "
                         "ground-truth actions")
         gt_ax.legend()
     _save(fig, style, png_path, svg_path)
@@ -155,7 +170,8 @@ def sweep_figure(table_path, summary_path, style: dict, png_path, svg_path) -> N
     """Quality vs number of function evaluations, and wall time per K (sweep.csv; provenance from convergence.json)."""
     table, summary = read_csv(table_path), read_json(summary_path)
     nfe = table["nfe"]
-    fig, (ax, ax_time) = _grid(style, 2)
+    fig, (ax, ax_time, ax_diff, spare) = _grid(style, 4)
+    spare.axis("off")
     for key, label in [("mse_vs_main", f"vs main run ({int(table['main_steps'][0])} steps)"),
                        ("mse_vs_reference", f"vs reference ({int(table['reference_steps'][0])} steps)")]:
         keep = table[key] > 0  # a log axis cannot show the 0 of K = the main run's steps
@@ -164,8 +180,15 @@ def sweep_figure(table_path, summary_path, style: dict, png_path, svg_path) -> N
     _log(ax)
     ax.set_xlabel("function evaluations K (Euler steps)")
     ax.set_ylabel("MSE of final actions")
-    ax.set_title("Quality vs NFE, mean and 95% CI")
+    ax.set_title("Quality vs NFE, mean and 95% interval")
     ax.legend()
+    main = int(table["main_steps"][0])
+    _paired(ax_diff, nfe, table, "diff_vs_reference_minus_main", f"K steps minus {main} steps")
+    _log(ax_diff, "x")
+    ax_diff.set_xlabel("function evaluations K")
+    ax_diff.set_ylabel("MSE vs reference, paired difference")
+    ax_diff.set_title(f"K vs the {main}-step main run, same samples\n(above 0: K is further from the reference), "
+                      f"N={int(table['n_samples'][0])}")
     ax_time.plot(nfe, table["wall_seconds"], marker="o")
     _log(ax_time, "x")
     ax_time.set_xlabel("function evaluations K")
@@ -219,20 +242,24 @@ def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path)
                ("vs_reference", f"MSE vs the {summary['reference_steps']}-step reference")]
     if summary["n_samples_gt"]:
         targets.append(("vs_gt", f"MSE vs ground truth (N={summary['n_samples_gt']})"))
-    fig, cells = _grid(style, len(targets) + 1)
-    axes, legend_cell = cells[:len(targets)], cells[len(targets)]
-    for ax, (target, label) in zip(axes, targets):
-        key = f"mse_{target}"
-        # a log axis: leave out the zeros of returning the final action itself (to float rounding) and cut the
-        # CI bounds at the axis floor
-        floor, bottom = _log_floor(table[key])
+    paired = "vs_gt" if summary["n_samples_gt"] else "vs_reference"
+    fig, cells = _grid(style, len(targets) + 2)
+    axes, diff_ax, legend_cell = cells[:len(targets)], cells[len(targets)], cells[len(targets) + 1]
+
+    def lines(ax, key, floor=None):
         for rule, name in EARLY_STOP_LINES:
-            keep = (table["rule"] == rule) & (table["half"] == "all") & (table[key] > floor)
+            keep = (table["rule"] == rule) & (table["half"] == "all")
+            if floor is not None:  # a log axis: leave out the zeros of returning the final action itself
+                keep &= table[key] > floor
             order = np.argsort(table["nfe_mean"][keep], kind="stable")
             part = {k: v[keep][order] for k, v in table.items()}
-            part[f"{key}_ci_low"] = np.maximum(part[f"{key}_ci_low"], bottom)
             style_ = {"ls": "none"} if rule == "clean_change" else {}
             _band(ax, part["nfe_mean"], part, key, name, **style_)
+
+    for ax, (target, label) in zip(axes, targets):
+        key = f"mse_{target}"
+        floor = _log_floor(table[key])
+        lines(ax, key, floor)
         chosen = (table["rule"] == "clean_change") & (table["half"] == "evaluation")
         if chosen.any():
             ax.plot(table["nfe_mean"][chosen], table[f"mse_{target}"][chosen], marker="*", ms=14, ls="none",
@@ -240,15 +267,24 @@ def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path)
         if target == "vs_final":
             ax.axhline(summary["target_mse"], color="grey", ls=":", lw=1,
                        label=f"target: {summary['target_fraction']:g} x step-{summary['target_step']} error")
+        # a lower bound near a seed at 0 (a rule returning the final action) would stretch the axis over decades
+        # where no mean lies: the axis ends two decades below the smallest mean drawn, the bands go on below it
+        smallest = np.nanmin(table[key][(table["half"] == "all") & (table[key] > floor)])
         _log(ax, "x")
         _log(ax)
-        ax.set_ylim(bottom=bottom)
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], smallest / 100))
         ax.set_xlabel("model evaluations per sample (NFE, mean)")
         ax.set_ylabel(label)
+    diff_ax.axhline(0.0, color="grey", lw=0.8)
+    lines(diff_ax, f"diff_{paired}_minus_full")
+    _log(diff_ax, "x")
+    diff_ax.set_xlabel("model evaluations per sample (NFE, mean)")
+    diff_ax.set_ylabel(f"{dict(targets)[paired].split(' (')[0]}:\nrule minus the full run")
+    diff_ax.set_title("paired difference to the full run\n(above 0: the rule is worse)")
     legend_cell.legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=7)
-    for cell in cells[len(targets):]:
+    for cell in cells[len(targets) + 1:]:
         cell.axis("off")
-    fig.suptitle(_lines("Early stopping: error vs NFE, mean and 95% CI (cut at the axis)",
+    fig.suptitle(_lines("Early stopping: error vs NFE, mean and 95% interval over seeds",
                         _provenance(summary["preset"], summary["samples"]),
                         f"calibrated on seeds {summary['calibration_seeds']} ({summary['n_calibration']} samples), "
                         f"evaluated on seeds {summary['evaluation_seeds']} ({summary['n_evaluation']})"))
@@ -266,6 +302,7 @@ def depth_figure(table_path, summary_path, style: dict, png_path, svg_path) -> N
     _band(ax, times, table, "mse_seed_to_seed", f"seed-to-seed spread ({int(table['n_seed_pairs'][0])} pairs)", ls="--")
     if summary["n_samples_gt"]:
         _band(ax, times, table, "mse_vs_gt", f"vs ground truth (N={summary['n_samples_gt']})")
+        _paired(ax, times, table, "diff_vs_gt_minus_time0", "vs ground truth minus time 0's (paired)", ls=":")
     ax.set_xlabel("video-denoising time (0 clean .. 1 noise)")
     ax.set_ylabel(f"MSE of final actions ({summary['steps']} steps)")
     ax.set_title("final actions")
@@ -282,7 +319,7 @@ def depth_figure(table_path, summary_path, style: dict, png_path, svg_path) -> N
     ax_time.set_ylabel(f"seconds per sample ({summary['device']}, batch 1)")
     ax_time.set_title("backbone time")
     note = ["RANDOM tiny backbone: checks the pipeline, not a finding."] if summary["random_backbone"] else []
-    fig.suptitle(_lines(*note, "Video-denoising depth, mean and 95% CI",
+    fig.suptitle(_lines(*note, "Video-denoising depth, mean and 95% interval over seeds (the spread's: over windows)",
                         _provenance(summary["preset"], summary["samples"])))
     _save(fig, style, png_path, svg_path)
 
@@ -317,10 +354,13 @@ def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
     backbone. `runs`: preset -> {"metrics": metrics.csv columns, "summary": convergence.json, "sweep": sweep.csv
     columns, "early_stop", "depth": their tables' columns, "early_stop_summary", "depth_summary": their JSON}."""
     has_gt = all("mse_vs_gt" in r["metrics"] for r in runs.values())
-    panels = 5 if has_gt else 4
+    panels = 6 if has_gt else 5
     fig, cells = _grid(style, panels + 1, columns=3, row_height=0.65)
     ax_final, ax_gt = cells[0], cells[1] if has_gt else None
-    ax_sweep, ax_stop, ax_depth = cells[panels - 3:panels]
+    ax_sweep, ax_stop, ax_depth, ax_paired = cells[panels - 4:panels]
+    paired = "diff_vs_gt" if has_gt else "diff_vs_final"
+    first = next(iter(runs))
+    ax_paired.axhline(0.0, color="grey", lw=0.8)
     entries = []
     for preset, run in runs.items():
         summary, metrics = run["summary"], run["metrics"]
@@ -333,12 +373,12 @@ def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
         _band(ax_sweep, run["sweep"]["nfe"][keep], {k: v[keep] for k, v in run["sweep"].items()},
               "mse_vs_reference", preset, **style_)
         table, chosen = run["early_stop"], run["early_stop_summary"]["calibrated"]["clean_change"]
-        floor, bottom = _log_floor(table["mse_vs_final"])
-        curve = (table["rule"] == "clean_change_curve") & (table["mse_vs_final"] > floor)
+        curve = (table["rule"] == "clean_change_curve") & (table["mse_vs_final"] > _log_floor(table["mse_vs_final"]))
         order = np.argsort(table["nfe_mean"][curve], kind="stable")
         part = {k: v[curve][order] for k, v in table.items()}
-        part["mse_vs_final_ci_low"] = np.maximum(part["mse_vs_final_ci_low"], bottom)
         _band(ax_stop, part["nfe_mean"], part, "mse_vs_final", preset, **style_)
+        if run["paired"] is not None:
+            _band(ax_paired, run["paired"]["step"], run["paired"], paired, preset, **style_)
         depth = run["depth"]
         _band(ax_depth, depth["video_time"], depth, "mse_vs_time0", preset, **style_)
         saved = chosen["nfe_saved_evaluation"]  # None: the target is not reached, or no evaluation half (one seed)
@@ -368,9 +408,12 @@ def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
     ax_depth.set_title("video depth vs time 0")
     ax_depth.set_xlabel("video time (0 clean .. 1 noise)")
     ax_depth.set_ylabel("MSE of final actions")
+    ax_paired.set_title(f"paired difference to {first}\n(above 0: worse than {first})")
+    ax_paired.set_xlabel("Euler step")
+    ax_paired.set_ylabel("MSE of $x_t$ vs " + ("ground truth" if has_gt else "its final action"))
     cells[panels].legend(*zip(*entries), loc="center", fontsize=7, labelspacing=1.0)
     for cell in cells[panels:]:
         cell.axis("off")
-    first = next(iter(runs.values()))["summary"]
-    fig.suptitle(_lines(f"{' vs '.join(runs)}: mean and 95% CI", f"each over {first['samples']}"))
+    first = runs[first]["summary"]
+    fig.suptitle(_lines(f"{' vs '.join(runs)}: mean and 95% interval over seeds", f"each over {first['samples']}"))
     _save(fig, style, png_path, svg_path)
