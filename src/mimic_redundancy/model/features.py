@@ -64,6 +64,10 @@ FEATURE_METADATA = {
     "numerics_json": "the numeric settings in force (threads, deterministic, device, torch)",
     "sha256_json": "sha256 of every tensor's bytes, JSON: checked whenever the file is read or gathered",
     "shard_json": "a shard's file only: its shard and rows {'shard': 'i-of-n', 'rows': [start, stop]}, for the gather",
+    "head_rng_state": "random backbones only (tiny-random, full-random): hex of torch's CPU RNG state "
+                      "(torch.get_rng_state bytes) right after the backbone's construction (model.build_backbone): a "
+                      "random action head is drawn from it (model.build_head), as the library draws it after its "
+                      "wrapper; the same in every shard",
 }
 # Beside the file, <name>.seconds.json (shards.timing_path): {"seconds": backbone seconds per row, "build_seconds"}.
 

@@ -3,8 +3,11 @@
 The backbone (CosmosPredictWrapper: transformer, VAE, T5 encoder) runs only in the `features` stage and
 the `backbone` analysis; every other model stage builds the action head alone
 (`MimicVideo(dim, None, dim_video_hidden=...)`) and reads the hiddens the features stage cached.
-A random head's weights come from `model_seed` alone (seeded right before the head is built), so the
-head-only stages and a model built whole have the same head.
+A random head's weights are drawn, as the library draws them in `torch.manual_seed(model_seed);
+MimicVideo(dim, CosmosPredictWrapper(...))`, from torch's CPU RNG where the backbone's construction left it:
+build_backbone records that state (`wrapper.head_rng_state`), the features files carry it (metadata
+`head_rng_state`), and build_head draws the head from it, so the head-only stages, a model built whole and the
+library's own construction have the same head, tensor for tensor.
 
 Checkpoints (`save_checkpoint`): format v2 holds the action head alone and references the backbone
 (a Hub repo at its resolved commit, or the seeded tiny random wrapper); format v1 (the tiny model saved
@@ -160,26 +163,42 @@ def build_backbone(spec: dict, device: torch.device, snapshots: dict | None = No
     tiny-random: mimic-video's tiny random wrapper, weights seeded by spec['model_seed'], cast to the dtype
     (random weights: nothing to load); full-random: the 7B shape with random weights, created on the device in
     the dtype; pretrained: the diffusers pipeline from its verified local snapshot,
-    loaded in the dtype; checkpoint-v1: the tiny wrapper saved whole in an old checkpoint."""
+    loaded in the dtype; checkpoint-v1: the tiny wrapper saved whole in an old checkpoint.
+
+    The random kinds (tiny-random, full-random) seed torch's RNG with spec['model_seed'] and record torch's CPU RNG
+    state right after the wrapper's construction, before anything else draws, as `wrapper.head_rng_state` (a uint8
+    tensor): where the library's `torch.manual_seed(model_seed); MimicVideo(dim, CosmosPredictWrapper(...))` draws
+    its action head from (build_head; full-random built on a GPU draws its weights from the GPU's RNG, so there the
+    state is not a CPU build's). Loaded backbones (pretrained, checkpoint-v1) draw no random construction to follow:
+    their `head_rng_state` is None, and a random head on them is seeded from model_seed (build_head)."""
     import logging
     import time
 
     start = time.perf_counter()
     snapshots = snapshots or {}
     dtype = resolve_dtype(spec.get("dtype", "float32"), device, f"backbone dtype of {spec.get('kind')}")
-    if spec["kind"] == "tiny-random":
+    if spec["kind"] not in ("tiny-random", "full-random", "checkpoint-v1", "pretrained"):
+        raise ValueError(f"unknown backbone kind {spec['kind']!r}")
+    if spec["kind"] == "pretrained":  # checked before anything loads
+        if "backbone" not in snapshots:
+            raise BackboneError("the pretrained backbone is not in the prefetch manifest: run prefetch")
+        check_guardrail(snapshots["backbone"], snapshots.get("guardrail"))
+    head_rng_state = None
+    if spec["kind"] in RANDOM_BACKBONES:
         torch.manual_seed(spec["model_seed"])
+    if spec["kind"] == "tiny-random":
         wrapper = _tiny_wrapper(load_tokenizer(spec["tokenizer"], snapshots.get("tokenizer")), spec["extract_layer"])
+        head_rng_state = torch.get_rng_state()
         wrapper = wrapper.to(dtype)
     elif spec["kind"] == "full-random":  # the 7B Cosmos shape with random weights (gpu-check), made in place
         from mimic_video.cosmos_predict import CosmosPredictWrapper
 
         default = torch.get_default_dtype()
-        torch.manual_seed(spec["model_seed"])
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device), _tokenizer_for_wrapper(load_tokenizer("builtin")):
                 wrapper = CosmosPredictWrapper(extract_layer=spec["extract_layer"], random_weights=True, tiny=False)
+            head_rng_state = torch.get_rng_state()
         finally:
             torch.set_default_dtype(default)
     elif spec["kind"] == "checkpoint-v1":
@@ -190,13 +209,9 @@ def build_backbone(spec: dict, device: torch.device, snapshots: dict | None = No
         wrapper = _tiny_wrapper(tokenizer, spec["extract_layer"])
         state = _read_weights(folder / "model.safetensors", lambda k: k.startswith(WRAPPER_PREFIX))
         _load_state(wrapper, {k[len(WRAPPER_PREFIX):]: v for k, v in state.items()}, folder / "model.safetensors")
-    elif spec["kind"] == "pretrained":
-        if "backbone" not in snapshots:
-            raise BackboneError("the pretrained backbone is not in the prefetch manifest: run prefetch")
-        check_guardrail(snapshots["backbone"], snapshots.get("guardrail"))
+    else:  # pretrained
         wrapper = _pretrained_wrapper(snapshots["backbone"], spec["extract_layer"], dtype)
-    else:
-        raise ValueError(f"unknown backbone kind {spec['kind']!r}")
+    wrapper.head_rng_state = head_rng_state
     wrapper.backbone_dtype = dtype
     wrapper = wrapper.to(device).eval()
     if dtype != torch.float32:  # the library's forward feeds float32 inputs and VAE statistics to half weights
@@ -233,17 +248,36 @@ def head_arguments(model: dict, dims: dict, dim_video_hidden: int) -> dict:
             **{arg: dims[key] for key, arg in CONSTRUCTOR_DIMS.items()}}
 
 
-def build_head(model: dict, device: torch.device, dims: dict, dim_video_hidden: int):
+RANDOM_BACKBONES = ("tiny-random", "full-random")  # built from model_seed: the head follows their construction
+
+
+def rng_state_hex(state: torch.Tensor) -> str:
+    """A CPU RNG state (torch.get_rng_state) as text, for a file's metadata (features: `head_rng_state`)."""
+    return state.numpy().tobytes().hex()
+
+
+def rng_state_from_hex(text: str) -> torch.Tensor:
+    """The CPU RNG state rng_state_hex wrote."""
+    return torch.frombuffer(bytearray.fromhex(text), dtype=torch.uint8).clone()
+
+
+def build_head(model: dict, device: torch.device, dims: dict, dim_video_hidden: int, rng_state: torch.Tensor | None):
     """The action head alone: MimicVideo(dim, None, dim_video_hidden=...), eval mode, float32.
 
-    From settings: weights drawn on the CPU from `model_seed` right before the head is built (the same on
-    every device, whatever backbone is or is not built); from a checkpoint: its weights."""
+    From settings: weights drawn on the CPU after `torch.set_rng_state(rng_state)`, the state a random backbone's
+    construction left (build_backbone's `wrapper.head_rng_state`, or a features file's `head_rng_state`
+    metadata): the library's own head, on every device, whether or not a backbone is built here. A loaded backbone
+    (pretrained) leaves no state (None, given explicitly): the head is seeded from `model_seed` right before it is
+    built. From a checkpoint: its weights (`rng_state` is not used)."""
     from mimic_video import MimicVideo
 
     if "checkpoint" in model:
         net = load_head(model["checkpoint"], dim_video_hidden)
     else:
-        torch.manual_seed(model["model_seed"])
+        if rng_state is None:
+            torch.manual_seed(model["model_seed"])
+        else:
+            torch.set_rng_state(rng_state)
         net = MimicVideo(video_predict_wrapper=None, **head_arguments(model, dims, dim_video_hidden))
     return net.to(device).eval()
 
@@ -264,7 +298,7 @@ def build_model(model: dict, device: torch.device, snapshots: dict | None = None
     from mimic_redundancy.model.presets import preset_backbone
 
     wrapper = build_backbone(preset_backbone(model, model["model_seed"]), device, snapshots)
-    head = build_head(model, device, dims or resolve_dims(model, {}), wrapper.dim_latent)
+    head = build_head(model, device, dims or resolve_dims(model, {}), wrapper.dim_latent, wrapper.head_rng_state)
     return attach_backbone(head, wrapper)
 
 

@@ -87,7 +87,8 @@ def _policy(settings: dict, device, sim):
         raise DimensionError(f"config key 'inputs.state_key': {inputs['state_key']!r} is no state {backend} gives; "
                              f"allowed: {', '.join(k for k in STATE_KEYS if k in states)}")
     wrapper = build_backbone(settings["backbone"], device)
-    net = build_head(settings["model"], device, resolve_dims(settings["model"], {}), wrapper.dim_latent)
+    net = build_head(settings["model"], device, resolve_dims(settings["model"], {}), wrapper.dim_latent,
+                     wrapper.head_rng_state)
     dims = net_dims(net)
     state = states[inputs["state_key"]]
     where = settings["model"].get("checkpoint", f"preset {settings['model']['preset']}")

@@ -5,6 +5,7 @@ stages (prefetch, metrics, plots) start fast.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -53,8 +54,8 @@ def _head(settings: dict, features_path, threads: int, kind: str = "inference", 
     """(action head, device, features) of a head-only stage: the features checked against the settings this
     stage expects (digest; a shard reads only its rows, whole probe batches), the head built alone (no
     transformer, VAE or T5 encoder)."""
-    from mimic_redundancy.model.features import feature_rows, load_features
-    from mimic_redundancy.model.model import build_head, net_dims, resolve_dims
+    from mimic_redundancy.model.features import FeaturesError, feature_rows, load_features, rebuild_fix
+    from mimic_redundancy.model.model import RANDOM_BACKBONES, build_head, net_dims, resolve_dims, rng_state_from_hex
     from mimic_redundancy.pipeline.config import shard_rows
 
     model = settings["model"]
@@ -73,12 +74,27 @@ def _head(settings: dict, features_path, threads: int, kind: str = "inference", 
             "action_dim": (features.noise.shape[2], str(features_path)),
             "joint_dim": (features.joint_state.shape[1], str(features_path))}
     dims = resolve_dims(model, data)
+    state = features.meta.get("head_rng_state")  # where a random backbone's construction left torch's RNG
+    backbone = json.loads(features.meta["config_json"]).get("backbone")  # the settings they were computed for
+    kind = backbone.get("kind") if isinstance(backbone, dict) else None
+    if state is None and kind in RANDOM_BACKBONES and "checkpoint" not in model:
+        raise FeaturesError(f"{features_path}: has no metadata 'head_rng_state' (the RNG state the random action head "
+                            f"is drawn from; written by older code); {rebuild_fix(features_path)}")
     start = time.perf_counter()
-    net = build_head(model, device, dims, features.hidden_width)
+    net = build_head(model, device, dims, features.hidden_width, rng_state_from_hex(state) if state else None)
     assert net_dims(net) == dims, (net_dims(net), dims)
     log.info("built the action head of preset '%s' on %s in %.1f s (no backbone); %d rows of %s features",
              model["preset"], device, time.perf_counter() - start, len(features), kind)
     return net, device, features
+
+
+def head_rng_metadata(wrapper) -> dict:
+    """A features file's `head_rng_state` metadata: where the random backbone's construction left torch's RNG
+    (none for a loaded backbone, whose random heads are seeded from model_seed)."""
+    from mimic_redundancy.model.model import rng_state_hex
+
+    state = wrapper.head_rng_state
+    return {} if state is None else {"head_rng_state": rng_state_hex(state)}
 
 
 def _save_run(npz_path, arrays: dict, contract: dict, settings: dict, device, samples,
@@ -156,7 +172,7 @@ def features(settings: dict, manifest_path, inference_path, train_path, threads:
     extra = {"backbone_json": backbone, "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
              "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())),
              "versions_json": library_versions(), "build_seconds": f"{built:.3f}",
-             "numerics_json": numerics.record(device)}
+             "numerics_json": numerics.record(device), **head_rng_metadata(wrapper)}
     own = {"shard_json": {"shard": shard, "rows": [which.start, which.stop]}} if shard else {}  # for the gather
     rows = feats.compute_features(wrapper, samples, device)
     finite = all(bool(h.float().isfinite().all()) for h in rows.hiddens)
@@ -219,7 +235,8 @@ def depth_features(settings: dict, manifest_path, features_path, threads: int = 
         raise ValidationFailed(f"backbone check failed: non-finite hiddens in {features_path}")
     extra = {"backbone_json": depth["backbone"], "dtypes_json": backbone_dtypes(wrapper), "device": str(device),
              "backbone_parameters": str(sum(p.numel() for p in wrapper.parameters())), "draws": "0",
-             "versions_json": library_versions(), "checks_json": [], "numerics_json": numerics.record(device)}
+             "versions_json": library_versions(), "checks_json": [], "numerics_json": numerics.record(device),
+             **head_rng_metadata(wrapper)}
     own = {"shard_json": {"shard": shard, "rows": [part.start, part.stop]}} if shard else {}  # for the gather
     feats.save_features(features_path, rows, "depth", depth, {**extra, **own})
 
@@ -288,7 +305,8 @@ def backbone(settings: dict, manifest_path, features_path, npz_path, threads: in
     snapshots = local_snapshots(read_json(manifest_path))
     samples, dims, which = _read_data(settings["features_model"], settings["data"], snapshots, shard=shard)
     wrapper = build_backbone(settings["backbone"], device, snapshots)
-    net = attach_backbone(build_head(settings["model"], device, dims, wrapper.dim_latent), wrapper)
+    net = attach_backbone(build_head(settings["model"], device, dims, wrapper.dim_latent, wrapper.head_rng_state),
+                          wrapper)
     log.info("the whole model of preset '%s' on %s: %d samples x %d steps, hiddens recomputed every step",
              settings["model"]["preset"], device, len(samples), settings["steps"])
     arrays = run_backbone(net, samples, settings["steps"], settings["fixed_video_noise"], device)

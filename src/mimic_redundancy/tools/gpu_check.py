@@ -80,7 +80,7 @@ def check(device_name: str, steps: int, backbone: str = "tiny", dtype: str = "fl
         wrapper, timings["backbone_build_s"] = timed(lambda: build_backbone(spec, device), device)
     memory["backbone_build_mib"] = peak.mib
     dims = {"chunk_len": 32, "action_dim": 20, "joint_dim": 32}
-    head = build_head(model, device, dims, wrapper.dim_latent)
+    head = build_head(model, device, dims, wrapper.dim_latent, wrapper.head_rng_state)
     pairs = [(seed, ["pick up the red block", "open the top drawer"][seed % 2]) for seed in range(samples)]
     data = synthetic_samples(pairs, inputs, net_dims(head))
 
