@@ -349,15 +349,15 @@ def write_comparison(presets: list[str], files: dict, table_path, resamples: int
             row[f"convergence_step_clean_{t:g}"] = step_clean
         row["mse_vs_final_first_step"] = summary["reference_mse"]
         row["final_mse_vs_gt"] = summary["final_mse_vs_gt"]
-        paired = None
-        if preset != first:
-            paired = paired_to_first(probe, first_probe, [int(s) for s in metrics["step"]], resamples)
-            errors, theirs = step_errors(probe), step_errors(first_probe)
-            if "vs_gt" in errors and "vs_gt" in theirs:  # the final actions (the last step), paired on the samples
-                mean, low, high = interval(errors["vs_gt"][-1] - theirs["vs_gt"][-1], probe["seed"], positive=False,
-                                           resamples=resamples)
-                row.update({f"final_mse_vs_gt_minus_{first}": mean, f"final_mse_vs_gt_minus_{first}_ci_low": low,
-                            f"final_mse_vs_gt_minus_{first}_ci_high": high})
+        paired = None if preset == first else \
+            paired_to_first(probe, first_probe, [int(s) for s in metrics["step"]], resamples)
+        errors, theirs = step_errors(probe), step_errors(first_probe)
+        if "vs_gt" in errors and "vs_gt" in theirs:  # the final actions (the last step), paired on the samples
+            # (the first preset's row: its difference to itself, exactly 0)
+            mean, low, high = interval(errors["vs_gt"][-1] - theirs["vs_gt"][-1], probe["seed"], positive=False,
+                                       resamples=resamples)
+            row.update({f"final_mse_vs_gt_minus_{first}": mean, f"final_mse_vs_gt_minus_{first}_ci_low": low,
+                        f"final_mse_vs_gt_minus_{first}_ci_high": high})
         for k, mse in zip(sweep["nfe"].astype(int), sweep["mse_vs_reference"]):
             row[f"mse_k{k}_vs_reference"] = float(mse)
         row["final_mse_between_backbone_modes"] = backbone["final_mse_between_modes"]

@@ -78,6 +78,15 @@ def _log_floor(values: np.ndarray) -> float:
     return 1e-9 * np.nanmax(values)
 
 
+def _floor_axis(ax, means) -> None:
+    """End a log axis two decades below the smallest mean drawn: a lower bound near a seed at 0 (a rule that returns
+    the final action) would stretch it over decades where no mean lies; the band goes on below the axis."""
+    means = np.asarray(means, dtype=np.float64)
+    means = means[np.isfinite(means) & (means > 0)]
+    if means.size:
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], means.min() / 100))
+
+
 def _paired(ax, x, table, key, label, **style) -> None:
     """A paired difference with its 95% band, and the line at 0 (no difference)."""
     ax.axhline(0.0, color="grey", lw=0.8)
@@ -267,12 +276,9 @@ def early_stop_figure(table_path, summary_path, style: dict, png_path, svg_path)
         if target == "vs_final":
             ax.axhline(summary["target_mse"], color="grey", ls=":", lw=1,
                        label=f"target: {summary['target_fraction']:g} x step-{summary['target_step']} error")
-        # a lower bound near a seed at 0 (a rule returning the final action) would stretch the axis over decades
-        # where no mean lies: the axis ends two decades below the smallest mean drawn, the bands go on below it
-        smallest = np.nanmin(table[key][(table["half"] == "all") & (table[key] > floor)])
         _log(ax, "x")
         _log(ax)
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], smallest / 100))
+        _floor_axis(ax, table[key][(table["half"] == "all") & (table[key] > floor)])
         ax.set_xlabel("model evaluations per sample (NFE, mean)")
         ax.set_ylabel(label)
     diff_ax.axhline(0.0, color="grey", lw=0.8)
@@ -361,7 +367,7 @@ def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
     paired = "diff_vs_gt" if has_gt else "diff_vs_final"
     first = next(iter(runs))
     ax_paired.axhline(0.0, color="grey", lw=0.8)
-    entries = []
+    entries, stop_means = [], []
     for preset, run in runs.items():
         summary, metrics = run["summary"], run["metrics"]
         line, = ax_final.plot([], [])  # the preset's colour, the same in every panel
@@ -377,6 +383,7 @@ def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
         order = np.argsort(table["nfe_mean"][curve], kind="stable")
         part = {k: v[curve][order] for k, v in table.items()}
         _band(ax_stop, part["nfe_mean"], part, "mse_vs_final", preset, **style_)
+        stop_means += list(part["mse_vs_final"])
         if run["paired"] is not None:
             _band(ax_paired, run["paired"]["step"], run["paired"], paired, preset, **style_)
         depth = run["depth"]
@@ -397,11 +404,12 @@ def comparison_figure(runs: dict, style: dict, png_path, svg_path) -> None:
         ax_gt.set_ylabel("MSE")
     _log(ax_sweep, "x")
     _log(ax_sweep)
-    ax_sweep.set_title("K steps vs the fine reference")
+    ax_sweep.set_title("K steps vs the reference")
     ax_sweep.set_xlabel("function evaluations K")
     ax_sweep.set_ylabel("MSE of final actions")
     _log(ax_stop, "x")
     _log(ax_stop)
+    _floor_axis(ax_stop, stop_means)
     ax_stop.set_title("clean-change stop, every eps")
     ax_stop.set_xlabel("NFE per sample (mean)")
     ax_stop.set_ylabel("MSE vs final action")

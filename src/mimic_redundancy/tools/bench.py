@@ -139,14 +139,15 @@ def training_from_features(steps: int, draws: int, seeds: list[int], out: Path |
     runs, curves = {"library": [], "features": []}, []
     for seed in seeds:
         settings = {**{k: config["train"][k] for k in ("batch_size", "lr")}, "steps": steps, "seed": seed}
-        whole = attach_backbone(build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent), wrapper)
+        whole = attach_backbone(build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent,
+                                           wrapper.head_rng_state), wrapper)
         start = time.perf_counter()
         rows_l, _ = train_library(whole, pool, settings, "cpu")
         library_s = time.perf_counter() - start
         whole.video_predict_wrapper = None
         start = time.perf_counter()
         rows = compute_features(wrapper, pool, "cpu", draws=draws, draw_seed=seed)
-        head = build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent)
+        head = build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent, wrapper.head_rng_state)
         rows_f, _ = train_model(head, rows, {**settings, "draws": draws}, "cpu")
         features_s = time.perf_counter() - start
         for name, losses, net, seconds in (("library", rows_l, whole, library_s), ("features", rows_f, head, features_s)):
@@ -158,7 +159,7 @@ def training_from_features(steps: int, draws: int, seeds: list[int], out: Path |
     if out is not None:
         write_csv(out / "training_curves.csv", curves)
     mean = lambda name: statistics.mean(r["final_mse_vs_gt"] for r in runs[name])
-    untrained = score(build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent))
+    untrained = score(build_head(head_settings, torch.device("cpu"), dims, wrapper.dim_latent, wrapper.head_rng_state))
     return {"value": mean("features") / mean("library"), "goal": "close to 1 (lower is better)",
             "met": mean("features") <= 1.25 * mean("library"),
             "how": f"final-action MSE vs ground truth on the {len(held_out)} probe samples ({score_steps} Euler steps) "
@@ -225,7 +226,8 @@ def rollout_throughput(repeats: int, episodes: int | None = None, max_steps: int
         state = {"observation.state": sim.STATE_DIM, "observation.environment_state": getattr(sim, "ENV_STATE_DIM", 0)}
         dims = {"chunk_len": preset["chunk_len"], "action_dim": sim.ACTION_DIM, "joint_dim": state[inputs["state_key"]]}
         head = build_head({"preset": config["preset"], "dim": preset["dim"], "depth": preset["depth"], "model_seed": 0,
-                           "device": "cpu", "chunk_len": preset["chunk_len"]}, device, dims, wrapper.dim_latent)
+                           "device": "cpu", "chunk_len": preset["chunk_len"]}, device, dims, wrapper.dim_latent,
+                          wrapper.head_rng_state)
         policy = Policy(head, wrapper, device, inputs)
         rules = [Rule("fixed_k", float(k)) for k in ks]
         settings = {"execute_steps": config["rollout"]["execute_steps"], "max_steps": max_steps, "seed": 0,
@@ -364,6 +366,7 @@ def pipeline_benchmarks(workdir: Path, noop_repeats: int) -> dict:
     plot_only = _snakemake(workdir, "--configfile", "plot-only.yaml")
     noop = [_snakemake(workdir, "--configfile", "plot-only.yaml") for _ in range(noop_repeats)]
     fraction = plot_only / full
+    bootstrap = bootstrap_cost(workdir)
     rss = {}
     for tsv in sorted((workdir / "results").glob("*/benchmarks/*.tsv")):
         with open(tsv) as f:
@@ -392,12 +395,59 @@ def pipeline_benchmarks(workdir: Path, noop_repeats: int) -> dict:
                                      "wall time of snakemake after changing only plot.dpi / a full run of the "
                                      "embedded default (fresh copy, local profile, 2 cores); one run each",
                                      full_seconds=full, plot_only_seconds=plot_only),
+        "bootstrap_seconds_per_preset": bootstrap,
         "noop_seconds": _entry(statistics.median(noop), "<= 1.5", statistics.median(noop) <= 1.5,
                                "wall time of snakemake when everything is up to date (median)", **_stats(noop)),
         "peak_rss_mb": {"value": {k: v["peak_rss_mb"] for k, v in rss.items()},
                         "how": "max_rss of each job, from Snakemake's benchmark: files (results/<preset>/benchmarks)",
                         "measured": rss},
     }
+
+
+def interval_tables(workdir: Path, config: dict, resamples: int, out: Path) -> float:
+    """Seconds (in process, imports done) to write every table with intervals (metrics, sweep, backbone, early stop,
+    depth) of every preset of a finished run in `workdir` (its validated `config`), with `resamples` bootstrap
+    resamples, into `out`."""
+    from mimic_redundancy.analysis import depth, early_stop, metrics
+    from mimic_redundancy.pipeline import config as cfg
+
+    start = time.perf_counter()
+    for results in sorted(p for p in (workdir / "results").iterdir() if (p / "probe.npz").is_file()):
+        to = out / results.name
+        to.mkdir(parents=True, exist_ok=True)
+        names = ["table", "early_exit", "thresholds", "parts", "part_errors", "summary"]
+        metrics.write_metrics(results / "probe.npz", {**cfg.metrics_settings(config), "bootstrap": resamples},
+                              {name: to / f"{name}.out" for name in names})
+        metrics.write_sweep_metrics(results / "sweep.npz", results / "probe.npz", to / "sweep.csv", resamples)
+        metrics.write_backbone_metrics(results / "backbone.npz", to / "backbone.csv", to / "backbone.json", resamples)
+        early_stop.write_early_stop(results / "probe.npz", results / "sweep.npz",
+                                    {**cfg.early_stop_settings(config), "bootstrap": resamples},
+                                    to / "early_stop.csv", to / "early_stop.json")
+        depth.write_depth_metrics(results / "depth.npz", to / "depth.csv", to / "depth.json", resamples)
+    return time.perf_counter() - start
+
+
+def bootstrap_cost(workdir: Path, overrides: dict | None = None, repeats: int = 3) -> dict:
+    """What the intervals' bootstrap adds to the table stages of a finished run (the default, or its config.yaml with
+    `overrides`), per preset: the tables with metrics.bootstrap resamples minus the same tables with 1 resample
+    (median of `repeats`, the two in turn)."""
+    import yaml
+
+    from mimic_redundancy.pipeline import config as cfg
+
+    config = cfg.validate_config({**yaml.safe_load((workdir / "config.yaml").read_text()), **(overrides or {})})
+    resamples = config["metrics"]["bootstrap"]
+    presets = sum(1 for p in (workdir / "results").iterdir() if (p / "probe.npz").is_file())
+    with tempfile.TemporaryDirectory() as tmp:
+        full, one = _side_by_side(lambda: interval_tables(workdir, config, resamples, Path(tmp) / "full"),
+                                  lambda: interval_tables(workdir, config, 1, Path(tmp) / "one"), repeats)
+    per_preset = (statistics.median(full) - statistics.median(one)) / presets
+    return _entry(per_preset, "<= 2 s per preset", per_preset <= 2.0,
+                  f"the default run's tables with intervals (metrics, sweep, backbone, early stop, depth), written in "
+                  f"process from its NPZ files with metrics.bootstrap = {resamples} resamples minus with 1, per "
+                  f"preset ({presets}); median of {repeats}, the two in turn",
+                  tables_seconds=_stats(full), one_resample_seconds=_stats(one),
+                  ratio=statistics.median(full) / statistics.median(one))
 
 
 def _copy_workflow(workdir: Path) -> Path:
