@@ -143,7 +143,7 @@ def test_comparison_figure_reads_at_report_width(run, drawn, tmp_path):
     out, style = run
     files = {p: {k: out / name for k, name in COMPARE_FILES.items()} for p in ["tiny", "tiny-again"]}
     png = tmp_path / "comparison.png"
-    compare.compare(list(files), files, style, tmp_path / "comparison.csv", png, tmp_path / "comparison.svg")
+    compare.compare(list(files), files, style, tmp_path / "comparison.csv", png, tmp_path / "comparison.svg", 2000)
     check(drawn, png, style)
 
 
