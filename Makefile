@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 
 # the whole suite (what .ci/run runs): real Snakemake runs, the loopback Hub, real Slurm when one answers
 test: $(VENV)/.installed-sim
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 # the inner loop, under 2 minutes: no Slurm, no DAG runs (the tests marked slow are left out)
 test-fast: $(VENV)/.installed-sim

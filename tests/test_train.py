@@ -29,10 +29,7 @@ DIMS = {"chunk_len": 8, "action_dim": 7, "joint_dim": 8}
 INPUTS = {"frames": 5, "height": 32, "width": 32}
 PROMPTS = ["pick up the red block", "open the top drawer"]
 DRAWS = 2
-# the CPU RNG state the random heads here are drawn from (build_head's rng_state): torch.manual_seed(0)'s, the
-# head these tests were tuned on. (At 60 training steps, test_the_trained_head_is_closer_to_the_ground_truth's
-# margin depends on the initial head: from the tiny backbone's own head_rng_state the trained head is not closer.)
-HEAD_STATE = torch.Generator().manual_seed(0).get_state()
+
 
 
 def pool(n):
@@ -46,11 +43,13 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, backbone):
-    """The head trained on cached features (32 windows x 2 draws), no backbone in sight, then saved (v2)."""
+    """The head (the library's: drawn from where the backbone's construction left the RNG) trained on cached features
+    (32 windows x 2 draws, 300 steps: at 60 the trained head beat the fresh one for some initial heads only), no
+    backbone in sight, then saved (v2)."""
     torch.set_num_threads(2)
     rows = compute_features(backbone, pool(32), "cpu", draws=DRAWS, draw_seed=0)
-    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, HEAD_STATE)
-    settings = {"steps": 60, "batch_size": 8, "lr": 1e-3, "seed": 0, "draws": DRAWS}
+    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, backbone.head_rng_state)
+    settings = {"steps": 300, "batch_size": 8, "lr": 1e-3, "seed": 0, "draws": DRAWS}
     losses, summary = train_model(net, rows, settings, "cpu")
     folder = tmp_path_factory.mktemp("ckpt") / "checkpoint"
     save_checkpoint(net, folder, BACKBONE, {"test": True})
@@ -63,7 +62,7 @@ def checks(backbone, n=4):
 
 def test_training_lowers_the_loss_clearly(trained):
     net, rows, summary, _ = trained
-    assert len(rows) == 60 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert len(rows) == 300 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     # the flow loss is heavy-tailed (it divides by 1 - t near t = 1): compare medians of the first and last sixth
     first, last = (statistics.median(r["loss"] for r in part) for part in (rows[:10], rows[-10:]))
     assert last < 0.3 * first, (first, last)
@@ -74,7 +73,7 @@ def test_training_lowers_the_loss_clearly(trained):
 
 def test_the_trained_head_is_closer_to_the_ground_truth(trained, backbone):
     net = trained[0]
-    fresh = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, 16, HEAD_STATE)
+    fresh = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, 16, backbone.head_rng_state)
     held_out = compute_features(backbone, synthetic_samples([(i, PROMPTS[0]) for i in range(8)], INPUTS, DIMS), "cpu")
     batch = held_out.batch(slice(None), "cpu")
     with torch.no_grad():
@@ -83,11 +82,11 @@ def test_the_trained_head_is_closer_to_the_ground_truth(trained, backbone):
     assert errors[1] < 0.8 * errors[0], errors
 
 
-def test_training_builds_no_backbone_and_changes_the_head(trained):
+def test_training_builds_no_backbone_and_changes_the_head(trained, backbone):
     """Only the action head exists in training; most of its tensors change (a few get no gradient)."""
     net = trained[0]
     assert net.video_predict_wrapper is None
-    fresh = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, 16, HEAD_STATE)
+    fresh = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, 16, backbone.head_rng_state)
     head = [n for n, _ in net.named_parameters()]
     changed = [n for n in head if not torch.equal(net.get_parameter(n), fresh.get_parameter(n))]
     assert len(changed) > 0.8 * len(head), sorted(set(head) - set(changed))
@@ -303,7 +302,7 @@ def test_noisy_flow_times_and_the_cosine_schedule_change_training_only(backbone)
     from mimic_redundancy.model.train import noisy_flow_times
 
     rows = compute_features(backbone, pool(8), "cpu", draws=1, draw_seed=0)
-    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, HEAD_STATE)
+    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, backbone.head_rng_state)
     library = net.sample_time_fn
     from mimic_video.mimic_video import sample_flow_times
 
@@ -315,7 +314,7 @@ def test_noisy_flow_times_and_the_cosine_schedule_change_training_only(backbone)
     assert 0 <= float(noisy.min()) and float(noisy.max()) <= s
     weights = {}
     for extra in [{}, {"flow_times": "noisy"}, {"lr_schedule": "cosine"}]:
-        head = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, HEAD_STATE)
+        head = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, backbone.head_rng_state)
         settings = {"steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 0, "draws": 1, **extra}
         _, summary = train_model(head, rows, settings, "cpu")
         assert head.sample_time_fn is not None and summary.get("flow_times", "library") == extra.get("flow_times",
@@ -330,7 +329,7 @@ def test_a_normalized_state_is_trained_saved_and_reloaded(backbone, tmp_path):
     """train.normalize_state: the head z-scores its state with the training rows' statistics, the checkpoint keeps
     them (config.json says so; the weights hold them), and the reloaded head samples bit for bit."""
     rows = compute_features(backbone, pool(8), "cpu", draws=1, draw_seed=0)
-    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, HEAD_STATE)
+    net = build_head(SMALL_MODEL, torch.device("cpu"), DIMS, rows.hidden_width, backbone.head_rng_state)
     _, summary = train_model(net, rows, {"steps": 3, "batch_size": 4, "lr": 1e-3, "seed": 0, "draws": 1,
                                          "normalize_state": True}, "cpu")
     np.testing.assert_allclose(summary["joint_normalizer"]["mean"], rows.joint_state.mean(0).numpy(), rtol=1e-6)
