@@ -193,6 +193,13 @@ def test_metrics_option_reruns_metrics_and_plot(plan):
         "metrics", "plot", "plot_heatmaps", "plot_sweep"]
 
 
+def test_the_bootstrap_reruns_the_tables_with_intervals_and_their_figures_only(plan):
+    """metrics.bootstrap reaches every table with intervals (a param of each rule), so changing it rewrites them and
+    the figures drawn from them: no model stage."""
+    _, planned = plan
+    assert planned({"metrics": {**SMALL["metrics"], "bootstrap": 500}}) == sorted(TABLES + FIGURES)
+
+
 def test_more_seeds_rerun_features_and_downstream_only(plan):
     # new samples: the backbone runs again (features), and every stage that reads them
     _, planned = plan
