@@ -406,6 +406,13 @@ class BasketExpert:
         a[6] = grip
         return a, float(np.linalg.norm(goal - pos))
 
+    def _hold(self, grip: float) -> np.ndarray:
+        """Stay where the hand is (no translation, the orientation still held) while the gripper closes or opens."""
+        pos, _ = self._eef()
+        a, _ = self._move(pos, grip)
+        a[:3] = 0
+        return a
+
     def _next(self, phase: str) -> None:
         self.phase, self.t_phase = phase, 0
 
@@ -435,9 +442,7 @@ class BasketExpert:
             if e < 0.006 or self.t_phase > 40:
                 self._next("close")
         elif phase == "close":
-            pos, _ = self._eef()
-            a, _ = self._move(pos, CLOSE)
-            a[:3] = 0
+            a = self._hold(CLOSE)
             if self.t_phase >= 10:
                 self._next("lift")
         elif phase == "lift":
@@ -462,9 +467,7 @@ class BasketExpert:
             if e < 0.01 or self.t_phase > 40:
                 self._next("release")
         elif phase == "release":
-            pos, _ = self._eef()
-            a, _ = self._move(pos, OPEN)
-            a[:3] = 0
+            a = self._hold(OPEN)
             if self.t_phase > 15:
                 self._next("retreat")
         else:  # retreat upwards
