@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mimic_redundancy.core.stats import MIN_CLUSTERS, check_resamples, interval, intervals
+from mimic_redundancy.core.stats import MIN_CLUSTERS, check_resamples, expanded_levels, interval, intervals
 
 DRAWS = 2000
 # skewed, non-negative, with a known mean: exponential (chi-square 2 df, skewness 2), chi-square 4 df (1.4),
@@ -44,16 +44,19 @@ def test_paired_differences_cover_their_mean(n):
 
 
 def test_samples_of_one_seed_are_resampled_together():
-    """16 seeds x 2 prompts whose two samples share the seed's scale: resampling the seeds covers; treating the 32
-    samples as independent does not (the test would catch a bootstrap that ignores `clusters`)."""
-    rng = np.random.default_rng(7)
-    seeds, per_seed = 16, 2
+    """8 seeds x 2 samples that share the seed's log-normal scale (the seeds' means have skewness 2.9): resampling the
+    seeds covers 92-93% (4,000 draws: 92.0-92.9%; docs/metrics.md), below the 95% asked, as on chi-square(1) data of
+    the same skewness; treating the 16 samples as independent covers ~2 points less on the same draws (the test would
+    catch a bootstrap that ignores `clusters`)."""
+    rng = np.random.default_rng(8)
+    seeds, per_seed = 8, 2
     scale = rng.lognormal(0.0, 0.5, (DRAWS, seeds, 1))
     values = (scale * rng.exponential(1.0, (DRAWS, seeds, per_seed))).reshape(DRAWS, -1)
     clusters = np.repeat(np.arange(seeds), per_seed)
     truth = math.exp(0.125)
-    assert 0.93 <= coverage(*intervals(values, clusters, positive=True)[1:], truth) <= 0.97
-    assert coverage(*intervals(values, None, positive=True)[1:], truth) < 0.93
+    by_seed = coverage(*intervals(values, clusters, positive=True)[1:], truth)
+    assert 0.905 <= by_seed <= 0.945
+    assert coverage(*intervals(values, None, positive=True)[1:], truth) < by_seed - 0.01
 
 
 def test_the_old_t_interval_failed_where_this_one_holds():
@@ -64,6 +67,24 @@ def test_the_old_t_interval_failed_where_this_one_holds():
     assert (mean - half < 0).mean() > 0.2
     _, low, high = intervals(values, positive=True)
     assert (low > 0).all() and coverage(low, high, 1.0) > coverage(mean - half, mean + half, 1.0)
+
+
+def test_expanded_levels_are_hesterbergs():
+    """The lower level as resample::ExpandProbs (Hesterberg's R package) computes it, pnorm(qt(0.025, G-1) *
+    sqrt(G / (G-1))), evaluated once with SciPy for G units (ours use a 3-decimal t table, hence rel)."""
+    expected = {4: 1.1903e-4, 5: 9.5410e-4, 8: 5.7375e-3, 10: 8.5506e-3, 20: 1.58808e-2, 40: 2.02575e-2,
+                100: 2.30644e-2, 1000: 2.48043e-2}
+    for units, low in expected.items():
+        assert expanded_levels(units) == pytest.approx((low, 1 - low), rel=3e-3)
+
+
+def test_on_symmetric_data_the_interval_is_about_the_t_interval():
+    """As resample's own test: on 20 normal values the expanded percentile interval is within 10% of the t interval,
+    so taking the wider of the two adds little there."""
+    values = np.random.default_rng(0).normal(size=20)
+    mean, low, high = interval(values, positive=False)
+    half = 2.093 * values.std(ddof=1) / math.sqrt(20)  # t(0.975, 19)
+    assert mean - 1.1 * half <= low <= mean - half and mean + half <= high <= mean + 1.1 * half
 
 
 def test_fewer_than_min_clusters_give_no_bounds_and_nans_are_left_out():
