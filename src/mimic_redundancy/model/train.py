@@ -41,13 +41,31 @@ def noisy_flow_times(net):
     return lambda u: s * (1.0 - torch.sqrt((1.0 - u).clamp_min(0.0)))  # u: the library's uniform draw
 
 
+U_SHAPED_CONCENTRATION = 0.2  # Dense-Jump's U-shaped training times: Beta(0.2, 0.2), its authors' README example
+
+
+def u_shaped_flow_times(net):
+    """settings flow_times 'u_shaped': Dense-Jump's (arXiv 2509.13574) U-shaped flow times, s * Beta(0.2, 0.2) on
+    [0, s] (s = the library's largest time, 0.999): most weight near the noise and near the data. Beta(0.2, 0.2) has
+    no inverse CDF in torch, so each time is drawn from torch's RNG (seeded by train.seed), not mapped from the
+    library's draw u (which only gives the count and the device)."""
+    s = net.sample_time_s
+
+    def times(u: torch.Tensor) -> torch.Tensor:
+        concentration = torch.full_like(u, U_SHAPED_CONCENTRATION)
+        return s * torch.distributions.Beta(concentration, concentration).sample()
+
+    return times
+
+
 def _optimize(net, n_windows: int, settings: dict, device, loss_of) -> tuple[list[dict], dict]:
     """AdamW on the action head for settings['steps'] minibatches of window indices drawn with settings['seed']
     (`loss_of(windows, generator)` gives the loss); returns (one loss row per step, a summary)."""
     torch.manual_seed(settings["seed"])
     library_times = net.sample_time_fn
-    if settings.get("flow_times", "library") == "noisy":
-        net.sample_time_fn = noisy_flow_times(net)
+    flow_times = settings.get("flow_times", "library")
+    if flow_times in ("noisy", "u_shaped"):
+        net.sample_time_fn = noisy_flow_times(net) if flow_times == "noisy" else u_shaped_flow_times(net)
     try:
         return _steps(net, n_windows, settings, device, loss_of)
     finally:

@@ -8,6 +8,11 @@ Rules (the closed-loop twins of early_stop.py's, same names and NFE convention: 
                     "dense jump"); NFE s
   clean_change      the probe.steps schedule, each sample stopped after the first step s >= 2 where
                     ||x1_hat_s - x1_hat_(s-1)|| / ||x1_hat_(s-1)|| < eps; returns x1_hat_s (never: the final action)
+  probeflow         ProbeFlow (arXiv 2603.17850): the cosine between the velocity at t = 0 and at a look-ahead point
+                    picks each sample's step count (param: the cosine threshold of the minimum); NFE 2, else N + 1
+  dense_jump        Dense-Jump (arXiv 2509.13574): steps - 1 Euler steps up to the jump point (param), then its clean
+                    prediction (the step to t = 1); NFE steps
+(the last two: model/sampling.py, docs/field-rules.md)
 """
 from __future__ import annotations
 
@@ -17,16 +22,16 @@ import numpy as np
 import torch
 
 from mimic_redundancy.data.samples import Batch, history_index, window_frames
-from mimic_redundancy.model.sampling import euler_steps
-
-RULE_KINDS = ("fixed_k", "fixed_step_xt", "fixed_step_clean", "clean_change")
+from mimic_redundancy.model.rules import DENSE_JUMP, RULE_KINDS, check_rule_params  # noqa: F401 (re-exported)
+from mimic_redundancy.model.sampling import clean_head, dense_jump, euler_steps, probeflow
 STATE_KEYS = {"observation.environment_state": "environment_state", "observation.state": "state"}
 
 
 @dataclass(frozen=True)
 class Rule:
     kind: str     # one of RULE_KINDS
-    param: float  # K, s or eps
+    param: float  # K, s, eps, ProbeFlow's cosine threshold or Dense-Jump's jump point
+    steps: int | None = None  # dense_jump: head evaluations (dense steps + the jump); None: the paper's (DENSE_JUMP)
 
     @property
     def name(self) -> str:
@@ -34,18 +39,33 @@ class Rule:
             return f"K={int(self.param)}"
         if self.kind == "clean_change":
             return f"clean change<{self.param:g}"
+        if self.kind == "probeflow":
+            return f"ProbeFlow cos>{self.param:g}"
+        if self.kind == "dense_jump":
+            return f"dense-jump@{self.param:g} NFE {self.params['steps']}"
         return f"stop@{int(self.param)} {'x_t' if self.kind == 'fixed_step_xt' else 'clean'}"
+
+    @property
+    def params(self) -> dict:
+        """The rule's parameters by name, as check_rule_params takes them."""
+        if self.kind == "probeflow":
+            return {"cos_threshold": self.param}
+        if self.kind == "dense_jump":
+            return {"jump_point": self.param, "steps": DENSE_JUMP["steps"] if self.steps is None else self.steps}
+        return {"param": self.param}
 
 
 def rules_of(settings: dict, calibrated_eps: float | None) -> list[Rule]:
     """The rules a rollout compares: K Euler steps for each rollout.steps, the early stops at rollout.stop_steps of
-    the probe.steps schedule (x_s and the clean prediction), and the clean-change rule at the eps early_stop.json
-    calibrated (None: not calibrated, left out)."""
+    the probe.steps schedule (x_s and the clean prediction), the clean-change rule at the eps early_stop.json
+    calibrated (None: not calibrated, left out), and the field's rules (rollout.probeflow, rollout.dense_jump)."""
     rules = [Rule("fixed_k", float(k)) for k in sorted(settings["steps"])]
     for s in sorted(settings["stop_steps"]):
         rules += [Rule("fixed_step_xt", float(s)), Rule("fixed_step_clean", float(s))]
     if calibrated_eps is not None:
         rules.append(Rule("clean_change", float(calibrated_eps)))
+    rules += [Rule("probeflow", float(tau)) for tau in sorted(settings.get("probeflow", []))]
+    rules += [Rule("dense_jump", float(d["jump_point"]), int(d["steps"])) for d in settings.get("dense_jump", [])]
     return rules
 
 
@@ -53,6 +73,14 @@ def rules_of(settings: dict, calibrated_eps: float | None) -> list[Rule]:
 def sample_chunk(net, batch: Batch, hiddens: list[torch.Tensor], rule: Rule, probe_steps: int):
     """(actions (b, N, D), NFE (b,) int) of one decision under `rule`, from batch.noise."""
     b = batch.noise.shape[0]
+    if rule.kind in ("probeflow", "dense_jump"):
+        problems = check_rule_params(rule.kind, rule.params)
+        if problems:
+            raise ValueError("; ".join(problems))
+        head = clean_head(net, batch, hiddens)
+        if rule.kind == "probeflow":
+            return probeflow(head, batch.noise, net.eps, cos_threshold=rule.param)
+        return dense_jump(head, batch.noise, net.eps, jump_point=rule.param, steps=rule.params["steps"])
     if rule.kind == "fixed_k":
         for x, _ in euler_steps(net, batch, hiddens, int(rule.param)):
             pass
