@@ -27,6 +27,9 @@ patch_slurm_status_query()
 wildcard_constraints:
     preset="|".join(map(re.escape, cfg.preset_names(config))),
     shard=r"\d+-of-\d+",
+    seed=r"\d+",
+    policy=r"\d+",
+    set="dev|test",
 
 # config `shards` > 1: the sharded stages (features, probe, sweep, backbone, depth_features) run one job per
 # contiguous range of samples (depth_features: of its time-major rows), each writing under

@@ -35,69 +35,110 @@ rule demos:
         "../scripts/demos.py"
 
 
+def policy_checkpoint_files(wildcards):
+    """One policy's checkpoint files (train.seeds: results/<source>/train/seed-<policy>/checkpoint)."""
+    folder = cfg.policy_checkpoint(config, wildcards.preset, int(wildcards.policy))
+    return cfg.checkpoint_files(config, wildcards.preset, folder)
+
+
+def policy_rollout(name):
+    """Where one policy's rollout job writes (results/<preset>/rollout/policy-<seed>/, per shard with `shards` > 1)."""
+    return results("{preset}", f"rollout/policy-{{policy}}/{'shards/{shard}/' if SHARDED else ''}{name}")
+
+
 rule rollout:
     input:
-        checkpoint=checkpoint_files,
+        checkpoint=policy_checkpoint_files,
         # the dataset the policy learned from: the demonstrations, or (a LeRobot dataset from the Hub, rolled out in
         # LIBERO) the manifest that locates its snapshot in the Hub cache
         dataset=rules.demos.output.summary if config["inputs"]["source"] == "demos" else manifest_of,
         early_stop=results("{preset}", "early_stop.json"),
         code=ROLLOUT_CODE,
     output:
-        npz=sharded("rollout.npz"),
+        npz=policy_rollout("rollout.npz"),
     params:
-        settings=lambda w: cfg.rollout_settings(config, w.preset),
+        settings=lambda w: cfg.rollout_settings(config, w.preset, int(w.policy)),
         dataset=cfg.DEMOS_DATASET if config["inputs"]["source"] == "demos" else None,
     threads: 1
     benchmark:
-        sharded("benchmarks/rollout.tsv")
+        policy_rollout("benchmarks/rollout.tsv")
     log:
-        sharded("logs/rollout.log"),
+        policy_rollout("logs/rollout.log"),
     message:
-        "Roll out preset {wildcards.preset} in closed loop at every K and early-stopping rule"
+        "Roll out policy {wildcards.policy} of preset {wildcards.preset} in closed loop at every K and early-stopping "
+        "rule"
     conda:
         "../envs/sim.yaml"
     script:
         "../scripts/rollout.py"
 
 
-if SHARDED:
+localrules:
+    gather_rollout,
 
-    localrules:
-        gather_rollout,
 
-    rule gather_rollout:
-        input:
-            shards=shards_of("rollout", "rollout.npz"),
-            code=code("core/shards", "core/io"),
-        output:
-            npz=results("{preset}", "rollout.npz"),
-        params:
-            stage="rollout",
-        log:
-            results("{preset}", "logs/gather_rollout.log"),
-        message:
-            "Gather the rollout shards of preset {wildcards.preset}"
-        conda:
-            "../envs/pipeline.yaml"
-        script:
-            "../scripts/gather.py"
+rule gather_rollout:
+    input:
+        shards=lambda w: [results(w.preset, f"rollout/policy-{seed}/{'shards/' + item + '/' if SHARDED else ''}"
+                                            "rollout.npz")
+                          for seed in cfg.policy_seeds(config, w.preset)
+                          for item in (cfg.shard_items(config, "rollout") if SHARDED else [None])],
+        code=code("core/shards", "core/io"),
+    output:
+        npz=results("{preset}", "rollout.npz"),
+    params:
+        policies=lambda w: cfg.policy_seeds(config, w.preset),
+    log:
+        results("{preset}", "logs/gather_rollout.log"),
+    message:
+        "Gather the rollouts of preset {wildcards.preset}'s policies (and shards) into one file with a policy axis"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/gather_rollout.py"
+
+
+rule nearest_demo:
+    input:
+        demos=rules.demos.output.summary,
+        code=SIM_CODE + code("sim/nearest_demo", "pipeline/sim_stages", "data/lerobot"),
+    output:
+        npz="results/demos/nearest-{set}.npz",
+    params:
+        settings=lambda w: cfg.nearest_demo_settings(config, w.set),
+        dataset=cfg.DEMOS_DATASET,
+    threads: 1
+    benchmark:
+        "results/demos/benchmarks/nearest-{set}.tsv"
+    log:
+        "results/demos/logs/nearest-{set}.log",
+    message:
+        "The nearest-demo baseline on set {wildcards.set}: each episode's nearest demonstration layout, its distance, "
+        "and that demonstration's actions replayed open loop"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/nearest_demo.py"
 
 
 rule rollout_metrics:
     input:
         npz=results("{preset}", "rollout.npz"),
         early_stop=results("{preset}", "early_stop.csv"),
+        # the nearest-demo baseline on the same episodes (demonstrations made here only)
+        nearest=[f"results/demos/nearest-{config['rollout']['set']}.npz"] if config["inputs"]["source"] == "demos" else [],
         code=code("sim/answers", "core/stats", "core/io"),
     output:
         table=report(results("{preset}", "rollout.csv"), caption="../report/rollout_table.rst", category="Closed loop"),
         summary=results("{preset}", "rollout.json"),
+        eval_info=directory(results("{preset}", "eval_info")),
     params:
         settings=cfg.rollout_metrics_settings(config),
     log:
         results("{preset}", "logs/rollout_metrics.log"),
     message:
-        "Success rates, paired differences and the cheapest non-inferior rule of preset {wildcards.preset}"
+        "Success rates per policy and pooled, paired differences, the pre-specified decision (Holm) and the nearest-demo "
+        "baseline of preset {wildcards.preset}"
     conda:
         "../envs/sim.yaml"
     script:

@@ -1,5 +1,6 @@
-# Train the action head on the selected inputs; a checkpoint preset pointing at the checkpoint folder
-# (results/<preset>/train/checkpoint) runs the whole DAG on the trained weights.
+# Train the action head on the selected inputs, one policy per train.seeds (each its own job: on Slurm, an array of
+# them), in results/<preset>/train/seed-<seed>/; a checkpoint preset pointing at results/<preset>/train/checkpoint (the
+# first seed's) runs the whole DAG on the trained weights, and the closed loop rolls out every policy.
 localrules:
     plot_train,
 
@@ -12,20 +13,22 @@ rule train:
         check=results("{preset}", "features/inference.safetensors"),
         code=HEAD_CODE + code("model/train", "analysis/metrics", "data/readers", "data/sources"),
     output:
-        weights=results("{preset}", "train/checkpoint/model.safetensors"),
-        config=results("{preset}", "train/checkpoint/config.json"),
-        loss=report(results("{preset}", "train/loss.csv"), caption="../report/train_table.rst", category="Training"),
-        summary=results("{preset}", "train/summary.json"),
+        weights=results("{preset}", "train/seed-{seed}/checkpoint/model.safetensors"),
+        config=results("{preset}", "train/seed-{seed}/checkpoint/config.json"),
+        loss=report(results("{preset}", "train/seed-{seed}/loss.csv"), caption="../report/train_table.rst",
+                    category="Training"),
+        summary=results("{preset}", "train/seed-{seed}/summary.json"),
     params:
-        settings=lambda w: cfg.train_settings(config, w.preset),
+        settings=lambda w: cfg.train_settings(config, w.preset, int(w.seed)),
     threads: 2
     priority: 10  # the critical path: every stage of the trained preset waits for it, so it starts first
     benchmark:
-        results("{preset}", "benchmarks/train.tsv")
+        results("{preset}", "benchmarks/train-seed-{seed}.tsv")
     log:
-        results("{preset}", "logs/train.log"),
+        results("{preset}", "logs/train-seed-{seed}.log"),
     message:
-        "Train the action head of preset {wildcards.preset} on its cached features with mimic-video's flow-matching loss"
+        "Train the action head of preset {wildcards.preset} (policy seed {wildcards.seed}) on its cached features with "
+        "mimic-video's flow-matching loss"
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -34,8 +37,8 @@ rule train:
 
 rule plot_train:
     input:
-        loss=rules.train.output.loss,
-        summary=rules.train.output.summary,
+        loss=lambda w: [results(w.preset, f"train/seed-{s}/loss.csv") for s in config["train"]["seeds"]],
+        summary=lambda w: [results(w.preset, f"train/seed-{s}/summary.json") for s in config["train"]["seeds"]],
         code=code("report/plots", "analysis/metrics", "core/io"),
     output:
         png=report(results("{preset}", "figures/train_loss.png"), caption="../report/train.rst", category="Training"),
@@ -47,7 +50,7 @@ rule plot_train:
     log:
         results("{preset}", "logs/plot_train.log"),
     message:
-        "Training-loss figure of preset {wildcards.preset}"
+        "Training-loss figure of preset {wildcards.preset} (every policy seed)"
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -9,4 +9,5 @@ from mimic_redundancy.sim.answers import write_answers  # noqa: E402
 
 setup_log(snakemake.log[0])
 write_answers(snakemake.input.npz, snakemake.input.early_stop, snakemake.params.settings, snakemake.output.table,
-              snakemake.output.summary)
+              snakemake.output.summary, snakemake.input.nearest[0] if snakemake.input.nearest else None,
+              snakemake.output.eval_info)

@@ -74,18 +74,24 @@ DEPTH_ARRAYS = {
     **RUN_METADATA,
 }
 
-# The closed loop's rollout.npz (sim/rollout.py): R = rules, S = episodes (the sharded axis: tasks x rollout.episodes,
-# task-major), M = decisions an episode may take (ceil(max_steps / execute_steps)), T = rollout.max_steps, C = costs.
+# The closed loop's rollout.npz (sim/rollout.py, gathered by core/shards.gather_rollout): P = policies (one per train
+# seed), R = rules, S = episodes (tasks x the episode set's layouts, task-major; the sharded axis), M = decisions an
+# episode may take (ceil(max_steps / execute_steps)), T = rollout.max_steps, C = costs. Every policy saw the same
+# episodes and, per decision, the same initial noise: the rules and the policies are paired on S.
 ROLLOUT_ARRAYS = {
-    "success": "bool [R, S]: whether the episode reached the task's success under the rule",
-    "steps_to_success": "int64 [R, S]: env steps until the first success, -1 if never",
-    "steps": "int64 [R, S]: env steps taken (the episode ends at its first success or at max_steps)",
-    "nfe": "int64 [R, S, M]: head evaluations of each decision, -1 after the episode ended",
-    "actions": "float32 [R, S, T, A]: the actions executed (A: Meta-World 4, LIBERO 7) (clipped to [-1, 1]), NaN after the episode ended; replaying them open loop gives the outcome",
-    "seconds": "float64 [R, S, C]: wall seconds of the episode per cost (sim, render, backbone, head; batched calls split evenly)",
-    "task": "str [S]: the Meta-World task of each episode",
-    "layout_seed": "int64 [S]: the episode's layout: metaworld.MT1(task, seed=layout_seed).train_tasks[layout_index]",
+    "success": "bool [P, R, S]: whether the episode reached the task's success under the rule",
+    "steps_to_success": "int64 [P, R, S]: env steps until the first success, -1 if never",
+    "steps": "int64 [P, R, S]: env steps taken (the episode ends at its first success or at max_steps)",
+    "nfe": "int64 [P, R, S, M]: head evaluations of each decision, -1 after the episode ended",
+    "actions": "float32 [P, R, S, T, A]: the actions executed (A: Meta-World 4, LIBERO 7) (clipped to [-1, 1]), NaN after the episode ended; replaying them open loop gives the outcome",
+    "seconds": "float64 [P, R, S, C]: wall seconds of the episode per cost (sim, render, backbone, head; batched calls split evenly)",
+    "policy": "int64 [P]: each policy's train seed (0 for a checkpoint trained elsewhere)",
+    "policy_checkpoint": "str [P]: each policy's checkpoint folder",
+    "policy_digest": "str [P]: sha256 of each policy's model.safetensors",
+    "task": "str [S]: the task of each episode",
+    "layout_seed": "int64 [S]: the episode's layout: Meta-World metaworld.MT1(task, seed=layout_seed).train_tasks[layout_index]; LIBERO init state layout_index, fixtures placed from layout_seed",
     "layout_index": "int64 [S]: see layout_seed",
+    "episode_set": "str []: the episode set rolled out (sets.dev or sets.test)",
     "prompt": "str [S]: the prompt the policy was given",
     "rule": "str [R]: the rule's name (K=50, stop@40 clean, ...)",
     "rule_kind": "str [R]: fixed_k, fixed_step_xt, fixed_step_clean or clean_change (sim/policy.py)",
@@ -94,13 +100,81 @@ ROLLOUT_ARRAYS = {
     "max_steps": "int64 []: an episode's step limit",
     "execute_steps": "int64 []: actions executed per decision",
     "total_episodes": "int64 []: episodes of the whole run (all shards)",
-    "preset": "str []: the policy's preset",
+    "arrays_digest": "str []: sha256 of the per-episode arrays (rollout_digest): a file edited after it was written is refused",
+    "preset": "str []: the policies' preset",
     "device": "str []: the device the run used",
-    "config_json": "str []: the resolved settings of the run, JSON",
+    "config_json": "str []: the resolved settings of the run (its policies listed, not each one's), JSON",
     "config_digest": "str []: sha256 of config_json",
     "versions_json": "str []: library and simulator versions, JSON",
     "numerics_json": "str []: the numeric settings in force, JSON",
 }
+# The nearest-demo baseline (sim/nearest_demo.py): S = the episode set's episodes, in the rollout's order; K = subsets.
+NEAREST_ARRAYS = {
+    "task": "str [S]: the task of each episode",
+    "layout_seed": "int64 [S]: the episode's layout (as rollout.npz)",
+    "layout_index": "int64 [S]: see layout_seed",
+    "distance": "float64 [S]: metres from the episode's layout to the nearest demonstration's (layout vectors)",
+    "nearest_episode": "int64 [S]: that demonstration's episode index in the demos dataset",
+    "success": "bool [S]: whether its recorded actions, replayed open loop in the episode's layout, succeed",
+    "steps_to_success": "int64 [S]: env steps until that replay's first success, -1 if never",
+    "subset_sizes": "int64 [K]: k of 'only the first k demonstrations of each task'",
+    "subset_distance": "float64 [K, S]: distance to the nearest of the first k demonstrations",
+    "subset_success": "bool [K, S]: whether that demonstration's replay succeeds",
+    "max_steps": "int64 []: the replay's step limit (rollout.max_steps)",
+    "episode_set": "str []: the episode set (sets.dev or sets.test)",
+    "config_json": "str []: the resolved settings, JSON",
+    "config_digest": "str []: sha256 of config_json",
+    "versions_json": "str []: simulator versions, JSON",
+}
+ROLLOUT_EPISODE_ARRAYS = ("success", "steps_to_success", "steps", "nfe", "actions")  # digested: what the answers read
+
+
+def rollout_digest(arrays: dict) -> str:
+    """sha256 of a rollout's per-episode arrays (shapes, dtypes and bytes) and its episodes' identity."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in (*ROLLOUT_EPISODE_ARRAYS, "policy", "task", "layout_seed", "layout_index", "rule"):
+        value = np.ascontiguousarray(np.asarray(arrays[key]))
+        h.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
+        h.update(value.astype(str).tobytes() if value.dtype.kind == "U" else value.tobytes())
+    return h.hexdigest()
+
+
+def load_rollout(path) -> dict[str, np.ndarray]:
+    """Read a rollout NPZ and check it before anything is computed from it: every array's shape against the
+    policies, rules and episodes it must hold, the episodes against total_episodes, the arrays against each other
+    (success, steps_to_success, steps and the actions' NaN tail tell one story) and against the digest written with
+    the file. Each problem names the file and the array."""
+    run = load_npz(path, ROLLOUT_ARRAYS)
+    p, r, s = run["policy"].size, run["rule"].size, run["task"].size
+    m, t = -(-int(run["max_steps"]) // max(int(run["execute_steps"]), 1)), int(run["max_steps"])
+    for key, spec in ROLLOUT_ARRAYS.items():
+        dims = [d.strip() for d in spec.split("[", 1)[1].split("]", 1)[0].split(",")] if "[" in spec else []
+        known = {"P": p, "R": r, "S": s, "M": m, "T": t, "C": run["costs"].size}
+        want = tuple(known.get(d) for d in dims if d)
+        got = run[key].shape
+        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+            raise input_error(path, f"array {key!r} has shape {got}, but {p} policies, {r} rules and {s} episodes "
+                                    f"need {tuple('A' if w is None else w for w in want)} ({spec.split(':')[0]})")
+    if s != int(run["total_episodes"]):
+        raise input_error(path, f"holds {s} episodes, but the run rolled out {int(run['total_episodes'])} "
+                                "(total_episodes): episodes are missing")
+    success, first, steps = run["success"], run["steps_to_success"], run["steps"]
+    executed = np.isfinite(run["actions"]).all(axis=-1).sum(axis=-1)
+    checks = [("success", success != (first >= 0), "success disagrees with steps_to_success (-1: never)"),
+              ("steps_to_success", success & (first != steps), "a success must end its episode at that step"),
+              ("steps", ~success & (steps != t), f"a failed episode runs all {t} steps (max_steps)"),
+              ("actions", executed != steps, "the executed (finite) actions do not number the episode's steps")]
+    for key, bad, why in checks:
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            raise input_error(path, f"array {key!r} contradicts the others at policy {where[0]}, rule "
+                                    f"{run['rule'][where[1]]}, episode {where[2]}: {why}")
+    if str(run["arrays_digest"]) != rollout_digest(run):
+        raise input_error(path, "its arrays differ from the digest written with them (arrays_digest): the file was "
+                                "changed after the rollout wrote it")
+    return run
 
 
 def contract_markdown() -> str:
@@ -233,6 +307,17 @@ def config_digest(settings: dict) -> tuple[str, str]:
 
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_npz(path, arrays: dict, contract: dict) -> None:

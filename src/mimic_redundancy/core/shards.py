@@ -55,13 +55,81 @@ def gather_npz(shard_paths: list, out_path, contract: dict) -> None:
     axis (the contract's S) concatenated along it, the rest checked equal (or summed: GATHER_SUM). The
     shards' rows (config_json's `shard`, stages._save_run) must tile the run in order; the gathered
     config_json leaves them out, as an unsharded run's has none."""
-    shards = [load_npz(p, contract) for p in shard_paths]
+    save_npz(out_path, join_shards([load_npz(p, contract) for p in shard_paths], shard_paths, contract), contract)
+
+
+def gather_rollout(paths: list[list], out_path, policies: list[int]) -> None:
+    """Join the rollout files of every policy (paths[i]: policy policies[i]'s shards, in order) into one rollout.npz
+    with a policy axis P: each policy's shards along S (as gather_npz), then the policies along P, in train.seeds
+    order. Refused, naming the files: a shard whose arrays differ from its digest, a file that holds another policy
+    than the one its place is for, and policies rolled out with other settings (beyond their checkpoint)."""
+    from mimic_redundancy.core.io import ROLLOUT_ARRAYS as contract, rollout_digest
+
+    per_policy, settings = [], []
+    for seed, shard_paths in zip(policies, paths):
+        shards = [load_npz(path, contract) for path in shard_paths]
+        for path, shard in zip(shard_paths, shards):
+            if str(shard["arrays_digest"]) != rollout_digest(shard):
+                raise input_error(path, "its arrays differ from the digest written with them (arrays_digest)")
+            held = int(shard["policy"][0])
+            if held != seed:
+                raise input_error(path, f"holds the rollouts of policy {held} ({shard['policy_checkpoint'][0]}), but "
+                                        f"it stands for policy {seed}: a file of another policy")
+        for shard in shards:
+            shard["arrays_digest"] = np.asarray("")  # each shard's own: recomputed over the joined arrays
+        arrays = join_shards(shards, shard_paths, contract)
+        mine = json.loads(str(arrays["config_json"]))
+        mine.pop("policy"), mine["model"].pop("checkpoint")
+        settings.append(mine)
+        per_policy.append(arrays)
+    for seed, shard_paths, mine in zip(policies, paths, settings):
+        differ = differing_keys(settings[0], mine)
+        if differ:
+            raise input_error(shard_paths[0], f"policy {seed} was rolled out with other settings than policy "
+                                              f"{policies[0]} ({paths[0][0]}): {', '.join(differ)} differ")
+    out = {}
+    for key, spec in contract.items():
+        values = [arrays[key] for arrays in per_policy]
+        if spec.split("[", 1)[-1].startswith("P"):
+            out[key] = np.concatenate(values, axis=0)
+        elif key in GATHER_JOIN:
+            out[key] = np.asarray(",".join(dict.fromkeys(str(v) for v in values)))
+        else:
+            out[key] = values[0]
+            differs = [paths[i][0] for i, v in enumerate(values) if key not in ("config_json", "config_digest")
+                       and not np.array_equal(v, values[0])]
+            if differs:
+                raise input_error(differs[0], f"'{key}' differs from policy {policies[0]}'s ({paths[0][0]})")
+    text, digest = config_digest({**settings[0], "policies": [int(p) for p in policies]})
+    out.update(config_json=np.asarray(text), config_digest=np.asarray(digest))
+    out["arrays_digest"] = np.asarray(rollout_digest(out))
+    save_npz(out_path, out, contract)
+
+
+def differing_keys(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys at which two settings dicts differ (e.g. rollout.seed)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix or "<settings>"]
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        out += differing_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def join_shards(shards: list[dict], shard_paths: list, contract: dict) -> dict:
+    """The arrays of shards (loaded, in order) joined as gather_npz writes them."""
     settings = [json.loads(str(shard["config_json"])) for shard in shards]
     records = [s.pop("shard", None) for s in settings]
     key = next(k for k, spec in contract.items() if sample_axis(spec) is not None)  # e.g. seed, or task
     bad = shard_row_problems(shard_paths, records, [shard[key].shape[sample_axis(contract[key])] for shard in shards])
     if bad:
         raise input_error(*bad[0])
+    for path, unsharded in zip(shard_paths, settings):
+        differ = differing_keys(settings[0], unsharded)
+        if differ:
+            raise input_error(path, f"its settings differ from those of {shard_paths[0]}, another shard of the same "
+                                    f"run, at {', '.join(differ)}: the shards were run with different settings "
+                                    "(rerun the shards of the settings you want)")
     for shard, unsharded in zip(shards, settings):
         text, digest = config_digest(unsharded)
         shard.update(config_json=np.asarray(text), config_digest=np.asarray(digest))
@@ -84,7 +152,7 @@ def gather_npz(shard_paths: list, out_path, contract: dict) -> None:
             shard.pop(key)
     if problems:
         raise input_error(shard_paths[0], "its shards were run with different settings: " + "; ".join(problems))
-    save_npz(out_path, arrays, contract)
+    return arrays
 
 
 # per-row metadata, concatenated in shard order; per-job metadata, listed per shard; written by the gather (the

@@ -21,6 +21,12 @@ SCHEMA = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
 TRAIN_SEED_BASE = 10_000  # synthetic training samples have seeds TRAIN_SEED_BASE + i
 
 
+# keys an older config may still use, and where each went
+MOVED = {"sim.demos": "sets.demos.layouts", "sim.layout_seed": "sets.demos.layout_seeds",
+         "rollout.episodes": "sets.<rollout.set>.layouts", "rollout.layout_seed": "sets.<rollout.set>.layout_seeds",
+         "train.seed": "train.seeds"}
+
+
 class ConfigError(ValueError):
     """A config value the pipeline cannot run with; the message names the key and what is allowed."""
 
@@ -54,7 +60,10 @@ def _describe(error) -> str:
     schema = error.schema
     if error.validator == "additionalProperties":
         allowed = ", ".join(sorted(schema.get("properties", {}))) or "(names of your choice)"
-        return f"config key '{key}': {error.message}; allowed keys: {allowed}"
+        moved = [f"'{key}.{name}' is now '{MOVED[f'{key}.{name}']}'" for name in error.instance
+                 if f"{key}.{name}" in MOVED]
+        return (f"config key '{key}': {error.message}; allowed keys: {allowed}"
+                + (f" ({'; '.join(moved)}: docs/closed-loop.md#episode-sets)" if moved else ""))
     if error.validator == "required":
         return f"config key '{key}': {error.message}"
     hint = schema.get("description")
@@ -169,6 +178,11 @@ def _resolve_selected(config: dict) -> list[str]:
                 f"--config preset=tiny (it then runs beside '{selected}')"]
     for name in following:
         config["presets"][name] = {"checkpoint": config["presets"][name]["checkpoint"].replace(SELECTED, selected)}
+    first = config["train"]["seeds"][0]
+    for name, spec in config["presets"].items():  # results/<p>/train/checkpoint: the first policy train writes
+        if "checkpoint" in spec:
+            spec["checkpoint"] = re.sub(r"^(results/[^/]+/train)/checkpoint(/?)$", rf"\1/seed-{first}/checkpoint\2",
+                                        spec["checkpoint"])
     untrainable = [name for name in config["compare"] if name in following and "checkpoint" in config["presets"][selected]]
     if untrainable:
         config["compare"] = [name for name in config["compare"] if name not in untrainable]
@@ -261,6 +275,21 @@ def _closed_loop_problems(config: dict) -> list[str]:
         if too_large:
             problems.append(f"config key 'rollout.{key}': {too_large} exceed probe.steps ({steps}); allowed: integers "
                             f"from 1 to {steps} (every rule is a schedule of at most probe.steps head evaluations)")
+    from mimic_redundancy.model.rules import check_rule_params
+
+    for tau in rollout["probeflow"]:
+        problems += check_rule_params("probeflow", {"cos_threshold": tau}, "config key 'rollout.probeflow'")
+    for i, jump in enumerate(rollout["dense_jump"]):
+        problems += check_rule_params("dense_jump", jump, f"config key 'rollout.dense_jump[{i}]'")
+    reference = reference_k(config)
+    if reference not in rollout["steps"]:
+        problems.append(f"config key 'rollout.reference': K={reference} is not rolled out; allowed: one of "
+                        f"rollout.steps {sorted(rollout['steps'])}")
+    elif (len(rollout["steps"]) + 2 * len(rollout["stop_steps"]) + bool(rollout["clean_change"])
+          + len(rollout["probeflow"]) + len(rollout["dense_jump"])) < 2:
+        problems.append(f"config key 'rollout.steps': K={reference} is the reference and the only rule, so nothing is "
+                        "compared with it; allowed: another K in rollout.steps, a stop in rollout.stop_steps, or "
+                        "rollout.clean_change: true")
     if config["inputs"]["frame_window"] != "history":
         problems.append("config key 'inputs.frame_window': the closed loop's policy sees only the frames up to now, so "
                         f"its training windows must too; allowed with inputs.source {config['inputs']['source']} and "
@@ -276,8 +305,7 @@ def _closed_loop_problems(config: dict) -> list[str]:
         return problems + [f"config key 'inputs.source': demos needs the simulator: {error}"]
     checks = [(sim.check_task, task) for task in sim_config["tasks"]] + [(sim.check_camera, sim_config["camera"])]
     checks += [(lambda pair: sim.prompt_of(*pair), item) for item in sim_config["tasks"].items()]
-    checks += [(sim.demo_layouts, sim_config["demos"])] if demos else []
-    checks += [(sim.eval_layouts, rollout["episodes"])]
+    checks += [(lambda name: sim.check_set(name, config["sets"][name]), name) for name in SETS]
     for check, value in checks:
         try:
             check(value)
@@ -285,13 +313,7 @@ def _closed_loop_problems(config: dict) -> list[str]:
             problems.append(str(error))
     if problems:
         return problems
-    if demos and sim_config["backend"] == "libero":  # one list of init states: demonstrations are not rolled out
-        overlap = sorted(set(sim.demo_layouts(sim_config["demos"])) & set(sim.eval_layouts(rollout["episodes"])))
-        if overlap:
-            problems.append(f"config keys 'sim.demos' and 'rollout.episodes': LIBERO ships {sim.INIT_STATES} init states "
-                            f"per task; the rollouts use 0 .. episodes-1 and the demonstrations the last sim.demos, so "
-                            f"{sim_config['demos']} + {rollout['episodes']} overlap at {overlap}; allowed: a sum of at most "
-                            f"{sim.INIT_STATES}")
+    problems += set_overlaps(config["sets"], sim.layout_key)
     for task in sim_config["tasks"]:
         limit = sim.step_limit(task)
         for key in ("rollout.max_steps", "sim.max_steps") if demos else ("rollout.max_steps",):
@@ -399,6 +421,47 @@ def input_settings(config: dict) -> dict:
 
 # -- the closed loop (docs/closed-loop.md) -----------------------------------------------------------------------
 DEMOS_DATASET = "results/demos/dataset"  # the demos stage's LeRobot v3.0 dataset (inputs.source demos)
+SETS = ("demos", "dev", "test")  # the episode sets per task (sim/common.SETS), disjoint
+
+
+def set_overlaps(sets: dict, layout_key) -> list[str]:
+    """Pairs of episode sets that share a layout (layout_key(seed, index): the simulator's notion of the same
+    layout), each named with the shared layouts."""
+    from mimic_redundancy.sim.common import set_layouts
+
+    keys = {name: {layout_key(*pair): pair for pair in set_layouts(sets[name])} for name in SETS}
+    problems = []
+    for i, a in enumerate(SETS):
+        for b in SETS[i + 1:]:
+            shared = [keys[a][k] for k in keys[a] if k in keys[b]]
+            if shared:
+                shown = ", ".join(f"seed {seed} layout {index}" for seed, index in shared[:5])
+                problems.append(f"config keys 'sets.{a}' and 'sets.{b}': the episode sets overlap at {len(shared)} "
+                                f"layout{'s' * (len(shared) > 1)} ({shown}{', ...' if len(shared) > 5 else ''}); "
+                                "allowed: disjoint sets (other layout_seeds, or first/layouts ranges that do not meet)")
+    return problems
+
+
+def reference_k(config: dict) -> int:
+    """The K every rollout rule is compared with: rollout.reference, else the largest rollout.steps."""
+    return config["rollout"].get("reference") or max(config["rollout"]["steps"])
+
+
+def policy_seeds(config: dict, preset: str) -> list[int]:
+    """The trained policies of a rollout preset: train.seeds for a checkpoint trained here, [0] for one trained
+    elsewhere (its only policy)."""
+    return list(config["train"]["seeds"]) if trained_from(config, preset) else [0]
+
+
+def policy_checkpoint(config: dict, preset: str, seed: int) -> str:
+    """The checkpoint folder of one policy of a rollout preset."""
+    source = trained_from(config, preset)
+    return train_dir(source, seed) + "/checkpoint" if source else config["presets"][preset]["checkpoint"]
+
+
+def train_dir(preset: str, seed: int) -> str:
+    """Where train writes the policy of one seed: results/<preset>/train/seed-<seed>."""
+    return f"results/{preset}/train/seed-{seed}"
 
 
 def closed_loop(config: dict) -> bool:
@@ -410,10 +473,11 @@ def closed_loop(config: dict) -> bool:
 
 
 def demos_settings(config: dict) -> dict:
-    """What decides the demonstrations: the tasks and their prompts, layouts, camera, size, rate, step limit."""
+    """What decides the demonstrations: the tasks and their prompts, the demos set's layouts, camera, size, rate,
+    step limit."""
     sim, inputs = config["sim"], config["inputs"]
-    return {**{k: sim[k] for k in ("backend", "tasks", "demos", "layout_seed", "camera", "fps", "max_steps")},
-            "height": inputs["height"], "width": inputs["width"]}
+    return {**{k: sim[k] for k in ("backend", "tasks", "camera", "fps", "max_steps")},
+            "set": dict(sorted(config["sets"]["demos"].items())), "height": inputs["height"], "width": inputs["width"]}
 
 
 def rollout_presets(config: dict) -> list[str]:
@@ -421,19 +485,33 @@ def rollout_presets(config: dict) -> list[str]:
     return [p for p in run_presets(config) if "checkpoint" in config["presets"][p]] if closed_loop(config) else []
 
 
-def rollout_settings(config: dict, preset: str) -> dict:
-    """The rollout stage: the policy (its head, the backbone, what it sees), the simulator, the rules, the episodes."""
+def rollout_settings(config: dict, preset: str, seed: int | None = None) -> dict:
+    """The rollout stage of one policy (train seed `seed`; None: the preset's first): its head, the backbone, what it
+    sees, the simulator, the rules, the episode set."""
     rollout = dict(sorted(config["rollout"].items()))
+    seed = policy_seeds(config, preset)[0] if seed is None else int(seed)
     inputs = {k: config["inputs"][k] for k in ("frames", "frame_skip", "height", "width", "state_key", "action_key",
                                                "camera")}
-    return {"model": model_settings(config, preset), "backbone": backbone_spec(config, preset), "inputs": inputs,
-            "demos": demos_settings(config), "probe_steps": config["probe"]["steps"],
-            "rollout": {k: v for k, v in rollout.items() if k not in ("margin", "videos")},
+    model = {**model_settings(config, preset), "checkpoint": policy_checkpoint(config, preset, seed)}
+    episodes = {"set": rollout["set"], **dict(sorted(config["sets"][rollout["set"]].items()))}
+    return {"model": model, "policy": seed, "backbone": backbone_spec(config, preset), "inputs": inputs,
+            "demos": demos_settings(config), "probe_steps": config["probe"]["steps"], "episodes": episodes,
+            "rollout": {k: v for k, v in rollout.items()
+                        if k not in ("margin", "alpha", "bootstrap", "reference", "videos", "set", "nearest_demo_subsets")},
             "numerics": numerics_settings(config), "device": config["device"]}
 
 
+def nearest_demo_settings(config: dict, name: str) -> dict:
+    """The nearest-demo baseline on episode set `name`: the demonstrations, the set, the rollout's step limit."""
+    return {"demos": demos_settings(config), "episodes": {"set": name, **dict(sorted(config["sets"][name].items()))},
+            "max_steps": config["rollout"]["max_steps"], "subsets": sorted(config["rollout"]["nearest_demo_subsets"])}
+
+
 def rollout_metrics_settings(config: dict) -> dict:
-    return {"margin": config["rollout"]["margin"], "steps": sorted(config["rollout"]["steps"])}
+    """The answers: the pre-specified decision (margin, alpha, the reference) and the bootstrap's resamples."""
+    rollout = config["rollout"]
+    return {"margin": rollout["margin"], "alpha": rollout["alpha"], "reference": reference_k(config),
+            "bootstrap": rollout["bootstrap"], "steps": sorted(rollout["steps"])}
 
 
 def data_settings(config: dict, limit: int | None = None) -> dict:
@@ -464,7 +542,7 @@ def numerics_settings(config: dict) -> dict:
 def trained_from(config: dict, preset: str) -> str | None:
     """The preset whose train rule writes this checkpoint preset's folder (results/<p>/train/checkpoint)."""
     folder = config["presets"][preset].get("checkpoint", "")
-    match = re.fullmatch(r"results/([^/]+)/train/checkpoint/?", folder)
+    match = re.fullmatch(r"results/([^/]+)/train/(?:seed-\d+/)?checkpoint/?", folder)
     source = config["presets"].get(match.group(1)) if match else None
     return match.group(1) if source is not None and "checkpoint" not in source else None  # a checkpoint is not trained
 
@@ -505,7 +583,7 @@ def train_data_settings(config: dict) -> dict:
                                                       [config["prompts"][i % len(config["prompts"])]
                                                        for i in range(train["synthetic_samples"])]))}
     episodes = inputs.get("episodes") if train["episodes"] == "inputs" else train["episodes"]
-    return {"inputs": {**inputs, "episodes": episodes, "windows_per_episode": None}, "seeds": [train["seed"]],
+    return {"inputs": {**inputs, "episodes": episodes, "windows_per_episode": None}, "seeds": [train["seeds"][0]],
             "limit": None}
 
 
@@ -520,7 +598,7 @@ def _features_identity(config: dict, preset: str) -> dict:
     train = None
     if source in trained_presets(config):
         train = {"backbone": backbone, "dims": dims, "data": train_data_settings(config),
-                 "draws": config["features"]["draws"], "seed": config["train"]["seed"], "numerics": numerics}
+                 "draws": config["features"]["draws"], "seed": config["train"]["seeds"][0], "numerics": numerics}
     return {"inference": probe, "train": train}
 
 
@@ -542,11 +620,12 @@ def features_settings(config: dict, preset: str) -> dict:
             "prompts": config["prompts"] if synthetic else []}
 
 
-def checkpoint_files(config: dict, preset: str) -> list[str]:
-    """A checkpoint preset's files: rule inputs, so a checkpoint the train rule writes is made first."""
+def checkpoint_files(config: dict, preset: str, folder: str | None = None) -> list[str]:
+    """A checkpoint preset's files (or those of another checkpoint `folder`, e.g. one policy's): rule inputs, so a
+    checkpoint the train rule writes is made first."""
     from mimic_redundancy.model.checkpoints import CHECKPOINT_FILES, FORMAT_V1, FORMAT_V2
 
-    folder = config["presets"][preset].get("checkpoint")
+    folder = folder or config["presets"][preset].get("checkpoint")
     if not folder:
         return []
     form = FORMAT_V2
@@ -626,8 +705,9 @@ def backbone_settings(config: dict, preset: str) -> dict:
             "fixed_video_noise": config["backbone"]["fixed_video_noise"]}
 
 
-def train_settings(config: dict, preset: str) -> dict:
-    """Training reads the training draws of the features; the checkpoint references the backbone."""
+def train_settings(config: dict, preset: str, seed: int | None = None) -> dict:
+    """Training one policy (train seed `seed`; None: the first) reads the training draws of the features; the
+    checkpoint references the backbone."""
     if preset not in trained_presets(config):
         raise ConfigError(f"config key 'presets': preset '{preset}' is trained, but no preset points at its checkpoint, "
                           "so its features hold no training draws; add e.g. "
@@ -636,7 +716,8 @@ def train_settings(config: dict, preset: str) -> dict:
     return {"model": model_settings(config, preset), "backbone": backbone_spec(config, preset),
             "features_digest": features_digest(config, preset, "train"),
             "check_digest": features_digest(config, preset, "inference"), "draws": config["features"]["draws"],
-            **{k: train[k] for k in ("steps", "batch_size", "lr", "seed", "check_samples")},
+            "seed": train["seeds"][0] if seed is None else int(seed),
+            **{k: train[k] for k in ("steps", "batch_size", "lr", "check_samples")},
             **({"flow_times": train["flow_times"]} if train["flow_times"] != "library" else {}),
             **({"lr_schedule": train["lr_schedule"]} if train["lr_schedule"] != "constant" else {}),
             **({"normalize_state": True} if train["normalize_state"] else {})}

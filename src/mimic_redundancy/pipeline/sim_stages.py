@@ -24,14 +24,16 @@ def _check_simulator(demos: dict):
 
 
 def demos(settings: dict, dataset_dir, summary_path) -> None:
-    """The scripted expert of every task on layouts 0 .. demos-1, written as a LeRobot v3.0 dataset."""
+    """The scripted expert of every task on the demos set's layouts, written as a LeRobot v3.0 dataset."""
     from mimic_redundancy.core.io import write_json
+    from mimic_redundancy.sim.common import set_layouts
     from mimic_redundancy.sim.demos import write_demos
 
-    _check_simulator(settings)
-    summary = write_demos(Path(dataset_dir), settings["tasks"], settings["demos"], settings["layout_seed"],
-                          settings["camera"], settings["height"], settings["width"], settings["fps"],
-                          settings["max_steps"], settings["backend"])
+    sim = _check_simulator(settings)
+    sim.check_set("demos", settings["set"])
+    summary = write_demos(Path(dataset_dir), settings["tasks"], set_layouts(settings["set"]), settings["camera"],
+                          settings["height"], settings["width"], settings["fps"], settings["max_steps"],
+                          settings["backend"])
     for task, counts in summary["tasks"].items():
         log.info("%s: %d demonstrations kept, %d dropped (the expert failed)", task, counts["kept"], counts["dropped"])
     write_json(summary_path, {**summary, "settings": settings, "dataset": str(dataset_dir)})
@@ -116,12 +118,13 @@ def policy_dataset(dataset) -> Path:
 
 
 def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int = 1, shard: str | None = None) -> None:
-    """Every rule on this job's share of the episodes (whole batches), in closed loop. `dataset_dir`: the dataset the
-    policy learned from, or the manifest locating it (policy_dataset)."""
+    """One policy (settings['policy']), every rule, on this job's share of the episode set (whole batches), in closed
+    loop. `dataset_dir`: the dataset the policy learned from, or the manifest locating it (policy_dataset)."""
     import numpy as np
 
     from mimic_redundancy.core import numerics
-    from mimic_redundancy.core.io import ROLLOUT_ARRAYS, config_digest, save_npz
+    from mimic_redundancy.core.io import (ROLLOUT_ARRAYS, ROLLOUT_EPISODE_ARRAYS, config_digest, file_digest,
+                                          rollout_digest, save_npz)
     from mimic_redundancy.model.model import library_versions, resolve_device
     from mimic_redundancy.pipeline.config import shard_rows
     from mimic_redundancy.sim.policy import rules_of
@@ -138,41 +141,74 @@ def rollout(settings: dict, dataset_dir, early_stop_path, npz_path, threads: int
         log.warning("early_stop.json calibrated no clean-change threshold: that rule is not rolled out")
     rules = rules_of(run, eps)
     tasks = list(demos["tasks"])
-    episodes = episode_list(tasks, run["episodes"], run["layout_seed"])
+    episodes = episode_list(tasks, settings["episodes"])
     batches = batches_of(episodes, run["batch_size"])
     picked = shard_rows(shard, len(batches))
     first = sum(map(len, batches[:picked.start]))  # this shard's episodes, for the gather's check
     record = {"shard": shard, "rows": [first, first + sum(map(len, batches[picked.start:picked.stop]))]}
     batches = batches[picked.start:picked.stop]
-    log.info("%d rules x %d episodes in %d batches%s: %s", len(rules), sum(map(len, batches)), len(batches),
-             f" (shard {shard})" if shard else "", ", ".join(r.name for r in rules))
+    log.info("policy %d: %d rules x %d episodes of set %s in %d batches%s: %s", settings["policy"], len(rules),
+             sum(map(len, batches)), settings["episodes"]["set"], len(batches), f" (shard {shard})" if shard else "",
+             ", ".join(r.name for r in rules))
     # the env renders at the dataset's frame size; the policy resizes its frames as its training did
     make_env = lambda task, seed, index: sim.Env(task, seed, index, demos["camera"], height, width)
     start = time.perf_counter()
     arrays = run_rollouts(policy, rules, episodes, batches, demos["tasks"],
                           tasks, {**run, "probe_steps": settings["probe_steps"]}, make_env)
     log.info("rolled out in %.1f s", time.perf_counter() - start)
+    for key in ROLLOUT_EPISODE_ARRAYS + ("seconds",):  # one policy: the policy axis P has length 1
+        arrays[key] = arrays[key][None]
+    checkpoint = settings["model"]["checkpoint"]
+    arrays.update(policy=np.array([settings["policy"]], np.int64), policy_checkpoint=np.array([checkpoint]),
+                  policy_digest=np.array([file_digest(Path(checkpoint) / "model.safetensors")]),
+                  episode_set=np.asarray(settings["episodes"]["set"]))
     text, digest = config_digest({**settings, "shard": record} if shard else settings)
     arrays.update(preset=settings["model"]["preset"], device=str(device), config_json=text, config_digest=digest,
                   versions_json=json.dumps({**library_versions(), **sim.versions()}, sort_keys=True),
                   numerics_json=json.dumps(numerics.record(device), sort_keys=True),
                   total_episodes=np.int64(len(episodes)))
+    arrays["arrays_digest"] = rollout_digest(arrays)
     save_npz(npz_path, arrays, ROLLOUT_ARRAYS)
 
 
+def nearest_demo(settings: dict, dataset_dir, npz_path) -> None:
+    """The nearest-demo baseline on one episode set (sim/nearest_demo.py), in the rollout's episode order."""
+    import numpy as np
+
+    from mimic_redundancy.core.io import NEAREST_ARRAYS, config_digest, save_npz
+    from mimic_redundancy.sim.nearest_demo import demo_records, nearest_demo as baseline
+    from mimic_redundancy.sim.rollout import episode_list
+
+    demos = settings["demos"]
+    sim = _check_simulator(demos)
+    episodes = episode_list(list(demos["tasks"]), settings["episodes"])
+    make_env = lambda task, seed, index: sim.Env(task, seed, index, demos["camera"], demos["height"], demos["width"])
+    start = time.perf_counter()
+    arrays = baseline(sim, demo_records(dataset_dir), episodes, settings["max_steps"], make_env, settings["subsets"])
+    text, digest = config_digest(settings)
+    arrays.update(episode_set=np.asarray(settings["episodes"]["set"]), config_json=text, config_digest=digest,
+                  versions_json=json.dumps(sim.versions(), sort_keys=True))
+    save_npz(npz_path, arrays, NEAREST_ARRAYS)
+    log.info("nearest-demo baseline on %d episodes in %.1f s: %d successes", len(episodes),
+             time.perf_counter() - start, int(arrays["success"].sum()))
+
+
 def rollout_videos(settings: dict, npz_path, size: int, videos_dir, summary_path) -> None:
-    """Replay, open loop in a fresh env, the first success and the first failure of every rule (each task), as mp4
+    """Replay, open loop in a fresh env, the first success and the first failure of every rule (each task; the first
+    policy), as mp4
     at size x size; a replay that does not give the recorded outcome stops the stage (the rollout is not
     reproducible)."""
     import shutil
 
     import numpy as np
 
-    from mimic_redundancy.core.io import ROLLOUT_ARRAYS, atomic_path, input_error, load_npz, write_json
+    from mimic_redundancy.core.io import input_error, load_rollout, write_json
     from mimic_redundancy.sim.demos import VIEWING_CODEC, write_video
     from mimic_redundancy.sim.rollout import replay
 
-    run = load_npz(npz_path, ROLLOUT_ARRAYS)
+    run = load_rollout(npz_path)
+    for key in ("success", "steps_to_success", "actions"):  # the first policy's episodes
+        run[key] = run[key][0]
     demos = settings["demos"]
     sim = _check_simulator(demos)
     make_env = lambda task, seed, index: sim.Env(task, seed, index, demos["camera"], size, size)

@@ -15,6 +15,7 @@ each figure and checks with matplotlib's layout that no label overlaps another a
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import matplotlib
 
@@ -331,23 +332,35 @@ def depth_figure(table_path, summary_path, style: dict, png_path, svg_path) -> N
 
 
 @plt.rc_context(FONTS)
-def train_loss_figure(loss_path, summary_path, style: dict, png_path, svg_path) -> None:
-    """The training loss per step (log scale) with a running mean over a tenth of the steps."""
-    table, summary = read_csv(loss_path), read_json(summary_path)
+def train_loss_figure(loss_paths, summary_paths, style: dict, png_path, svg_path) -> None:
+    """The training loss per step (log scale) with a running mean over a tenth of the steps, one curve per policy
+    (train.seeds; a single path: one policy)."""
+    loss_paths = [loss_paths] if isinstance(loss_paths, (str, Path)) else list(loss_paths)
+    summary_paths = [summary_paths] if isinstance(summary_paths, (str, Path)) else list(summary_paths)
     fig, (ax,) = _grid(style, 1)
-    ax.plot(table["step"], table["loss"], lw=0.8, alpha=0.5, label="loss per step")
-    window = summary["steps_per_tenth"]
-    if len(table["loss"]) >= window:
-        running = np.convolve(table["loss"], np.ones(window) / window, mode="valid")
-        ax.plot(table["step"][window - 1:], running, lw=2, label=f"running mean of {window} steps")
+    summaries = [read_json(path) for path in summary_paths]
+    for k, (loss_path, summary) in enumerate(zip(loss_paths, summaries)):
+        table = read_csv(loss_path)
+        label = f"seed {summary['seed']}" if len(loss_paths) > 1 else "loss per step"
+        ax.plot(table["step"], table["loss"], lw=0.8, alpha=0.5 if len(loss_paths) == 1 else 0.15, color=f"C{k}",
+                label=None if len(loss_paths) > 1 else label)
+        window = summary["steps_per_tenth"]
+        if len(table["loss"]) >= window:
+            running = np.convolve(table["loss"], np.ones(window) / window, mode="valid")
+            ax.plot(table["step"][window - 1:], running, lw=2, color=f"C{k}" if len(loss_paths) > 1 else "C1",
+                    label=f"{label + ': ' if len(loss_paths) > 1 else ''}running mean of {window} steps")
     _log(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("MimicVideo flow-matching loss")
-    ax.set_title(_lines(f"Training the action head on N={summary['windows']} {summary['source']} windows, batch "
-                        f"{summary['batch_size']}, lr {summary['lr']:g}, seed {summary['seed']}",
-                        f"mean loss first tenth {summary['loss_first_tenth']:.3g} -> last tenth "
-                        f"{summary['loss_last_tenth']:.3g} (ratio {summary['loss_ratio']:.3f}), "
-                        f"{summary['seconds']:.0f} s", width=90), fontsize=8)
+    first = summaries[0]
+    seeds = ", ".join(str(s["seed"]) for s in summaries)
+    ratios = ", ".join(f"{s['loss_ratio']:.3f}" for s in summaries)
+    ax.set_title(_lines(f"Training the action head on N={first['windows']} {first['source']} windows, batch "
+                        f"{first['batch_size']}, lr {first['lr']:g}, {len(summaries)} polic"
+                        f"{'y' if len(summaries) == 1 else 'ies'} (seed {seeds})",
+                        f"mean loss first tenth {first['loss_first_tenth']:.3g} -> last tenth "
+                        f"{first['loss_last_tenth']:.3g} (ratio {ratios}), {first['seconds']:.0f} s", width=90),
+                 fontsize=8)
     ax.legend()
     _save(fig, style, png_path, svg_path)
 

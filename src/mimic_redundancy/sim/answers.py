@@ -1,77 +1,32 @@
-"""The closed loop's answers, from rollout.npz alone (and early_stop.csv for the open-loop side).
+"""The closed loop's answers, from rollout.npz (policies x rules x episodes), the nearest-demo baseline on the same
+episodes, and early_stop.csv for the open-loop side (docs/closed-loop.md#the-decision).
 
-Per task and rule: the success rate with its exact (Clopper-Pearson) 95% interval; the paired difference to the
-reference rule (the largest K) on the same episodes, with Tango's score 95% interval for paired proportions
-and McNemar's exact test on the discordant pairs; the open-loop MSE of the same rule on the demo windows (early_stop.csv);
-and the headline, a decision: the rule with the fewest head evaluations per decision that is non-inferior to the
-reference within `margin` (the one-sided 95% lower bound of its paired difference above -margin). Where no
-rule qualifies, the episodes a paired non-inferiority test would need (80% power) are estimated from the observed
-discordance.
+Per task and rule: the success rate per policy and pooled with its 95% interval; the paired difference to the
+reference K on the same (policy, episode) pairs with its 95% interval; the pre-specified non-inferiority test
+(H0: difference <= -margin, one-sided `alpha`, Holm over the task's candidate rules, the reference never one); a
+two-sided test of any difference (for the words "better" and "worse"); the power the run had and the pairs an
+80%-powered run would need. Every interval and test is the more cautious of Tango's score method on the pooled pairs
+and a crossed bootstrap over policies and episodes (core/paired.py). Across tasks and policies: rliable's IQM and
+probability of improvement over the reference. Per rule and policy: an eval_info.json shaped like lerobot-eval's.
+
+Words follow the adjusted tests: "shown non-inferior" / "not shown", "shown better" / "shown worse" / "no difference
+shown"; nothing is called safe, better or worse otherwise.
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 
-from mimic_redundancy.core.io import ROLLOUT_ARRAYS, load_npz, write_json
+from mimic_redundancy.core import paired
+from mimic_redundancy.core.io import write_json
 
-Z_95_ONE_SIDED, Z_80 = 1.6448536269514722, 0.8416212335729143
-
-
-def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The exact binomial interval of a success rate (never outside [0, 1])."""
-    from scipy.stats import beta
-
-    alpha = 1 - level
-    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, n - successes + 1))
-    high = 1.0 if successes == n else float(beta.ppf(1 - alpha / 2, successes + 1, n - successes))
-    return low, high
-
-
-def mcnemar_exact(better: int, worse: int) -> float:
-    """Two-sided exact McNemar p-value: the discordant pairs against a fair coin."""
-    from scipy.stats import binomtest
-
-    return 1.0 if better + worse == 0 else float(binomtest(better, better + worse, 0.5).pvalue)
-
-
-def paired_difference(rule: np.ndarray, reference: np.ndarray, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Tango's asymptotic score interval (1998) of the paired difference of two success rates on the same episodes,
-    rule - reference: the differences d0 where the score statistic T(d0) (restricted maximum likelihood of the
-    discordant cell under d0) stays within +-z. It depends on the discordant pairs alone: 20 episodes that agree
-    everywhere give [-0.16, +0.16] whatever the success rate, so 20 episodes cannot prove a 5-point margin. z = 1.645
-    gives the one-sided 95% lower bound, a non-inferiority test at its nominal 5% (tested). Newcombe's hybrid interval
-    (method 10) was used before: with no discordant pair and a success rate inside (0, 1) its correlation term
-    shrinks it to +-3% on 20 episodes, and it declared a rule 5 points worse non-inferior 34% of the time."""
-    rule, reference = rule.astype(bool), reference.astype(bool)
-    n = rule.size
-    b, c = int((rule & ~reference).sum()), int((~rule & reference).sum())  # the discordant pairs
-
-    def score(d0: float) -> float:  # decreasing in d0
-        a_, b_, c_ = 2 * n, -b - c + (2 * n - b + c) * d0, -c * d0 * (1 - d0)
-        p21 = (math.sqrt(max(b_ * b_ - 4 * a_ * c_, 0.0)) - b_) / (2 * a_)
-        variance, excess = n * (2 * p21 + d0 * (1 - d0)), b - c - n * d0
-        return excess / math.sqrt(variance) if variance > 0 else math.copysign(math.inf, excess) if excess else 0.0
-
-    def solve(target: float, low: float, high: float) -> float:  # bisection: score(root) = target
-        for _ in range(100):
-            middle = (low + high) / 2
-            low, high = (middle, high) if score(middle) > target else (low, middle)
-        return (low + high) / 2
-
-    estimate, tiny = (b - c) / n, 1e-12
-    lower = -1.0 if estimate == -1 else solve(z, -1 + tiny, estimate)
-    upper = 1.0 if estimate == 1 else solve(-z, estimate, 1 - tiny)
-    return lower, upper
-
-
-def episodes_needed(discordance: float, margin: float, n: int) -> int:
-    """Episodes for a paired non-inferiority test (one-sided 5%, 80% power, true difference 0) at this discordance
-    (the fraction of episodes where the two rules disagree; at least one in n+1 when none was seen)."""
-    disc = max(discordance, 1.0 / (n + 1))
-    return int(math.ceil((Z_95_ONE_SIDED + Z_80) ** 2 * disc / margin ** 2))
+NEAREST = "nearest demo (replay)"  # the baseline's row: the nearest demonstration's actions, open loop
+IQM_RESAMPLES = 2000
 
 
 def _open_loop(early_stop_csv) -> dict[tuple[str, float], dict]:
@@ -80,114 +35,410 @@ def _open_loop(early_stop_csv) -> dict[tuple[str, float], dict]:
         return {(row["rule"], float(row["param"])): row for row in csv.DictReader(f) if row["half"] == "all"}
 
 
-def rollout_tables(run: dict, open_loop: dict, settings: dict) -> tuple[list[dict], dict]:
-    """(rows of rollout.csv, rollout.json)."""
-    margin = settings["margin"]
-    kinds, params = run["rule_kind"], run["rule_param"]
-    ks = [r for r in range(len(kinds)) if kinds[r] == "fixed_k"]
-    ref = max(ks, key=lambda r: params[r])
-    rows, decisions = [], {}
-    for task in dict.fromkeys(run["task"].tolist()):
+def _finite(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _interval(exact: tuple[float, float], resampled: np.ndarray) -> tuple[float, float]:
+    """On each side the wider of an exact/score interval and the crossed bootstrap's percentile interval."""
+    low, high = paired.percentile_interval(resampled)
+    return min(exact[0], low), max(exact[1], high)
+
+
+def compare(rule: np.ndarray, reference: np.ndarray, draws, margin: float) -> dict:
+    """A rule against the reference on the same pairs: rule, reference (P, S) bool (the baseline: (1, S), broadcast).
+    The difference, its 95% interval, the non-inferiority p and the two-sided p (each the larger of Tango's/McNemar's
+    and the bootstrap's), the discordant pairs."""
+    rule, reference = np.broadcast_arrays(rule, reference)
+    b, c, n = paired.discordant(rule, reference)
+    difference = rule.astype(np.float64) - reference
+    resampled = paired.crossed_means(difference, draws)
+    tango_p = paired.tango_noninferiority_p(b, c, n, margin)
+    boot_p = paired.bootstrap_noninferiority_p(resampled, margin)
+    midp, boot_two = paired.mcnemar_midp(b, c), paired.bootstrap_two_sided_p(resampled)
+    low, high = _interval(paired.tango_interval(b, c, n), resampled)
+    return {"diff_vs_reference": (b - c) / n, "diff_ci_low": low, "diff_ci_high": high,
+            "better_than_reference": b, "worse_than_reference": c, "discordance": (b + c) / n,
+            "ni_p_tango": tango_p, "ni_p_bootstrap": boot_p, "ni_p": max(tango_p, boot_p),
+            "mcnemar_midp": midp, "diff_p_bootstrap": boot_two, "diff_p": max(midp, boot_two)}
+
+
+def _success(success: np.ndarray, draws) -> dict:
+    """Success (P, S) bool: pooled rate, its 95% interval, per-policy rates and their spread."""
+    k, n = int(success.sum()), success.size
+    low, high = _interval(paired.clopper_pearson(k, n), paired.crossed_means(success.astype(np.float64), draws))
+    per_policy = success.mean(axis=1)
+    return {"successes": k, "success_rate": k / n, "ci_low": low, "ci_high": high,
+            "success_rate_sd_policies": float(per_policy.std(ddof=1)) if per_policy.size > 1 else math.nan}
+
+
+def _verdicts(rows: list[dict], alpha: float) -> None:
+    """Holm over the task's candidate rules (the reference and the baseline excluded), and the words they allow."""
+    candidates = [r for r in rows if r["role"] == "candidate"]
+    for key in ("ni_p", "diff_p"):
+        for row, adjusted in zip(candidates, paired.holm([r[key] for r in candidates])):
+            row[f"{key}_holm"] = float(adjusted)
+    for row in rows:
+        if row["role"] == "reference":  # compared with itself: no test
+            row.update({key: math.nan for key in ("diff_ci_low", "diff_ci_high", "ni_p_tango", "ni_p_bootstrap", "ni_p",
+                                                  "mcnemar_midp", "diff_p_bootstrap", "diff_p")})
+        if row["role"] != "candidate":
+            row.update(ni_p_holm=math.nan, diff_p_holm=math.nan, shown_non_inferior=False,
+                       verdict=row["role"] if row["role"] == "reference" else "baseline (not a candidate)")
+            continue
+        row["shown_non_inferior"] = bool(row["ni_p_holm"] <= alpha)
+        difference = ("shown better" if row["diff_vs_reference"] > 0 else "shown worse") \
+            if row["diff_p_holm"] <= 2 * alpha else "no difference shown"
+        row["verdict"] = f"{'shown non-inferior' if row['shown_non_inferior'] else 'not shown non-inferior'}; {difference}"
+
+
+def procedure_power(policies: int, episodes: int, discordance: float, margin: float, alpha: float,
+                    sims: int = 400, resamples: int = 1000, seed: int = 0) -> float:
+    """The power of this module's own non-inferiority test (the larger p of Tango's and the crossed bootstrap's,
+    compare) at level `alpha`, simulated: P x S pairs that disagree with probability `discordance`, half each way
+    (a true difference of 0), alike across policies and layouts (the favourable case: spread between policies only
+    lowers it). Both parts of the test read the pairs' differences alone, so the differences are what is drawn."""
+    rng = np.random.default_rng(seed)
+    draws = paired.crossed_indices(policies, episodes, resamples, seed=seed)
+    hits = 0
+    for _ in range(sims):
+        u = rng.random((policies, episodes))
+        difference = np.where(u < discordance / 2, 1.0, np.where(u < discordance, -1.0, 0.0))
+        b, c = int((difference > 0).sum()), int((difference < 0).sum())
+        p_value = max(paired.tango_noninferiority_p(b, c, difference.size, margin),
+                      paired.bootstrap_noninferiority_p(paired.crossed_means(difference, draws), margin))
+        hits += p_value <= alpha
+    return hits / sims
+
+
+def episodes_needed(policies: int, discordance: float, margin: float, alpha: float, power: float = 0.8,
+                    limit: int = 20_000, sims: int = 400) -> int | None:
+    """Episodes per policy (the same for every policy) at which procedure_power reaches `power`: the smallest by
+    bisection from Tango's exact size (core/paired.pairs_needed / policies), which the bootstrap part can only raise.
+    None above `limit`."""
+    start = paired.pairs_needed(discordance, margin, alpha, power)
+    if start is None:
+        return None
+    low, high = max(1, start // policies // 2), max(2, -(-start // policies))
+    while procedure_power(policies, high, discordance, margin, alpha, sims) < power:
+        low, high = high, high * 2
+        if high > limit:
+            return None
+    while high - low > max(1, high // 50):  # to 2%: the simulated power is itself +-2 points
+        middle = (low + high) // 2
+        low, high = (middle, high) if procedure_power(policies, middle, discordance, margin, alpha, sims) < power \
+            else (low, middle)
+    return high
+
+
+def decide_rules(success: np.ndarray, ref: int, margin: float, alpha: float, draws) -> list[dict]:
+    """The pre-specified decision on one task: success (P, R, S) bool, `ref` the reference rule's index; per rule its
+    comparison with the reference (compare) and, Holm-adjusted over the other rules, its verdict (_verdicts). The
+    reference is never a candidate."""
+    rows = [{"role": "reference" if r == ref else "candidate", **compare(success[:, r], success[:, ref], draws, margin)}
+            for r in range(success.shape[1])]
+    _verdicts(rows, alpha)
+    return rows
+
+
+def rollout_tables(run: dict, open_loop: dict, settings: dict, nearest: dict | None = None) -> tuple[list[dict], dict]:
+    """(rows of rollout.csv, rollout.json) from a rollout (io.load_rollout: arrays [P, R, S]) and the nearest-demo
+    baseline on the same episodes (io.NEAREST_ARRAYS, or None)."""
+    margin, alpha = settings["margin"], settings["alpha"]
+    resamples = settings.get("bootstrap", 4000)
+    kinds, params, names = run["rule_kind"], run["rule_param"], [str(r) for r in run["rule"]]
+    reference_k = settings.get("reference") or max(int(params[r]) for r in range(len(kinds)) if kinds[r] == "fixed_k")
+    ref = next((r for r in range(len(kinds)) if kinds[r] == "fixed_k" and int(params[r]) == reference_k), None)
+    if ref is None:
+        raise ValueError(f"config key 'rollout.reference': K={reference_k} is not among the rolled-out rules "
+                         f"{names}; allowed: one of rollout.steps")
+    policies = [int(p) for p in run["policy"]]
+    episode_set = str(run["episode_set"])
+    rows, decisions, per_task_rates = [], {}, {}
+    tasks = list(dict.fromkeys(run["task"].tolist()))
+    for t, task in enumerate(tasks):
         mine = np.flatnonzero(run["task"] == task)
         n = mine.size
-        reference = run["success"][ref, mine]
+        success = run["success"][:, :, mine]  # (P, R, S)
+        reference = success[:, ref]
+        draws = paired.crossed_indices(len(policies), n, resamples, seed=t)
+        m = len(names) - 1  # candidates: every rule but the reference
         task_rows = []
-        for r, name in enumerate(run["rule"]):
-            success = run["success"][r, mine]
-            k = int(success.sum())
-            low, high = clopper_pearson(k, n)
-            nfe = run["nfe"][r, mine]
-            better, worse = int((success & ~reference).sum()), int((~success & reference).sum())
-            d_low, d_high = paired_difference(success, reference)
-            d_lower = paired_difference(success, reference, Z_95_ONE_SIDED)[0]
+        for r, name in enumerate(names):
+            nfe = run["nfe"][:, r][:, mine]
+            row = {"task": task, "set": episode_set, "rule": name, "kind": str(kinds[r]), "param": float(params[r]),
+                   "role": "reference" if r == ref else "candidate", "policies": len(policies), "episodes": n,
+                   "pairs": len(policies) * n, **_success(success[:, r], draws),
+                   **{f"successes_seed_{p}": int(success[i, r].sum()) for i, p in enumerate(policies)},
+                   "nfe_per_decision": float(nfe[nfe >= 0].mean()),
+                   "decisions_mean": float((nfe >= 0).sum(-1).mean()),
+                   "steps_mean": float(run["steps"][:, r][:, mine].mean()), "reference": names[ref],
+                   **compare(success[:, r], reference, draws, margin)}
             mse = open_loop.get((str(kinds[r]), float(params[r])), {})
-            seconds = run["seconds"][r, mine].mean(axis=0)
-            row = {"task": task, "rule": str(name), "kind": str(kinds[r]), "param": float(params[r]), "episodes": n,
-                   "successes": k, "success_rate": k / n, "ci_low": low, "ci_high": high,
-                   "nfe_per_decision": float(nfe[nfe >= 0].mean()), "decisions_mean": float((nfe >= 0).sum(1).mean()),
-                   "steps_mean": float(run["steps"][r, mine].mean()),
-                   "reference": str(run["rule"][ref]), "diff_vs_reference": (k - int(reference.sum())) / n,
-                   "diff_ci_low": d_low, "diff_ci_high": d_high, "diff_lower_one_sided_95": d_lower,
-                   "better_than_reference": better, "worse_than_reference": worse,
-                   "mcnemar_p": mcnemar_exact(better, worse), "non_inferior": bool(d_lower > -margin),
-                   "open_loop_mse_vs_final": float(mse.get("mse_vs_final", "nan") or "nan"),
-                   "open_loop_mse_vs_gt": float(mse.get("mse_vs_gt", "nan") or "nan"),
-                   **{f"seconds_{c}": float(s) for c, s in zip(run["costs"], seconds)}}
+            row.update(open_loop_mse_vs_final=_finite(mse.get("mse_vs_final")),
+                       open_loop_mse_vs_gt=_finite(mse.get("mse_vs_gt")),
+                       **{f"seconds_{c}": float(v) for c, v in zip(run["costs"],
+                                                                  run["seconds"][:, r][:, mine].mean(axis=(0, 1)))})
             task_rows.append(row)
+        _sizing(task_rows, len(policies), n, margin, alpha / m)
+        if nearest is not None:
+            task_rows.append(_baseline_row(nearest, task, mine, reference, draws, margin, task_rows[ref]))
+        _verdicts(task_rows, alpha)
         rows += task_rows
-        decisions[task] = _decide(task_rows, ref_name=str(run["rule"][ref]), margin=margin, n=n)
-    summary = {"margin": margin, "reference": str(run["rule"][ref]), "episodes_per_task": {t: d["episodes"] for t, d in
-                                                                                           decisions.items()},
-               "tasks": decisions, "rules": [str(r) for r in run["rule"]],
-               "n_episodes": int(run["success"].shape[1]), "layout_seed": sorted({int(s) for s in run["layout_seed"]}),
+        decisions[task] = _decide(task_rows, names[ref], margin, alpha, len(policies), n)
+        per_task_rates[task] = {name: success[:, r].mean(axis=1) for r, name in enumerate(names)}
+    if nearest is not None:
+        _versus_baseline(decisions, alpha)
+    summary = {"episode_set": episode_set, "margin": margin, "alpha": alpha, "reference": names[ref],
+               "multiplicity": "Holm over each task's candidate rules (every rule but the reference; the nearest-demo "
+                               "baseline is not a candidate); the policy against the baseline: Holm over the tasks",
+               "policies": policies, "n_policies": len(policies), "rules": names,
+               "episodes_per_task": {t: d["episodes"] for t, d in decisions.items()}, "tasks": decisions,
+               "across_tasks": across_tasks(per_task_rates, names, names[ref]),
+               "n_episodes": int(run["task"].size), "layout_seeds": sorted({int(s) for s in run["layout_seed"]}),
                "preset": str(run["preset"]), "config_digest": str(run["config_digest"]),
-               "intervals": "success: exact Clopper-Pearson 95%; paired difference: Tango's asymptotic score "
-                            "interval, 95% two-sided and the one-sided 95% lower bound; McNemar exact"}
+               "intervals": "success: on each side the wider of Clopper-Pearson on the pooled (policy, episode) pairs "
+                            "and the crossed bootstrap over policies and episodes (percentile); paired difference: the "
+                            "wider of Tango's score interval on the pooled pairs and the crossed bootstrap; tests: the "
+                            "larger p of Tango's score test (non-inferiority) or McNemar's mid-p (any difference) and "
+                            "the bootstrap's; 95%, two-sided"}
     return rows, summary
 
 
-def _decide(rows: list[dict], ref_name: str, margin: float, n: int) -> dict:
-    """The headline of one task: the cheapest non-inferior rule, the seed's question (stop at 40 vs 50), and whether
-    open-loop MSE ranks the rules as closed-loop success does."""
+def _sizing(rows: list[dict], policies: int, n: int, margin: float, alpha: float) -> None:
+    """Per candidate: the power this run had for the margin at its observed discordance (Tango's exact power, and the
+    procedure's own, simulated), and the episodes per policy an 80%-powered run needs at the 80% upper bound of the
+    discordance (Tango's exact size, and the procedure's). At alpha / m: Holm's first step, the least power it has.
+    The procedure's size is computed for the cheapest rule within the margin only (the one the decision sizes for)."""
+    candidates = [r for r in rows if r["role"] == "candidate"]
+    within = sorted((r for r in candidates if r["diff_vs_reference"] >= -margin),
+                    key=lambda r: (r["nfe_per_decision"], -r["success_rate"]))
+    for row in candidates:
+        discordant = row["better_than_reference"] + row["worse_than_reference"]
+        upper = paired.discordance_upper(discordant, row["pairs"])
+        tango = paired.pairs_needed(upper, margin, alpha)
+        row.update(power_tango=paired.tango_power(row["pairs"], row["discordance"], margin, alpha),
+                   power=procedure_power(policies, n, row["discordance"], margin, alpha),
+                   discordance_upper_80=upper,
+                   episodes_needed_80_tango=math.nan if tango is None else math.ceil(tango / policies),
+                   episodes_needed_80=math.nan)
+    if within:
+        needed = episodes_needed(policies, within[0]["discordance_upper_80"], margin, alpha)
+        within[0]["episodes_needed_80"] = math.nan if needed is None else needed
+
+
+def _baseline_row(nearest: dict, task: str, mine: np.ndarray, reference: np.ndarray, draws, margin: float,
+                  reference_row: dict) -> dict:
+    """The nearest-demo replay as a row of the table (compared with the reference rule, the policy's own)."""
+    success = nearest["success"][mine][None]  # (1, S): no policy
+    row = {"task": task, "set": reference_row["set"], "rule": NEAREST, "kind": "nearest_demo", "param": 0.0,
+           "role": "baseline", "policies": 0, "episodes": mine.size, "pairs": mine.size,
+           **_success(success, (np.zeros_like(draws[0][:, :1]), draws[1])),  # one row: no policy to resample
+           "nfe_per_decision": 0.0, "decisions_mean": 0.0, "steps_mean": math.nan,
+           "reference": reference_row["rule"], **compare(success, reference, draws, margin),
+           "distance_mm_median": 1000 * float(np.median(nearest["distance"][mine])),
+           "distance_mm_max": 1000 * float(np.max(nearest["distance"][mine]))}
+    # the policy (its reference rule) against the baseline: reference - baseline, the same pairs
+    versus = compare(reference, success, draws, margin)
+    row["policy_vs_baseline"] = {"difference": versus["diff_vs_reference"], "ci_low": versus["diff_ci_low"],
+                                 "ci_high": versus["diff_ci_high"], "p": versus["diff_p"],
+                                 "policy_wins": versus["better_than_reference"],
+                                 "baseline_wins": versus["worse_than_reference"]}
+    sizes = [int(k) for k in nearest["subset_sizes"]]
+    row["fewer_demos"] = [{"demos_per_task": k, "replay_success_rate": float(nearest["subset_success"][i][mine].mean()),
+                           "distance_mm_median": 1000 * float(np.median(nearest["subset_distance"][i][mine]))}
+                          for i, k in enumerate(sizes)]
+    return row
+
+
+def _versus_baseline(decisions: dict, alpha: float) -> None:
+    """Whether the policy beats its nearest-demo baseline, per task: Holm over the tasks, two-sided 2 alpha."""
+    tasks = list(decisions)
+    adjusted = paired.holm([decisions[t]["nearest_demo"]["p"] for t in tasks])
+    for task, p in zip(tasks, adjusted):
+        answer = decisions[task]["nearest_demo"]
+        answer["p_holm_across_tasks"] = float(p)
+        beats = p <= 2 * alpha and answer["difference"] > 0
+        answer["verdict"] = ("the policy is shown better than replaying the nearest demonstration: a test of "
+                             "generalisation" if beats else
+                             "the policy is not shown better than replaying the nearest demonstration: on this task "
+                             "the study tests memorisation as much as generalisation")
+
+
+def _decide(rows: list[dict], ref_name: str, margin: float, alpha: float, policies: int, n: int) -> dict:
+    """The headline of one task: the cheapest rule shown non-inferior to the reference (Holm-adjusted), or what an
+    80%-powered run would need; the seed's question (stop at 40); the baseline; open loop against closed loop."""
     from scipy.stats import spearmanr
 
-    reference = next(r for r in rows if r["rule"] == ref_name)
-    fitting = sorted((r for r in rows if r["non_inferior"]), key=lambda r: (r["nfe_per_decision"], -r["success_rate"]))
-    pick = fitting[0] if fitting else None
-    # what more episodes could decide: the cheapest rule whose observed difference is within the margin (a rule
-    # observed far below it, e.g. stop@40 x_t at -45 points, would not become non-inferior with more episodes)
-    candidates = sorted((r for r in rows if r is not reference and r["diff_vs_reference"] >= -margin),
+    reference = next(r for r in rows if r["role"] == "reference")
+    candidates = [r for r in rows if r["role"] == "candidate"]
+    shown = sorted((r for r in candidates if r["shown_non_inferior"]),
+                   key=lambda r: (r["nfe_per_decision"], -r["success_rate"]))
+    pairs = policies * n
+    where = (f"{policies} polic{'y' if policies == 1 else 'ies'} x {n} episodes = {pairs} pairs, margin {margin:.0%}, "
+             f"one-sided alpha {alpha:g}, Holm over {len(candidates)} rules")
+    out = {"episodes": n, "policies": policies, "pairs": pairs,
+           "reference": {k: reference[k] for k in ("rule", "success_rate", "ci_low", "ci_high", "nfe_per_decision")},
+           "shown_non_inferior": [r["rule"] for r in shown],
+           "shown_better": [r["rule"] for r in candidates if "shown better" in r["verdict"]],
+           "shown_worse": [r["rule"] for r in candidates if "shown worse" in r["verdict"]]}
+    if shown:
+        pick = shown[0]
+        out["decision"] = (f"{pick['rule']} is shown non-inferior to {ref_name} ({where}): {pick['nfe_per_decision']:.1f} "
+                           f"NFE per decision, success {pick['success_rate']:.0%} [{pick['ci_low']:.0%}, "
+                           f"{pick['ci_high']:.0%}], difference {pick['diff_vs_reference']:+.0%} (95% CI "
+                           f"[{pick['diff_ci_low']:+.0%}, {pick['diff_ci_high']:+.0%}]), adjusted p {pick['ni_p_holm']:.3g}")
+        out["cheapest_shown_non_inferior"] = {k: pick[k] for k in (
+            "rule", "nfe_per_decision", "success_rate", "ci_low", "ci_high", "diff_vs_reference", "diff_ci_low",
+            "diff_ci_high", "ni_p", "ni_p_holm", "verdict")}
+    else:
+        out["cheapest_shown_non_inferior"] = None
+        within = sorted((r for r in candidates if r["diff_vs_reference"] >= -margin),
                         key=lambda r: (r["nfe_per_decision"], -r["success_rate"]))
-    out = {"episodes": n, "reference": {k: reference[k] for k in ("rule", "success_rate", "ci_low", "ci_high",
-                                                                  "nfe_per_decision")}}
-    if pick is None and candidates:
-        nearest = candidates[0]
-        discordance = (nearest["better_than_reference"] + nearest["worse_than_reference"]) / n
-        out["decision"] = (f"no rule is non-inferior to {ref_name} within {margin:.0%} on {n} episodes; about "
-                           f"{episodes_needed(discordance, margin, n)} episodes per rule would be needed to show "
-                           f"{nearest['rule']} ({nearest['nfe_per_decision']:.1f} NFE per decision, observed "
-                           f"{nearest['diff_vs_reference']:+.0%}) non-inferior (its discordance with {ref_name}: "
-                           f"{discordance:.2f})")
-    elif pick is None:
-        out["decision"] = (f"no rule is non-inferior to {ref_name} within {margin:.0%} on {n} episodes, and every "
-                           f"rule's observed difference is below -{margin:.0%}: more episodes would not change that")
-    else:
-        out["decision"] = (f"{pick['rule']}: {pick['nfe_per_decision']:.1f} NFE per decision, success "
-                           f"{pick['success_rate']:.0%} [{pick['ci_low']:.0%}, {pick['ci_high']:.0%}], difference to "
-                           f"{ref_name} {pick['diff_vs_reference']:+.0%} (95% CI [{pick['diff_ci_low']:+.0%}, "
-                           f"{pick['diff_ci_high']:+.0%}]; one-sided lower bound {pick['diff_lower_one_sided_95']:+.0%} > "
-                           f"-{margin:.0%}), N={n} episodes")
-        out["cheapest_non_inferior"] = {k: pick[k] for k in ("rule", "nfe_per_decision", "success_rate", "ci_low",
-                                                             "ci_high", "diff_vs_reference", "diff_ci_low",
-                                                             "diff_ci_high", "diff_lower_one_sided_95", "mcnemar_p")}
-    seed_question = [r for r in rows if r["kind"] in ("fixed_step_xt", "fixed_step_clean", "fixed_k") and r["param"] == 40]
+        if within:
+            nearest = within[0]
+            needed = nearest["episodes_needed_80"]
+            size = ("more than 20,000 episodes per policy" if not math.isfinite(needed) else
+                    f"{int(needed)} episodes per policy with {policies} policies (Tango's exact power alone: "
+                    f"{int(nearest['episodes_needed_80_tango'])})")
+            out["decision"] = (f"no rule is shown non-inferior to {ref_name} ({where}). The cheapest rule within the "
+                               f"margin, {nearest['rule']} ({nearest['nfe_per_decision']:.1f} NFE per decision, observed "
+                               f"{nearest['diff_vs_reference']:+.0%}), had power {nearest['power']:.0%}; 80% power "
+                               f"needs {size}, at the 80% upper bound of its discordance "
+                               f"({nearest['discordance_upper_80']:.3f}; observed {nearest['discordance']:.3f})")
+            out["sizing"] = {k: nearest[k] for k in ("rule", "discordance", "discordance_upper_80", "power",
+                                                     "power_tango", "episodes_needed_80", "episodes_needed_80_tango")}
+        else:
+            out["decision"] = (f"no rule is shown non-inferior to {ref_name} ({where}), and every rule's observed "
+                               f"difference is below -{margin:.0%}")
     out["stop_at_40"] = [{k: r[k] for k in ("rule", "success_rate", "diff_vs_reference", "diff_ci_low", "diff_ci_high",
-                                            "mcnemar_p", "non_inferior")} for r in seed_question]
-    known = [r for r in rows if math.isfinite(r["open_loop_mse_vs_gt"])]
+                                            "ni_p_holm", "diff_p_holm", "verdict")}
+                         for r in candidates if r["kind"] in ("fixed_step_xt", "fixed_step_clean", "fixed_k")
+                         and r["param"] == 40]
+    baseline = next((r for r in rows if r["role"] == "baseline"), None)
+    if baseline is not None:
+        out["nearest_demo"] = {"success_rate": baseline["success_rate"], "ci_low": baseline["ci_low"],
+                               "ci_high": baseline["ci_high"], "distance_mm_median": baseline["distance_mm_median"],
+                               "distance_mm_max": baseline["distance_mm_max"], **baseline["policy_vs_baseline"],
+                               "fewer_demos": baseline["fewer_demos"]}
+    known = [r for r in rows if r["role"] != "baseline" and math.isfinite(r["open_loop_mse_vs_gt"])]
     if len(known) >= 3 and len({r["success_rate"] for r in known}) > 1:
-        rho = spearmanr([r["open_loop_mse_vs_gt"] for r in known], [r["success_rate"] for r in known]).statistic
-        out["open_loop_vs_closed_loop"] = {"spearman_mse_vs_gt_success": float(rho), "rules": len(known),
-                                           "reads": "negative: lower open-loop MSE goes with more success"}
+        result = spearmanr([r["open_loop_mse_vs_gt"] for r in known], [r["success_rate"] for r in known])
+        out["open_loop_vs_closed_loop"] = {
+            "spearman_mse_vs_gt_success": float(result.statistic), "p": float(result.pvalue), "rules": len(known),
+            "reads": ("an association is shown (p <= 0.05); negative: lower open-loop MSE goes with more success"
+                      if result.pvalue <= 0.05 else "no association shown (p > 0.05)")}
     else:
-        out["open_loop_vs_closed_loop"] = {"spearman_mse_vs_gt_success": None, "rules": len(known),
+        out["open_loop_vs_closed_loop"] = {"spearman_mse_vs_gt_success": None, "p": None, "rules": len(known),
                                            "reads": "not computed: fewer than 3 rules with an open-loop MSE, or one "
-                                                    "success rate for all"}
+                                                    "success rate for all: nothing to rank"}
     return out
 
 
-def write_answers(npz_path, early_stop_csv, settings: dict, table_path, summary_path) -> None:
-    from mimic_redundancy.analysis.metrics import write_csv
+def across_tasks(rates: dict[str, dict[str, np.ndarray]], names: list[str], reference: str) -> dict:
+    """rliable's aggregates over tasks and policies (score: each policy's success rate on a task): the interquartile
+    mean of every rule and the probability that a rule improves on the reference, with rliable's stratified bootstrap
+    95% intervals (policies resampled within tasks)."""
+    from rliable import library, metrics
 
-    run = load_npz(npz_path, ROLLOUT_ARRAYS)
-    rows, summary = rollout_tables(run, _open_loop(early_stop_csv), settings)
-    write_csv(table_path, rows)
-    write_json(summary_path, {**summary, "rollout": str(npz_path)})
+    scores = {name: np.stack([rates[task][name] for task in rates], axis=1) for name in names}  # (P, T)
+    import warnings
+
+    state = np.random.RandomState(0)
+    with warnings.catch_warnings():  # arch 7.2 deprecates random_state, which rliable 1.2 passes
+        warnings.simplefilter("ignore", FutureWarning)
+        iqm, iqm_ci = library.get_interval_estimates(scores, lambda x: np.array([metrics.aggregate_iqm(x)]),
+                                                     reps=IQM_RESAMPLES, random_state=state)
+        pairs = {name: (scores[name], scores[reference]) for name in names if name != reference}
+        poi, poi_ci = library.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=IQM_RESAMPLES,
+                                                     random_state=state) if pairs else ({}, {})
+    return {"score": "success rate of each policy on each task", "runs": int(next(iter(scores.values())).shape[0]),
+            "tasks": list(rates), "resamples": IQM_RESAMPLES,
+            "iqm": {n: {"estimate": float(np.ravel(iqm[n])[0]), "ci_low": float(np.ravel(iqm_ci[n][0])[0]),
+                        "ci_high": float(np.ravel(iqm_ci[n][1])[0])} for n in names},
+            "probability_of_improvement_over_reference": {
+                n: {"estimate": float(np.ravel(poi[n])[0]), "ci_low": float(np.ravel(poi_ci[n][0])[0]),
+                    "ci_high": float(np.ravel(poi_ci[n][1])[0])} for n in pairs},
+            "method": "rliable 1.2.0: metrics.aggregate_iqm, metrics.probability_of_improvement, "
+                      "library.get_interval_estimates (stratified bootstrap, percentile)"}
+
+
+def eval_infos(run: dict, out_dir) -> list[str]:
+    """Per policy and rule, an eval_info.json shaped like lerobot-eval's (per_episode: episode_ix, sum_reward,
+    max_reward, success, seed; aggregated: avg_sum_reward, avg_max_reward, pc_success, eval_s, eval_ep_s;
+    video_paths), plus our fields. The rollout records no reward: sum_reward and max_reward are null."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    written = []
+    for i, policy in enumerate(int(p) for p in run["policy"]):
+        for r, rule in enumerate(str(x) for x in run["rule"]):
+            nfe = run["nfe"][i, r]
+            seconds = run["seconds"][i, r].sum(axis=-1)
+            per_episode = [{"episode_ix": e, "sum_reward": None, "max_reward": None,
+                            "success": bool(run["success"][i, r, e]), "seed": int(run["layout_seed"][e]),
+                            "init_state": int(run["layout_index"][e]), "task": str(run["task"][e]),
+                            "steps": int(run["steps"][i, r, e]),
+                            "nfe_per_decision": float(nfe[e][nfe[e] >= 0].mean())} for e in range(run["task"].size)]
+            info = {"per_episode": per_episode,
+                    "aggregated": {"avg_sum_reward": None, "avg_max_reward": None,
+                                   "pc_success": 100.0 * float(run["success"][i, r].mean()),
+                                   "eval_s": float(seconds.sum()), "eval_ep_s": float(seconds.mean()),
+                                   "rule": rule, "policy": policy, "nfe_per_decision": float(nfe[nfe >= 0].mean()),
+                                   "set": str(run["episode_set"]), "n_episodes": int(run["task"].size)},
+                    "video_paths": [],
+                    "note": "lerobot-eval's eval_info.json fields, plus ours (task, init_state, steps, "
+                            "nfe_per_decision, rule, policy, set); seed is the layout seed; no reward is recorded"}
+            name = f"policy-{policy}/{slug(rule)}.json"
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(json.dumps(info, indent=1))
+            written.append(name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return written
+
+
+def slug(rule: str) -> str:
+    """A rule's name as a file name: K=50 -> K50, stop@40 clean -> stop40_clean, clean change<0.3 -> clean_change_lt0.3."""
+    return rule.replace("=", "").replace("@", "").replace("<", "_lt").replace(" ", "_")
+
+
+def write_answers(npz_path, early_stop_csv, settings: dict, table_path, summary_path, nearest_path=None,
+                  eval_info_dir=None) -> None:
+    from mimic_redundancy.analysis.metrics import write_csv
+    from mimic_redundancy.core.io import NEAREST_ARRAYS, load_npz, load_rollout
+
+    run = load_rollout(npz_path)
+    nearest = None
+    if nearest_path is not None:
+        nearest = load_npz(nearest_path, NEAREST_ARRAYS)
+        same = all(np.array_equal(nearest[k], run[k]) for k in ("task", "layout_seed", "layout_index"))
+        if not same or str(nearest["episode_set"]) != str(run["episode_set"]):
+            raise ValueError(f"{nearest_path}: holds other episodes than {npz_path} (set {nearest['episode_set']} "
+                             f"against {run['episode_set']}); rerun the nearest_demo rule for set {run['episode_set']}")
+    rows, summary = rollout_tables(run, _open_loop(early_stop_csv), settings, nearest)
+    table = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]
+    columns = list(dict.fromkeys(k for row in table for k in row))
+    write_csv(table_path, [{k: row.get(k, math.nan) for k in columns} for row in table])
+    extra = {"eval_info": eval_infos(run, eval_info_dir)} if eval_info_dir is not None else {}
+    write_json(summary_path, {**summary, "rollout": str(npz_path), "nearest_demo": str(nearest_path), **extra})
+
+
+RULE_STYLE = {  # kind -> marker, colour, label, x shift (rules at one NFE are shifted apart so none hides another)
+    "fixed_k": ("o", "C0", "K Euler steps", 1.0), "fixed_step_xt": ("s", "C1", "stop at s: x_s", 0.9),
+    "fixed_step_clean": ("D", "C2", "stop at s: clean prediction", 1.1),
+    "clean_change": ("^", "C3", "clean-change rule (calibrated)", 1.0),
+    "probeflow": ("v", "C4", "ProbeFlow", 1.05), "dense_jump": ("P", "C5", "Dense-Jump", 0.95)}
 
 
 def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
-    """Per task, three panels: success against NFE per decision (the K curve and the early stops, exact 95% CIs),
-    the paired difference to the reference (Tango 95% CI, the margin), and open-loop MSE against success. Drawn at
-    the report's width (plots.REPORT_WIDTH_PX) with the shared fonts; N stated in every panel's title."""
+    """Per task, three panels: success against NFE per decision (pooled over policies with its 95% interval, each
+    policy's rate as a small dot, the nearest-demo replay as a grey band), the paired difference to the reference
+    (95% interval, the margin; filled: shown non-inferior after Holm), and open-loop MSE against success. Drawn at the
+    report's width (plots.REPORT_WIDTH_PX) with the shared fonts; the set, policies and episodes in every title."""
     import json
 
     import matplotlib.pyplot as plt
@@ -198,47 +449,54 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
         rows = list(csv.DictReader(f))
     summary = json.loads(open(summary_path).read())
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    kinds = {"fixed_k": ("o", "C0", "K Euler steps", 1.0), "fixed_step_xt": ("s", "C1", "stop at s: x_s", 0.9),
-             "fixed_step_clean": ("D", "C2", "stop at s: clean prediction", 1.1),
-             "clean_change": ("^", "C3", "clean-change rule (calibrated)", 1.0)}  # marker, colour, label, x shift
+    seeds = [int(p) for p in summary["policies"]]
     f = lambda r, k: float(r[k])
     with plt.rc_context(plots.FONTS):
         fig, axes = plt.subplots(len(tasks), 3, squeeze=False,
                                  figsize=(style["width"], style["height"] * plots.ROW_HEIGHT * max(len(tasks), 1.4)))
         for row_axes, task in zip(axes, tasks):
-            mine = [r for r in rows if r["task"] == task]
-            n = int(mine[0]["episodes"])
+            mine = [r for r in rows if r["task"] == task and r["role"] != "baseline"]
+            baseline = next((r for r in rows if r["task"] == task and r["role"] == "baseline"), None)
+            n, policies = int(mine[0]["episodes"]), int(mine[0]["policies"])
+            counts = f"{policies} polic{'y' if policies == 1 else 'ies'} x {n} {summary['episode_set']} episodes"
             ax = row_axes[0]
-            for kind, (marker, colour, label, shift) in kinds.items():
+            if baseline is not None:
+                ax.axhspan(f(baseline, "ci_low"), f(baseline, "ci_high"), color="0.85", zorder=0)
+                ax.axhline(f(baseline, "success_rate"), color="0.5", lw=1, label=NEAREST)
+            for kind, (marker, colour, label, shift) in RULE_STYLE.items():
                 pts = sorted((r for r in mine if r["kind"] == kind), key=lambda r: f(r, "nfe_per_decision"))
-                if pts:  # the stops share an NFE: shifted apart so neither hides the other
-                    x = [f(r, "nfe_per_decision") * shift for r in pts]
-                    y = [f(r, "success_rate") for r in pts]
-                    err = [[yy - f(r, "ci_low") for r, yy in zip(pts, y)],
-                           [f(r, "ci_high") - yy for r, yy in zip(pts, y)]]
-                    ax.errorbar(x, y, yerr=err, marker=marker, color=colour, capsize=2, markersize=4,
-                                linestyle="-" if kind == "fixed_k" else "none", label=label)
+                if not pts:
+                    continue
+                x = [f(r, "nfe_per_decision") * shift for r in pts]
+                y = [f(r, "success_rate") for r in pts]
+                err = [[yy - f(r, "ci_low") for r, yy in zip(pts, y)], [f(r, "ci_high") - yy for r, yy in zip(pts, y)]]
+                ax.errorbar(x, y, yerr=err, marker=marker, color=colour, capsize=2, markersize=4,
+                            linestyle="-" if kind == "fixed_k" else "none", label=label)
+                for k, seed in enumerate(seeds):  # each policy's own rate, spread sideways a little
+                    ax.scatter([xx * (1 + 0.04 * (k - (len(seeds) - 1) / 2)) for xx in x],
+                               [f(r, f"successes_seed_{seed}") / n for r in pts], s=5, color=colour, alpha=0.45,
+                               linewidths=0, label="each policy" if kind == "fixed_k" and k == 0 else None)
             plots._log(ax, "x")
             ax.set_ylim(-0.05, 1.05)
             ax.set_xlabel("NFE per decision")
             ax.set_ylabel("success rate")
-            ax.set_title(f"{task.removesuffix('-v3')}\nsuccess, exact 95% CI, N={n}")
+            ax.set_title(f"{task.removesuffix('-v3')}\nsuccess, 95% CI")
             ax = row_axes[1]
-            order = sorted(mine, key=lambda r: f(r, "nfe_per_decision"))
-            y = np.arange(len(order))
-            d = [f(r, "diff_vs_reference") for r in order]
-            ax.errorbar(d, y, xerr=[[dd - f(r, "diff_ci_low") for r, dd in zip(order, d)],
-                                    [f(r, "diff_ci_high") - dd for r, dd in zip(order, d)]], fmt="o", capsize=2,
-                        markersize=3)
+            order = sorted((r for r in mine if r["role"] == "candidate"), key=lambda r: f(r, "nfe_per_decision"))
+            for i, r in enumerate(order):
+                d = f(r, "diff_vs_reference")
+                shown = r["shown_non_inferior"] == "True"
+                ax.errorbar([d], [i], xerr=[[d - f(r, "diff_ci_low")], [f(r, "diff_ci_high") - d]], fmt="o",
+                            capsize=2, markersize=4, color="C0", mfc="C0" if shown else "white")
             ax.axvline(0, color="gray", lw=0.8)
             ax.axvline(-summary["margin"], color="red", lw=0.8, ls="--")
-            ax.set_yticks(y, [r["rule"] for r in order], fontsize=6)
+            ax.set_yticks(range(len(order)), [r["rule"] for r in order], fontsize=6)
             ax.set_xlabel(f"vs {summary['reference']} (red: -{summary['margin']:.0%} margin)")
-            ax.set_title(f"paired difference, Tango 95% CI\nN={n}")
+            ax.set_title(f"paired difference, 95% CI\nfilled: shown non-inferior (Holm)")
             ax = row_axes[2]
             known = [r for r in mine if np.isfinite(f(r, "open_loop_mse_vs_gt"))]
             for r in known:
-                marker, colour, _, _ = kinds[r["kind"]]
+                marker, colour, _, _ = RULE_STYLE.get(r["kind"], ("o", "k", "", 1.0))
                 ax.scatter(f(r, "open_loop_mse_vs_gt"), f(r, "success_rate"), marker=marker, color=colour, s=14)
             if known:
                 plots._log(ax, "x")
@@ -246,12 +504,13 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
             ax.set_xlabel("open-loop MSE vs expert")
             ax.set_ylabel("success rate")
             rho = summary["tasks"][task]["open_loop_vs_closed_loop"]["spearman_mse_vs_gt_success"]
-            ax.set_title(f"open vs closed, N={n}\n" + (f"Spearman {rho:.2f}" if rho is not None else "Spearman n/a"))
+            ax.set_title("open vs closed loop\n" + (f"Spearman {rho:.2f}" if rho is not None else "Spearman n/a"))
         handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
-        fig.suptitle(f"closed loop, preset {summary['preset']}: N={summary['n_episodes'] // max(len(tasks), 1)} "
-                     f"episodes per task and rule (layout seeds {summary['layout_seed']})", fontsize=9)
-        fig.tight_layout(rect=(0, 0.15 / (len(tasks) + 0.7), 1, 1))  # the legend's two rows below
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+        fig.suptitle(f"closed loop, preset {summary['preset']}, reference {summary['reference']}: {counts} per task "
+                     f"and rule\n(train seeds {seeds}; margin {summary['margin']:.0%}, one-sided alpha "
+                     f"{summary['alpha']:g}, Holm over each task's rules)", fontsize=8)
+        fig.tight_layout(rect=(0, 0.15 / (len(tasks) + 0.7), 1, 1))  # the legend's rows below
         for path, fmt in [(png, "png"), (svg, "svg")]:
             fig.savefig(path, format=fmt, dpi=style["dpi"])
         plt.close(fig)

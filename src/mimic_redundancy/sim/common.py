@@ -17,6 +17,15 @@ class SimError(ValueError):
     """A simulator setting the pipeline cannot use; the message names the config key and what is allowed."""
 
 
+SETS = ("demos", "dev", "test")  # the closed loop's episode sets per task (config `sets`), disjoint
+
+
+def set_layouts(spec: dict) -> list[tuple[int, int]]:
+    """The (layout_seed, layout_index) of an episode set (config `sets.<name>`), seed-major: layouts first ..
+    first+layouts-1 of each seed in layout_seeds."""
+    return [(seed, spec.get("first", 0) + i) for seed in spec["layout_seeds"] for i in range(spec["layouts"])]
+
+
 STEPS_AFTER_SUCCESS = 10  # a demonstration goes on this many steps after the first success, then stops
 
 RENDERING_FIX = ("install Mesa's EGL (apt-get install -y libegl1) and set MUJOCO_GL=egl, or OSMesa (apt-get install "

@@ -147,20 +147,18 @@ def write_dataset(root: Path, episodes: list[tuple[int, EpisodeRecord]], prompts
     pq.write_table(pa.Table.from_pandas(tasks), root / "meta/tasks.parquet")
 
 
-def write_demos(out_root: Path, tasks: dict[str, str], episodes_per_task: int, layout_seed: int, camera: str,
+def write_demos(out_root: Path, tasks: dict[str, str], layouts: list[tuple[int, int]], camera: str,
                 height: int, width: int, fps: int, max_steps: int, backend: str = "metaworld") -> dict:
-    """Run the backend's expert on its demonstration layouts (sim.demo_layouts: Meta-World's layouts 0 ..
-    episodes_per_task-1 of MT1(task, seed=layout_seed); LIBERO's last init states) for each task (-> prompt), keep
-    the successful episodes and write them as a LeRobot v3.0 dataset at `out_root`, atomically (built in a
-    temporary folder beside it, renamed at the end). Returns a summary: episodes kept/dropped per task, frames,
-    seconds in physics, rendering and writing."""
+    """Run the backend's expert on the demonstration layouts ((layout_seed, layout_index) pairs: the `demos` episode
+    set, sim.common.set_layouts) of each task (-> prompt), keep the successful episodes and write them as a LeRobot
+    v3.0 dataset at `out_root`, atomically (built in a temporary folder beside it, renamed at the end). Returns a
+    summary: episodes kept/dropped per task, frames, seconds in physics, rendering and writing."""
     sim, conventions = simulator(backend), CONVENTIONS[backend]
     if not tasks:
         raise SimError(f"config key 'sim.tasks': no tasks given; name at least one {backend} task (-> its prompt)")
     for task in tasks:
         sim.check_task(task)
     sim.check_camera(camera)
-    layouts = sim.demo_layouts(episodes_per_task)
     start = time.perf_counter()
     out_root = Path(out_root)
     prompts = list(tasks.values())
@@ -168,23 +166,23 @@ def write_demos(out_root: Path, tasks: dict[str, str], episodes_per_task: int, l
     for task_index, task in enumerate(tasks):
         stats = per_task[task] = {"prompt": tasks[task], "kept": 0, "dropped": 0, "layouts_kept": [],
                                   "layouts_dropped": [], "steps_to_success": []}
-        for layout_index in layouts:
+        for layout_seed, layout_index in layouts:
             record = sim.run_expert(task, layout_seed, layout_index, camera, height, width, max_steps)
             sim_s, render_s = sim_s + record.sim_seconds, render_s + record.render_seconds
             if record.success:
                 kept.append((task_index, record))
                 stats["kept"] += 1
-                stats["layouts_kept"].append(layout_index)
+                stats["layouts_kept"].append([layout_seed, layout_index])
                 stats["steps_to_success"].append(record.steps_to_success)
             else:
                 stats["dropped"] += 1
-                stats["layouts_dropped"].append(layout_index)
+                stats["layouts_dropped"].append([layout_seed, layout_index])
     if not kept:
         raise SimError(f"no expert episode succeeded within {max_steps} steps ({', '.join(tasks)}): nothing to "
                        "write; allow more steps or pick other tasks (sim.tasks)")
     provenance = {"backend": backend, "packages": {**sim.versions(), **{name: version(name) for name in PACKAGES}},
                   "mujoco_gl": os.environ.get("MUJOCO_GL"), "rendering": getattr(sim, "RENDERING", None),
-                  "layout_seed": layout_seed, "camera": camera,
+                  "layouts": [list(pair) for pair in layouts], "camera": camera,
                   "height": height, "width": width, "fps": fps, "max_steps": max_steps,
                   "steps_after_success": STEPS_AFTER_SUCCESS, "codec": CODEC, "tasks": per_task,
                   "episodes": [{"episode_index": e, "task": r.task, "layout_seed": r.layout_seed,

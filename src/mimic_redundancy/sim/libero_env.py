@@ -130,7 +130,7 @@ def check_camera(camera: str) -> None:
         raise SimError(f"config key 'sim.camera': unknown camera {camera!r}; LIBERO's cameras: {', '.join(CAMERAS)}")
 
 
-def check_layout(layout_index: int, what: str = "sim.demos") -> None:
+def check_layout(layout_index: int, what: str = "sets") -> None:
     if not 0 <= layout_index < INIT_STATES:
         raise SimError(f"config key '{what}': init state {layout_index} does not exist; each LIBERO task ships "
                        f"{INIT_STATES} init states (0-{INIT_STATES - 1}): ask for at most {INIT_STATES} episodes "
@@ -509,19 +509,33 @@ def prompt_of(task: str, given: str) -> str:
     return given
 
 
-def demo_layouts(count: int) -> list[int]:
-    """The init states the expert demonstrates: the last `count` (INIT_STATES - count .. INIT_STATES - 1), so that
-    the rollouts, which start from init states 0 .. episodes-1 (the benchmark's order), meet states not trained on."""
-    if not 1 <= count <= INIT_STATES:
-        raise SimError(f"config key 'sim.demos': {count} demonstrations per task asked; LIBERO ships {INIT_STATES} "
-                       f"init states per task, so 1-{INIT_STATES} are possible")
-    return list(range(INIT_STATES - count, INIT_STATES))
+def check_set(name: str, spec: dict) -> None:
+    """An episode set's init states exist: first .. first+layouts-1 of the 50 shipped."""
+    last = spec["first"] + spec["layouts"] - 1
+    if last >= INIT_STATES:
+        raise SimError(f"config key 'sets.{name}': init states {spec['first']} .. {last} asked, but LIBERO ships "
+                       f"{INIT_STATES} per task (0-{INIT_STATES - 1}); allowed: first + layouts <= {INIT_STATES}")
 
 
-def eval_layouts(count: int) -> list[int]:
-    """The init states rolled out: 0 .. count-1, in the benchmark's fixed order (episode i starts from state i)."""
-    check_layout(count - 1, "rollout.episodes")
-    return list(range(count))
+def layout_key(layout_seed: int, layout_index: int):
+    """What makes two episodes the same layout: the init state (the seed only re-places the fixtures, by <= 1.5 cm)."""
+    return layout_index
+
+
+def layout_vectors(task: str, layouts: list[tuple[int, int]]) -> np.ndarray:
+    """(n, d) float64, metres: the positions of every free body (the objects) in each layout's init state, read
+    from the simulator after set_init_state (one env for the task)."""
+    env = LiberoEnv(task, 0, layouts[0][1] if layouts else 0, height=8, width=8)
+    try:
+        model, out = env.sim.model, []
+        free = [int(model.jnt_qposadr[j]) for j in range(model.njnt) if int(model.jnt_type[j]) == 0]  # mjJNT_FREE
+        for _, index in layouts:
+            env.env.set_init_state(init_states(task)[index])
+            qpos = np.asarray(env.sim.data.qpos, dtype=np.float64)
+            out.append(np.concatenate([qpos[a:a + 3] for a in free]))
+        return np.array(out).reshape(len(layouts), -1)
+    finally:
+        env.close()
 
 
 def step_limit(task: str) -> int:

@@ -61,8 +61,8 @@ def check_camera(camera: str) -> None:
 
 def check_layout(layout_index: int) -> None:
     if not 0 <= layout_index < LAYOUTS:
-        raise SimError(f"config key 'sim.demos': layout {layout_index} does not exist; MT1 has {LAYOUTS} layouts "
-                       f"per task and seed (0-{LAYOUTS - 1}): ask for at most {LAYOUTS} episodes per task")
+        raise SimError(f"layout {layout_index} does not exist: MT1 has {LAYOUTS} layouts per task and seed "
+                       f"(0-{LAYOUTS - 1})")
 
 
 def versions() -> dict[str, str]:
@@ -212,19 +212,27 @@ def prompt_of(task: str, given: str) -> str:
     return given
 
 
-def demo_layouts(count: int) -> list[int]:
-    """The layouts the expert demonstrates: 0 .. count-1 of MT1(task, seed=sim.layout_seed); the rollouts use another
-    seed (rollout.layout_seed), so the policy is evaluated on layouts it was not trained on."""
-    if not 1 <= count <= LAYOUTS:
-        raise SimError(f"config key 'sim.demos': {count} episodes per task asked; MT1 has {LAYOUTS} layouts per task "
-                       f"and seed, so 1-{LAYOUTS} are possible")
-    return list(range(count))
+def check_set(name: str, spec: dict) -> None:
+    """An episode set's layouts exist: first .. first+layouts-1 of each MT1 seed, of its 50."""
+    last = spec["first"] + spec["layouts"] - 1
+    if last >= LAYOUTS:
+        raise SimError(f"config key 'sets.{name}': layouts {spec['first']} .. {last} asked, but MT1 has {LAYOUTS} "
+                       f"layouts per task and seed (0-{LAYOUTS - 1}); allowed: first + layouts <= {LAYOUTS} (list more "
+                       "layout_seeds for more episodes)")
 
 
-def eval_layouts(count: int) -> list[int]:
-    """The layouts rolled out: 0 .. count-1 of MT1(task, seed=rollout.layout_seed)."""
-    check_layout(count - 1)
-    return list(range(count))
+def layout_key(layout_seed: int, layout_index: int):
+    """What makes two episodes the same layout: MT1's seed and index (two seeds share no layout)."""
+    return layout_seed, layout_index
+
+
+def layout_vectors(task: str, layouts: list[tuple[int, int]]) -> np.ndarray:
+    """(n, d) float64, metres: what each (layout_seed, layout_index) randomizes, MT1's `rand_vec` (the object's and
+    the goal's positions; button-press: the button's)."""
+    import pickle
+
+    return np.array([pickle.loads(benchmark(task, seed).train_tasks[index].data)["rand_vec"] for seed, index in layouts],
+                    dtype=np.float64)
 
 
 def step_limit(task: str) -> int | None:

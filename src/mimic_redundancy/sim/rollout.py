@@ -26,9 +26,12 @@ log = logging.getLogger(__name__)
 COSTS = ("sim", "render", "backbone", "head")  # the wall-time split of every episode, seconds
 
 
-def episode_list(tasks: list[str], episodes: int, layout_seed: int) -> list[tuple[str, int, int]]:
-    """Every (task, layout_seed, layout_index) rolled out, task-major: layouts 0 .. episodes-1 of MT1(task, seed)."""
-    return [(task, layout_seed, i) for task in tasks for i in range(episodes)]
+def episode_list(tasks: list[str], episode_set: dict) -> list[tuple[str, int, int]]:
+    """Every (task, layout_seed, layout_index) rolled out, task-major: the episode set's layouts (sim.common.set_layouts:
+    config `sets.<name>`) of each task."""
+    from mimic_redundancy.sim.common import set_layouts
+
+    return [(task, seed, index) for task in tasks for seed, index in set_layouts(episode_set)]
 
 
 def batches_of(episodes: list[tuple[str, int, int]], batch_size: int) -> list[list[int]]:
