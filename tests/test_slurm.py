@@ -23,8 +23,11 @@ MODEL_JOBS = ["backbone", "depth", "depth_features", "features", "probe", "sweep
 # one CPU per job (profiles/slurm reads MIMIC_SLURM_CPUS): the test node's 2 CPUs and 2 fake GPUs run two jobs at once.
 # The shared run (`completed`) keeps the profile's default (2 CPUs per job) and must equal the local profile's
 # 1-thread jobs bit for bit: numerics.threads, not the job's CPUs, fixes the numbers.
-ENV = {**os.environ, "MIMIC_SLURM_CPUS": "1"}
-DEFAULT_ENV = {k: v for k, v in os.environ.items() if k != "MIMIC_SLURM_CPUS"}
+# and a poll every 5 s at most (pipeline/slurm_compat.py): the plugin's growing interval (+10 s per poll that sees no
+# job finish) waits up to 35 s for a test job of a few seconds
+POLL = {"MIMIC_SLURM_MAX_POLL_S": "5"}
+ENV = {**os.environ, "MIMIC_SLURM_CPUS": "1", **POLL}
+DEFAULT_ENV = {**{k: v for k, v in os.environ.items() if k != "MIMIC_SLURM_CPUS"}, **POLL}
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+/rule_(\w+)/\S+)\)")
 
 
