@@ -13,10 +13,19 @@ from mimic_redundancy.core.hub import offline_env
 from mimic_redundancy.pipeline import config as cfg
 
 cfg.validate_config(config)
+# a read-only results folder stops the DAG build, naming it (Snakemake would refuse each job's outputs in turn)
+READ_ONLY = cfg.read_only_problem("results")
+if READ_ONLY:
+    raise WorkflowError(READ_ONLY)
 
 # Every job is offline and shares one Hub cache (Slurm jobs inherit this environment and
 # re-read this file); only prefetch goes online, by itself.
 os.environ.update(offline_env(cfg.hub_cache(config)))
+# the run's --configfile files, for the rebuild commands a job prints (core/io.rebuild_command); a Slurm job re-reads
+# this file with the same --configfile, so it sets the same value
+from mimic_redundancy.core.io import CONFIGFILES_ENV
+
+os.environ[CONFIGFILES_ENV] = " ".join(str(f) for f in workflow.overwrite_configfiles)
 
 # Slurm: see a job that `scancel` killed as failed instead of polling it forever (slurm_compat.py)
 from mimic_redundancy.pipeline.slurm_compat import patch_slurm_status_query
@@ -29,6 +38,7 @@ wildcard_constraints:
     shard=r"\d+-of-\d+",
     seed=r"\d+",
     policy=r"\d+",
+    k=r"\d+",
     set="dev|test",
 
 # config `shards` > 1: the sharded stages (features, probe, sweep, backbone, depth_features) run one job per
@@ -126,7 +136,9 @@ def all_targets():
     for preset in cfg.rollout_presets(config):  # the closed loop (rules/sim.smk)
         targets += [results(preset, name) for name in ["rollout.npz", "rollout.csv", "rollout.json",
                                                        "figures/rollout.png", "figures/rollout.svg",
+                                                       "figures/pareto.png", "figures/pareto.svg",
                                                        "rollout/videos.json"]]
+        targets += [results(preset, f"rollout-vs-K{k}.json") for k in config["rollout"]["also_against"]]
     return targets
 
 

@@ -6,7 +6,9 @@
 # Rollouts are CPU jobs (simulation and rendering; the tiny head is cheap): on Slurm they ask for no GPU.
 localrules:
     rollout_metrics,
+    rollout_versus,
     plot_rollout,
+    plot_pareto,
 
 # the simulator sim.backend names (sim/backends.py): its module, the shared parts, the file contracts
 SIM_CODE = code(f"sim/{config['sim']['backend']}_env", "sim/backends", "sim/common", "core/io")
@@ -109,7 +111,7 @@ rule nearest_demo:
         dataset=cfg.DEMOS_DATASET,
     threads: 1
     benchmark:
-        "results/demos/benchmarks/nearest-{set}.tsv"
+        "results/demos/benchmarks/nearest_demo-{set}.tsv"
     log:
         "results/demos/logs/nearest-{set}.log",
     message:
@@ -127,7 +129,7 @@ rule rollout_metrics:
         early_stop=results("{preset}", "early_stop.csv"),
         # the nearest-demo baseline on the same episodes (demonstrations made here only)
         nearest=[f"results/demos/nearest-{config['rollout']['set']}.npz"] if config["inputs"]["source"] == "demos" else [],
-        code=code("sim/answers", "core/stats", "core/io"),
+        code=code("sim/answers", "core/paired", "core/io"),
     output:
         table=report(results("{preset}", "rollout.csv"), caption="../report/rollout_table.rst", category="Closed loop"),
         summary=results("{preset}", "rollout.json"),
@@ -139,6 +141,27 @@ rule rollout_metrics:
     message:
         "Success rates per policy and pooled, paired differences, the pre-specified decision (Holm) and the nearest-demo "
         "baseline of preset {wildcards.preset}"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/rollout_metrics.py"
+
+
+rule rollout_versus:
+    input:
+        npz=results("{preset}", "rollout.npz"),
+        early_stop=results("{preset}", "early_stop.csv"),
+        nearest=rules.rollout_metrics.input.nearest,
+        code=code("sim/answers", "core/paired", "core/io"),
+    output:
+        table=results("{preset}", "rollout-vs-K{k}.csv"),
+        summary=results("{preset}", "rollout-vs-K{k}.json"),
+    params:
+        settings=lambda w: cfg.rollout_metrics_settings(config, int(w.k)),
+    log:
+        results("{preset}", "logs/rollout_versus-K{k}.log"),
+    message:
+        "The decision of preset {wildcards.preset} against K={wildcards.k} (rollout.also_against)"
     conda:
         "../envs/sim.yaml"
     script:
@@ -163,6 +186,26 @@ rule plot_rollout:
         "../envs/sim.yaml"
     script:
         "../scripts/plot_rollout.py"
+
+
+rule plot_pareto:
+    input:
+        table=rules.rollout_metrics.output.table,
+        summary=rules.rollout_metrics.output.summary,
+        code=code("sim/answers", "report/plots", "core/io"),
+    output:
+        png=report(results("{preset}", "figures/pareto.png"), caption="../report/pareto.rst", category="Closed loop"),
+        svg=results("{preset}", "figures/pareto.svg"),
+    params:
+        style=cfg.plot_settings(config),
+    log:
+        results("{preset}", "logs/plot_pareto.log"),
+    message:
+        "Success against compute of preset {wildcards.preset}: NFE and head milliseconds per decision, the frontier"
+    conda:
+        "../envs/sim.yaml"
+    script:
+        "../scripts/plot_pareto.py"
 
 
 rule rollout_videos:

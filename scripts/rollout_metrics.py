@@ -1,4 +1,4 @@
-"""Snakemake adapter: rule rollout_metrics -> mimic_redundancy.sim.answers.write_answers."""
+"""Snakemake adapter: rules rollout_metrics and rollout_versus -> mimic_redundancy.sim.answers.write_answers."""
 import sys
 from pathlib import Path
 
@@ -10,4 +10,4 @@ from mimic_redundancy.sim.answers import write_answers  # noqa: E402
 setup_log(snakemake.log[0])
 write_answers(snakemake.input.npz, snakemake.input.early_stop, snakemake.params.settings, snakemake.output.table,
               snakemake.output.summary, snakemake.input.nearest[0] if snakemake.input.nearest else None,
-              snakemake.output.eval_info)
+              getattr(snakemake.output, "eval_info", None))  # rule rollout_versus: the decision alone

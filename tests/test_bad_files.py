@@ -23,8 +23,8 @@ from mimic_redundancy.pipeline import config as cfg
 def test_the_rebuild_command_puts_the_target_before_forcerun():
     assert rebuild_command("results/tiny/probe.npz") == \
         "snakemake --profile profiles/local results/tiny/probe.npz --forcerun probe"
-    assert rebuild_command("/abs/work/results/tiny-t5/train/summary.json").endswith(
-        "results/tiny-t5/train/summary.json --forcerun train")
+    assert rebuild_command("/abs/work/results/tiny-t5/train/seed-0/summary.json").endswith(
+        "results/tiny-t5/train/seed-0/summary.json --forcerun train")
     assert rebuild_command("elsewhere/file.csv") == "snakemake --profile profiles/local --force elsewhere/file.csv"
 
 

@@ -3,6 +3,7 @@ at every rule, through real Snakemake runs; replays, determinism across processe
 rollout loop, what reruns, and bad input. One small closed-loop run (`loop`) is shared by the module's tests."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -17,30 +18,33 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import (REPO, SNAKEMAKE, copy_run, copy_workflow, executed_rules, merged, planned_rules, run_ok, snakemake,
+from conftest import (REPO, SNAKEMAKE, copy_run, copy_workflow, executed_rules, merged, planned_rules, snakemake,
                       write_config)
 
 # our module first: it sets MUJOCO_GL=egl before mujoco is imported
 metaworld_env = pytest.importorskip("mimic_redundancy.sim.metaworld_env", exc_type=ModuleNotFoundError)
 
-from mimic_redundancy.core.io import ROLLOUT_ARRAYS, load_npz  # noqa: E402
+from mimic_redundancy.core.io import (NEAREST_ARRAYS, ROLLOUT_ARRAYS, ROLLOUT_EPISODE_ARRAYS, load_npz,  # noqa: E402
+                                      load_rollout)
 from mimic_redundancy.pipeline import config as cfg  # noqa: E402
 from mimic_redundancy.sim.metaworld_env import SimError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high")]
 TASK = "button-press-topdown-v3"
-# configs/metaworld.yaml, small: 4 demos, 2 probed, a 30-step head, 4 episodes per rule in 2 batches of 2, 2 shards
+# configs/metaworld.yaml, small: 4 demos, 2 probed, two 30-step policies, 4 dev episodes per rule in 2 batches of 2,
+# 2 shards
 LOOP = {
-    "shards": 2,  # every model stage and the rollout in 2 jobs, gathered
-    "sim": {"demos": 4, "max_steps": 120},
+    "shards": 2,  # every model stage and each policy's rollout in 2 jobs, gathered
+    "sim": {"max_steps": 120},
+    "sets": {"demos": {"layout_seeds": [0], "layouts": 4}, "dev": {"layout_seeds": [1], "layouts": 4}},
     "inputs": {"episodes": [0, 1]},
     "probe": {"steps": 10, "batch_size": 4},
     "metrics": {"probe_steps": [2, 4, 6, 8, 10]},
     "sweep": {"steps": [1, 5, 10], "reference_steps": 20},
     "early_stop": {"target_step": 2},
-    "train": {"steps": 30},
-    "rollout": {"steps": [1, 10], "stop_steps": [5], "episodes": 4, "batch_size": 2, "max_steps": 24,
-                "execute_steps": 8},
+    "train": {"steps": 30, "seeds": [0, 1]},  # two policies: the decision's replicated units
+    "rollout": {"steps": [1, 10], "stop_steps": [5], "batch_size": 2, "max_steps": 24, "execute_steps": 8,
+                "nearest_demo_subsets": [2]},
 }
 TARGETS = ["results/trained/rollout.json", "results/trained/figures/rollout.png", "results/trained/rollout/videos.json"]
 RULES = ["K=1", "K=10", "stop@5 x_t", "stop@5 clean"]
@@ -75,27 +79,40 @@ def loop(tmp_path_factory):
 def test_the_closed_loop_writes_every_output(loop):
     workdir, result = loop
     ran = executed_rules(result)
-    for rule in ["demos", "features", "train", "early_stop", "rollout", "rollout_metrics", "plot_rollout",
-                 "rollout_videos"]:
+    for rule in ["demos", "features", "train", "early_stop", "nearest_demo", "rollout", "gather_rollout",
+                 "rollout_metrics", "plot_rollout", "rollout_videos"]:
         assert rule in ran, rule
+    assert ran.count("train") == 2 and ran.count("rollout") == 4  # 2 policies x 2 shards
     demos = json.loads((workdir / "results/demos/summary.json").read_text())
     assert demos["tasks"][TASK]["kept"] + demos["tasks"][TASK]["dropped"] == 4
-    run = load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+    run = load_rollout(workdir / "results/trained/rollout.npz")
+    assert run["policy"].tolist() == [0, 1] and str(run["episode_set"]) == "dev"
+    assert run["policy_checkpoint"].tolist() == [f"results/tiny-policy/train/seed-{s}/checkpoint" for s in (0, 1)]
+    assert run["policy_digest"][0] != run["policy_digest"][1]  # two trained heads, not one twice
     assert run["rule"].tolist()[:4] == RULES and len(run["rule"]) in (4, 5)  # + the calibrated clean-change rule
-    assert run["success"].shape == (len(run["rule"]), 4) and run["nfe"].shape == (len(run["rule"]), 4, 3)
+    r = len(run["rule"])
+    assert run["success"].shape == (2, r, 4) and run["nfe"].shape == (2, r, 4, 3)
     assert run["layout_seed"].tolist() == [1] * 4 and run["layout_index"].tolist() == [0, 1, 2, 3]
-    k = {name: r for r, name in enumerate(run["rule"])}
-    assert (run["nfe"][k["K=10"]][run["nfe"][k["K=10"]] >= 0] == 10).all()
-    assert (run["nfe"][k["stop@5 clean"]][run["nfe"][k["stop@5 clean"]] >= 0] == 5).all()
+    k = {name: i for i, name in enumerate(run["rule"])}
+    assert (run["nfe"][:, k["K=10"]][run["nfe"][:, k["K=10"]] >= 0] == 10).all()
+    assert (run["nfe"][:, k["stop@5 clean"]][run["nfe"][:, k["stop@5 clean"]] >= 0] == 5).all()
     # an episode ends at its first success or at max_steps; its executed actions are recorded up to there
     steps = run["steps"]
     assert ((steps == 24) | run["success"]).all()
     assert (np.isfinite(run["actions"][..., 0]).sum(-1) == steps).all()
-    table = (workdir / "results/trained/rollout.csv").read_text().splitlines()
-    assert len(table) == 1 + len(run["rule"])
+    nearest = load_npz(workdir / "results/demos/nearest-dev.npz", NEAREST_ARRAYS)
+    assert nearest["task"].tolist() == run["task"].tolist() and (nearest["distance"] > 0).all()
+    table = list(csv.DictReader(open(workdir / "results/trained/rollout.csv")))
+    assert [row["rule"] for row in table] == run["rule"].tolist() + ["nearest demo (replay)"]
+    assert {row["set"] for row in table} == {"dev"} and {row["policies"] for row in table[:-1]} == {"2"}
+    for row in table[:-1]:
+        assert int(row["successes"]) == int(row["successes_seed_0"]) + int(row["successes_seed_1"])
     summary = json.loads((workdir / "results/trained/rollout.json").read_text())
     assert summary["reference"] == "K=10" and summary["tasks"][TASK]["episodes"] == 4
-    assert "episodes" in summary["tasks"][TASK]["decision"]
+    assert summary["episode_set"] == "dev" and summary["policies"] == [0, 1]
+    assert "2 policies x 4 episodes = 8 pairs" in summary["tasks"][TASK]["decision"]
+    assert set(summary["across_tasks"]["iqm"]) == set(run["rule"].tolist())
+    assert len(summary["eval_info"]) == 2 * r
     png = (workdir / "results/trained/figures/rollout.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 960  # the report's width
     videos = json.loads((workdir / "results/trained/rollout/videos.json").read_text())
@@ -104,41 +121,78 @@ def test_the_closed_loop_writes_every_output(loop):
         assert (workdir / "results/trained/rollout/videos" / video["video"]).stat().st_size > 0
 
 
+def test_eval_info_has_lerobot_evals_fields(loop):
+    """Each policy and rule's eval_info.json carries lerobot-eval's fields (lerobot/scripts/eval.py eval_policy:
+    per_episode episode_ix, sum_reward, max_reward, success, seed; aggregated avg_sum_reward, avg_max_reward,
+    pc_success, eval_s, eval_ep_s; video_paths) and agrees with rollout.npz."""
+    workdir = loop[0]
+    run = load_rollout(workdir / "results/trained/rollout.npz")
+    for p, policy in enumerate(run["policy"]):
+        info = json.loads((workdir / f"results/trained/eval_info/policy-{policy}/K10.json").read_text())
+        assert {"per_episode", "aggregated", "video_paths"} <= set(info)
+        assert {"avg_sum_reward", "avg_max_reward", "pc_success", "eval_s", "eval_ep_s"} <= set(info["aggregated"])
+        r = run["rule"].tolist().index("K=10")
+        assert [e["success"] for e in info["per_episode"]] == run["success"][p, r].tolist()
+        for e, episode in enumerate(info["per_episode"]):
+            assert {"episode_ix", "sum_reward", "max_reward", "success", "seed"} <= set(episode)
+            assert (episode["episode_ix"], episode["seed"], episode["init_state"]) == \
+                (e, int(run["layout_seed"][e]), int(run["layout_index"][e]))
+        assert info["aggregated"]["pc_success"] == pytest.approx(100 * run["success"][p, r].mean())
+
+
+def test_the_nearest_demo_of_a_demonstrated_layout_is_itself_and_replays_to_success(loop):
+    """The baseline's own check: on the demos set's layouts, the nearest demonstration is the layout's own (distance
+    0), and replaying its recorded actions succeeds."""
+    from mimic_redundancy.sim.nearest_demo import demo_records, nearest_demo
+
+    workdir = loop[0]
+    demos = demo_records(workdir / "results/demos/dataset")
+    episodes = [(d["task"], d["layout_seed"], d["layout_index"]) for d in demos]
+    make_env = lambda task, seed, index: metaworld_env.MetaWorldEnv(task, seed, index, "corner", 32, 32)
+    out = nearest_demo(metaworld_env, demos, episodes, 150, make_env, [1])
+    assert out["distance"].tolist() == [0.0] * len(demos) and out["success"].all()
+    assert out["nearest_episode"].tolist() == list(range(len(demos)))
+    assert out["subset_success"][0, 0] and out["subset_distance"][0, 0] == 0.0
+
+
 def test_every_episode_replays_to_its_recorded_outcome(loop):
     from mimic_redundancy.sim.rollout import replay
 
-    run = load_npz(loop[0] / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+    run = load_rollout(loop[0] / "results/trained/rollout.npz")
     make_env = lambda task, seed, index: metaworld_env.MetaWorldEnv(task, seed, index, "corner", 32, 32)
-    for r in range(len(run["rule"])):
-        for e in range(len(run["task"])):
-            success, first, _ = replay(make_env, str(run["task"][e]), int(run["layout_seed"][e]),
-                                       int(run["layout_index"][e]), run["actions"][r, e])
-            assert (success, first) == (bool(run["success"][r, e]), int(run["steps_to_success"][r, e])), (r, e)
+    for p in range(len(run["policy"])):
+        for r in range(len(run["rule"])):
+            for e in range(len(run["task"])):
+                success, first, _ = replay(make_env, str(run["task"][e]), int(run["layout_seed"][e]),
+                                           int(run["layout_index"][e]), run["actions"][p, r, e])
+                assert (success, first) == (bool(run["success"][p, r, e]), int(run["steps_to_success"][p, r, e]))
 
 
-def _same_rollout(a: dict, b: dict) -> None:
-    for key in ROLLOUT_ARRAYS:
-        if key != "seconds":  # wall times
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+def _same_rollout(a: dict, b: dict, policies=slice(None)) -> None:
+    """The same episodes (b's policies `policies`), wall times and the run's own metadata aside."""
+    for key in (*ROLLOUT_EPISODE_ARRAYS, "policy", "policy_digest", "task", "layout_seed", "layout_index", "rule"):
+        theirs = b[key][policies] if ROLLOUT_ARRAYS[key].split("[", 1)[-1].startswith("P") else b[key]
+        np.testing.assert_array_equal(a[key], theirs, err_msg=key)
 
 
 def test_the_same_seeds_give_the_same_rollout_in_another_process_and_unsharded(loop, tmp_path):
-    """The rollout's 2 shards rerun in new processes are bit-identical; so is the whole rollout run as one job."""
+    """Each policy's 2 shards rerun in new processes are bit-identical; so is one policy's rollout run as one job, and
+    so is a policy rolled out alone (its own rerun gives the same bits)."""
     workdir = copy_run(loop[0], tmp_path / "run")
-    before = load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+    before = load_rollout(workdir / "results/trained/rollout.npz")
     again = run_loop(workdir, "results/trained/rollout.npz", "--forcerun", "rollout")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert executed_rules(again) == ["gather_rollout", "rollout", "rollout"]
-    _same_rollout(load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS), before)
+    assert executed_rules(again) == ["gather_rollout"] + ["rollout"] * 4
+    _same_rollout(load_rollout(workdir / "results/trained/rollout.npz"), before)
     code = ("import sys; sys.path.insert(0, 'src'); from mimic_redundancy.pipeline import sim_stages as stages; "
             "import json; s = json.load(open('settings.json')); "
             "stages.rollout(s, 'results/demos/dataset', 'results/trained/early_stop.json', sys.argv[1])")
-    (workdir / "settings.json").write_text(json.dumps(cfg.rollout_settings(loop_config(workdir), "trained")))
+    (workdir / "settings.json").write_text(json.dumps(cfg.rollout_settings(loop_config(workdir), "trained", 1)))
     whole = tmp_path / "whole.npz"
     done = subprocess.run([sys.executable, "-c", code, str(whole)], cwd=workdir, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    _same_rollout(load_npz(whole, ROLLOUT_ARRAYS), before)
+    _same_rollout(load_npz(whole, ROLLOUT_ARRAYS), before, slice(1, 2))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -158,24 +212,87 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def test_a_rollout_shard_that_is_not_its_own_is_not_gathered(loop, tmp_path):
-    """Shard 1's rollout copied over shard 2's: the gather names the file and the command that rebuilds it, instead
-    of gathering the same episodes twice."""
-    from mimic_redundancy.core.io import InputFileError
-    from mimic_redundancy.pipeline.stages import gather
+def test_a_rollout_file_that_is_not_its_own_is_not_gathered(loop, tmp_path, monkeypatch):
+    """Shard 1's rollout copied over shard 2's, policy 0's over policy 1's, a shard run with another rollout.seed, a
+    shard edited after it was written: the gather names the file, what is wrong and the command that rebuilds it
+    (with the run's --configfile), instead of gathering them."""
+    from mimic_redundancy.core.io import CONFIGFILES_ENV, InputFileError
+    from mimic_redundancy.core.shards import gather_rollout
 
-    parts = [loop[0] / f"results/trained/shards/{s}/rollout.npz" for s in ["1-of-2", "2-of-2"]]
-    gather("rollout", parts, tmp_path / "ok.npz")
-    _same_rollout(load_npz(tmp_path / "ok.npz", ROLLOUT_ARRAYS),
-                  load_npz(loop[0] / "results/trained/rollout.npz", ROLLOUT_ARRAYS))
-    wrong = tmp_path / "results/trained/shards/2-of-2/rollout.npz"
-    wrong.parent.mkdir(parents=True)
-    shutil.copy(parts[0], wrong)
-    fix = "snakemake --profile profiles/local results/trained/shards/2-of-2/rollout.npz --forcerun rollout"
+    monkeypatch.setenv(CONFIGFILES_ENV, "configs/metaworld.yaml loop.yaml")
+    part = lambda policy, shard: loop[0] / f"results/trained/rollout/policy-{policy}/shards/{shard}/rollout.npz"
+    ok = [[part(p, s) for s in ("1-of-2", "2-of-2")] for p in (0, 1)]
+    gather_rollout(ok, tmp_path / "ok.npz", [0, 1])
+    _same_rollout(load_rollout(tmp_path / "ok.npz"), load_rollout(loop[0] / "results/trained/rollout.npz"))
+
+    def copied(source, policy, shard, change=None):
+        wrong = tmp_path / f"results/trained/rollout/policy-{policy}/shards/{shard}/rollout.npz"
+        wrong.parent.mkdir(parents=True, exist_ok=True)
+        arrays = load_npz(source, ROLLOUT_ARRAYS)
+        (change or (lambda a: None))(arrays)
+        np.savez(open(wrong, "wb"), **arrays)
+        return wrong
+
+    fix = ("snakemake --profile profiles/local results/trained/rollout/policy-0/shards/2-of-2/rollout.npz "
+           "--configfile configs/metaworld.yaml loop.yaml --forcerun rollout")
+    wrong = copied(ok[0][0], 0, "2-of-2")
     with pytest.raises(InputFileError, match=r"holds the rows \[0, 2\) of shard 1-of-2, not those of shard 2-of-2.*"
                                              + re.escape(fix)):
-        gather("rollout", [parts[0], wrong], tmp_path / "bad.npz")
+        gather_rollout([[ok[0][0], wrong], ok[1]], tmp_path / "bad.npz", [0, 1])
+    wrong = copied(ok[0][0], 1, "1-of-2")
+    with pytest.raises(InputFileError, match=r"policy-1/shards/1-of-2/rollout.npz: holds the rollouts of policy 0 "
+                                             r"\(results/tiny-policy/train/seed-0/checkpoint\), but it stands for "
+                                             r"policy 1"):
+        gather_rollout([ok[0], [wrong, ok[1][1]]], tmp_path / "bad.npz", [0, 1])
+
+    def reseeded(arrays):
+        settings = json.loads(str(arrays["config_json"]))
+        settings["rollout"]["seed"] = 7
+        arrays["config_json"] = np.asarray(json.dumps(settings, sort_keys=True, separators=(",", ":")))
+
+    wrong = copied(ok[0][1], 0, "2-of-2", reseeded)
+    with pytest.raises(InputFileError, match=r"policy-0/shards/2-of-2/rollout.npz: its settings differ from those of "
+                                             r".*policy-0/shards/1-of-2/rollout.npz.* at rollout.seed"):
+        gather_rollout([[ok[0][0], wrong], ok[1]], tmp_path / "bad.npz", [0, 1])
+    wrong = copied(ok[0][1], 0, "2-of-2", lambda a: a["success"].__setitem__((0, 0, 0), ~a["success"][0, 0, 0]))
+    with pytest.raises(InputFileError, match=r"2-of-2/rollout.npz: its arrays differ from the digest"):
+        gather_rollout([[ok[0][0], wrong], ok[1]], tmp_path / "bad.npz", [0, 1])
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_a_rollout_file_that_contradicts_itself_is_refused_naming_the_array(loop, tmp_path):
+    """Issue 34's defects 3-5: a success flipped (with and without a matching digest), success cut to [5, 3], an
+    episode removed from every per-episode array: load_rollout names the file and the array, and the answers stop."""
+    from mimic_redundancy.core.io import InputFileError, rollout_digest
+
+    good = load_npz(loop[0] / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
+
+    def damaged(change, redigest=False):
+        arrays = {k: v.copy() for k, v in good.items()}
+        change(arrays)
+        if redigest:
+            arrays["arrays_digest"] = np.asarray(rollout_digest(arrays))
+        path = tmp_path / "rollout.npz"
+        np.savez(open(path, "wb"), **arrays)
+        return path
+
+    flip = lambda a: a["success"].__setitem__((0, 0, 0), ~a["success"][0, 0, 0])
+    with pytest.raises(InputFileError, match=r"array 'success' contradicts the others at policy 0, rule K=1, episode 0"):
+        load_rollout(damaged(flip, redigest=True))
+    with pytest.raises(InputFileError, match="contradicts the others|differ from the digest"):
+        load_rollout(damaged(flip))
+    with pytest.raises(InputFileError, match=r"array 'success' has shape \(5, 3\), but 2 policies, \d rules and 4 "
+                                             r"episodes need \(2, \d, 4\)"):
+        load_rollout(damaged(lambda a: a.update(success=np.zeros((5, 3), bool))))
+
+    def drop_episode(a):
+        for key, spec in ROLLOUT_ARRAYS.items():
+            axes = [d.strip() for d in spec.split("[", 1)[1].split("]", 1)[0].split(",")] if "[" in spec else []
+            if "S" in axes:
+                a[key] = np.delete(a[key], 3, axis=axes.index("S"))
+
+    with pytest.raises(InputFileError, match=r"holds 3 episodes, but the run rolled out 4 \(total_episodes\)"):
+        load_rollout(damaged(drop_episode, redigest=True))
 
 
 def _holding(pids: list[int], path: Path) -> list[int]:
@@ -191,12 +308,12 @@ def _holding(pids: list[int], path: Path) -> list[int]:
 
 
 def test_a_killed_rollout_shard_reruns_alone_and_gives_the_same_result(loop, tmp_path):
-    """The rollout rerun from scratch as 2 shard jobs, one at a time; once one has written its part, the other is
-    killed (SIGKILL) while it rolls out: the run fails and leaves no part for it. The next run redoes that shard alone
-    (then the gather and what follows), and the gathered rollout equals the shared run's bit for bit."""
+    """Policy 0's rollout rerun from scratch as 2 shard jobs, one at a time; once one has written its part, the other
+    is killed (SIGKILL) while it rolls out: the run fails and leaves no part for it. The next run redoes that shard
+    alone (then the gather and what follows), and the gathered rollout equals the shared run's bit for bit."""
     workdir = copy_run(loop[0], tmp_path / "run")
-    before = load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
-    parts = {s: workdir / f"results/trained/shards/{s}/rollout.npz" for s in ["1-of-2", "2-of-2"]}
+    before = load_rollout(workdir / "results/trained/rollout.npz")
+    parts = {s: workdir / f"results/trained/rollout/policy-0/shards/{s}/rollout.npz" for s in ["1-of-2", "2-of-2"]}
     for path in [workdir / "results/trained/rollout.npz", *parts.values()]:
         path.unlink()
     config = write_config(workdir, merged(LOOP), "loop.yaml")
@@ -209,7 +326,7 @@ def test_a_killed_rollout_shard_reruns_alone_and_gives_the_same_result(loop, tmp
             done = [s for s, p in parts.items() if p.exists()]
             if done:  # one shard written; the other starts next (1 core: one job at a time)
                 (victim,) = set(parts) - set(done)
-                log = (workdir / f"results/trained/shards/{victim}/logs/rollout.log").resolve()
+                log = (workdir / f"results/trained/rollout/policy-0/shards/{victim}/logs/rollout.log").resolve()
                 killed = _holding(_descendants(run.pid), log)
                 for pid in killed:
                     os.kill(pid, signal.SIGKILL)
@@ -223,8 +340,9 @@ def test_a_killed_rollout_shard_reruns_alone_and_gives_the_same_result(loop, tmp
     redo = run_loop(workdir, *TARGETS)
     assert redo.returncode == 0, redo.stderr[-3000:]
     assert executed_rules(redo) == ["gather_rollout", "plot_rollout", "rollout", "rollout_metrics", "rollout_videos"]
-    assert f"Reason: Missing output files: results/trained/shards/{victim}/rollout.npz" in redo.stdout + redo.stderr
-    _same_rollout(load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS), before)
+    assert (f"Reason: Missing output files: results/trained/rollout/policy-0/shards/{victim}/rollout.npz"
+            in redo.stdout + redo.stderr)
+    _same_rollout(load_rollout(workdir / "results/trained/rollout.npz"), before)
 
 
 def test_the_expert_through_the_rollout_loop_reaches_its_own_success():
@@ -249,10 +367,18 @@ def test_what_reruns(loop, tmp_path):
     plan = lambda extra: planned_rules(workdir, *TARGETS, "--configfile", "configs/metaworld.yaml",
                                        str(write_config(workdir, merged(LOOP, extra), "loop.yaml")))
     assert plan({}) == []
-    assert plan({"rollout": {"steps": [1, 2, 10]}}) == ["gather_rollout", "plot_rollout", "rollout", "rollout",
-                                                        "rollout_metrics", "rollout_videos"]
+    assert plan({"rollout": {"steps": [1, 2, 10]}}) == ["gather_rollout", "plot_rollout"] + ["rollout"] * 4 + \
+        ["rollout_metrics", "rollout_videos"]
     assert plan({"plot": {"dpi": 72}}) == ["plot_rollout"]
     assert plan({"rollout": {"margin": 0.1}}) == ["plot_rollout", "rollout_metrics"]
+    assert plan({"rollout": {"alpha": 0.01}}) == ["plot_rollout", "rollout_metrics"]
+    # a third policy: its training and rollouts, the gather and what reads it; the first two stay
+    assert plan({"train": {"steps": 30, "seeds": [0, 1, 2]}}) == ["gather_rollout", "plot_rollout", "plot_train",
+                                                                  "rollout", "rollout", "rollout_metrics",
+                                                                  "rollout_videos", "train"]
+    # the test set instead of dev: every policy's rollouts and the baseline on it; no training
+    assert plan({"rollout": {"set": "test"}, "sets": {"test": {"layout_seeds": [2], "layouts": 4}}}) == \
+        ["gather_rollout", "nearest_demo", "plot_rollout"] + ["rollout"] * 4 + ["rollout_metrics", "rollout_videos"]
 
 
 def test_bad_rollout_settings_stop_the_dag_naming_the_key(loop, tmp_path):
@@ -262,7 +388,27 @@ def test_bad_rollout_settings_stop_the_dag_naming_the_key(loop, tmp_path):
                          ({"rollout": {"stop_steps": [12]}}, "rollout.stop_steps': [12] exceed probe.steps"),
                          ({"inputs": {"frame_window": "forward"}}, "inputs.frame_window"),
                          ({"sim": {"tasks": {"no-such-task-v3": "x"}}}, "unknown Meta-World task 'no-such-task-v3'"),
-                         ({"sim": {"camera": "ceiling"}}, "unknown camera 'ceiling'")]:
+                         ({"sim": {"camera": "ceiling"}}, "unknown camera 'ceiling'"),
+                         ({"sets": {"dev": {"layout_seeds": [0, 1], "layouts": 4}}},
+                          "config keys 'sets.demos' and 'sets.dev': the episode sets overlap at 4 layouts (seed 0 "
+                          "layout 0, seed 0 layout 1"),
+                         ({"sets": {"test": {"layout_seeds": [2], "first": 40, "layouts": 20}}},
+                          "'sets.test': layouts 40 .. 59 asked, but MT1 has 50"),
+                         ({"train": {"seeds": []}}, "config key 'train.seeds': [] should be non-empty"),
+                         ({"train": {"seeds": [0, 0]}}, "config key 'train.seeds': [0, 0] has non-unique elements"),
+                         ({"train": {"seeds": [0.5]}}, "config key 'train.seeds.0': 0.5 is not of type 'integer'"),
+                         ({"rollout": {"margin": 1.5}}, "config key 'rollout.margin': 1.5 is greater than or equal to "
+                                                        "the maximum of 1"),
+                         ({"rollout": {"alpha": 0.5}}, "config key 'rollout.alpha': 0.5 is greater than or equal to "
+                                                       "the maximum of 0.5"),
+                         ({"rollout": {"reference": 5}}, "config key 'rollout.reference': K=5 is not rolled out"),
+                         ({"rollout": {"steps": [10], "stop_steps": [], "clean_change": False}},
+                          "K=10 is the reference and the only rule"),
+                         ({"rollout": {"probeflow": [1.5]}},
+                          "config key 'rollout.probeflow.0': 1.5 is greater than or equal to the maximum of 1"),
+                         ({"rollout": {"dense_jump": [{"jump_point": 1.0, "steps": 3}]}},
+                          "config key 'rollout.dense_jump.0.jump_point': 1.0 is greater than or equal to the maximum "
+                          "of 1")]:
         result = run_loop(workdir, *TARGETS, "-n", "--forcerun", "rollout", extra=extra)
         assert result.returncode != 0 and words in result.stdout + result.stderr, (extra, result.stderr[-2000:])
 
@@ -276,7 +422,7 @@ def test_a_policy_or_dataset_that_does_not_fit_the_simulator_is_refused(loop, tm
 
     workdir = loop[0]
     settings = cfg.rollout_settings(loop_config(workdir), "trained")
-    settings["model"]["checkpoint"] = str(workdir / "results/tiny-policy/train/checkpoint")
+    settings["model"]["checkpoint"] = str(workdir / "results/tiny-policy/train/seed-0/checkpoint")
     wrong_state = {**settings, "inputs": {**settings["inputs"], "state_key": "observation.state"}}
     with pytest.raises(DimensionError, match="39-dim state, but metaworld's .* observation.state .* 9"):
         stages._policy(wrong_state, torch.device("cpu"), metaworld_env)
@@ -316,74 +462,23 @@ def test_no_rendering_backend_names_the_package():
         assert "apt-get install -y libegl1" in done.stderr and "libosmesa6" in done.stderr
 
 
-def test_the_closed_loop_intervals():
-    """Success: exact Clopper-Pearson (scipy's own exact interval). Paired difference: Tango's score interval gives the
-    published example, keeps a width where the rules never disagree (whatever the success rate), covers the true
-    difference of correlated paired successes in about 95% of draws, and its one-sided lower bound declares a rule
-    that is truly 5 points worse non-inferior within 5 points in at most about 5% of draws."""
-    from scipy.stats import binomtest
+def test_the_study_configs_plan_what_they_say(tmp_path):
+    """configs/metaworld-study.yaml (3 policies x 50 test layouts x 3 tasks, every rule) and its cluster version
+    (5 policies x 150 layouts per task, 6 shards): planned by dry run, one train job per policy and one rollout job per
+    policy and shard; the test set, and no demos overlap."""
+    from mimic_redundancy.sim.policy import rules_of
 
-    from mimic_redundancy.sim.answers import clopper_pearson, paired_difference
-
-    for k, n in [(0, 20), (15, 20), (20, 20), (7, 9)]:
-        exact = binomtest(k, n).proportion_ci(method="exact")
-        np.testing.assert_allclose(clopper_pearson(k, n), (exact.low, exact.high), atol=1e-12)
-    # Fagerland, Lydersen & Laake (2017), ch. 8, Bentur et al.: 1 pair both yes, 1 and 7 discordant, 12 both no
-    rule = np.array([1, 1] + [0] * 7 + [0] * 12, bool)
-    reference = np.array([1, 0] + [1] * 7 + [0] * 12, bool)
-    np.testing.assert_allclose(paired_difference(rule, reference), (-0.5172, -0.0260), atol=1e-4)
-    for rate in [1.0, 0.6]:  # no discordant pair: the width depends on n alone, z^2 / (n + z^2)
-        same = np.arange(20) < 20 * rate
-        low, high = paired_difference(same, same)
-        assert low == pytest.approx(-0.16113, abs=1e-4) and high == pytest.approx(0.16113, abs=1e-4)
-    rng = np.random.default_rng(0)
-    for n in [20, 60]:
-        covered = 0
-        for _ in range(2000):  # reference succeeds w.p. 0.75; the rule agrees with it w.p. 0.9, else flips
-            reference = rng.random(n) < 0.75
-            rule = np.where(rng.random(n) < 0.9, reference, ~reference)
-            low, high = paired_difference(rule, reference)
-            covered += low <= 0.75 * 0.9 + 0.25 * 0.1 - 0.75 <= high
-        assert 0.93 <= covered / 2000 <= (1.0 if n == 20 else 0.99), (n, covered)  # 20: ~2 discordant, conservative
-    for n, rate in [(60, 0.6), (60, 1.0), (120, 0.8)]:  # the rule loses 5 points: fails where the reference won
-        declared = 0
-        for _ in range(2000):
-            reference = rng.random(n) < rate
-            rule = reference & (rng.random(n) >= 0.05 / rate)
-            declared += paired_difference(rule, reference, z=1.6448536269514722)[0] > -0.05
-        assert declared / 2000 <= 0.075, (n, rate, declared)
-
-
-def _run_of(successes: dict[str, list[int]], task: str = TASK) -> dict:
-    """A rollout's arrays for rollout_tables: rule name -> per-episode success (1/0); every rule decides 5 times."""
-    names = list(successes)
-    kinds = ["fixed_k" if n.startswith("K=") else "fixed_step_xt" for n in names]
-    params = [float(n.split("=")[1]) if n.startswith("K=") else 40.0 for n in names]
-    n = len(successes[names[0]])
-    return {"rule": np.array(names), "rule_kind": np.array(kinds), "rule_param": np.array(params),
-            "task": np.array([task] * n), "success": np.array([successes[r] for r in names], bool),
-            "nfe": np.array([[[p] * 5] * n for p in params], np.int64), "steps": np.full((len(names), n), 50),
-            "seconds": np.zeros((len(names), n, 4)), "costs": np.array(["sim", "render", "backbone", "head"]),
-            "layout_seed": np.ones(n, np.int64), "preset": "trained", "config_digest": "x"}
-
-
-def test_the_decision_names_the_cheapest_non_inferior_rule_or_what_more_episodes_could_show():
-    """On 20 paired episodes: a rule that wins 6 discordant pairs is non-inferior (and named); rules that are not
-    decide nothing, and the episodes needed are sized for the cheapest rule within the margin, not for a rule observed
-    far below it (its discordance would inflate the count, and no number of episodes would make it non-inferior)."""
-    from mimic_redundancy.sim.answers import rollout_tables
-
-    reference = [1] * 14 + [0] * 6
-    wins = [1] * 20
-    rows, summary = rollout_tables(_run_of({"K=1": wins, "K=50": reference}), {}, {"margin": 0.05})
-    assert summary["tasks"][TASK]["decision"].startswith("K=1: 1.0 NFE per decision, success 100%")
-    close = [1] * 13 + [0] + [1] + [0] * 5  # one lost, one won: observed difference 0
-    bad = [0] * 20  # stop@40 x_t: -70 points, 14 discordant pairs
-    rows, summary = rollout_tables(_run_of({"K=1": close, "K=50": reference, "stop@40 x_t": bad}), {},
-                                   {"margin": 0.05})
-    decision = summary["tasks"][TASK]["decision"]
-    assert decision.startswith("no rule is non-inferior to K=50 within 5% on 20 episodes; about ")
-    assert "to show K=1 (1.0 NFE per decision, observed +0%) non-inferior (its discordance with K=50: 0.10)" in decision
-    assert "about 248 episodes" in decision  # (1.645 + 0.842)^2 x 0.10 / 0.05^2
-    rows, summary = rollout_tables(_run_of({"K=50": reference, "stop@40 x_t": bad}), {}, {"margin": 0.05})
-    assert "every rule's observed difference is below -5%" in summary["tasks"][TASK]["decision"]
+    workdir = copy_workflow(tmp_path / "run")
+    shutil.copytree(REPO / "configs", workdir / "configs")
+    files = ["configs/metaworld.yaml", "configs/metaworld-3tasks.yaml", "configs/metaworld-study.yaml"]
+    here = planned_rules(workdir, "--configfile", *files)
+    assert here.count("train") == 3 and here.count("rollout") == 3 * 2 and here.count("nearest_demo") == 1
+    cluster = planned_rules(workdir, "--configfile", *files, "configs/metaworld-study-cluster.yaml")
+    assert cluster.count("train") == 5 and cluster.count("rollout") == 5 * 6 and cluster.count("gather_rollout") == 1
+    config = cfg.validate_config(merged(*[yaml.safe_load((workdir / f).read_text()) for f in
+                                          ["config.yaml", *files, "configs/metaworld-study-cluster.yaml"]]))
+    settings = cfg.rollout_settings(config, "trained", 4)
+    assert settings["episodes"] == {"set": "test", "layout_seeds": [2, 3, 4], "first": 0, "layouts": 50}
+    assert settings["model"]["checkpoint"] == "results/tiny-policy/train/seed-4/checkpoint"
+    names = {rule.name for rule in rules_of(settings["rollout"], 0.3)}
+    assert names >= {"K=10", "K=16", "K=50", "ProbeFlow cos>0.992", "dense-jump@0.5 NFE 3", "stop@40 clean"}

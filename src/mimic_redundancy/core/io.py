@@ -94,7 +94,7 @@ ROLLOUT_ARRAYS = {
     "episode_set": "str []: the episode set rolled out (sets.dev or sets.test)",
     "prompt": "str [S]: the prompt the policy was given",
     "rule": "str [R]: the rule's name (K=50, stop@40 clean, ...)",
-    "rule_kind": "str [R]: fixed_k, fixed_step_xt, fixed_step_clean or clean_change (sim/policy.py)",
+    "rule_kind": "str [R]: fixed_k, fixed_step_xt, fixed_step_clean, clean_change, probeflow or dense_jump (model/rules.py)",
     "rule_param": "float64 [R]: K, the stop step, or eps",
     "costs": "str [C]: the names of the cost columns of seconds",
     "max_steps": "int64 []: an episode's step limit",
@@ -189,7 +189,8 @@ def contract_markdown() -> str:
         return rows
 
     parts = [("`probe.npz`", PROBE_ARRAYS, {}), ("`sweep.npz` adds", SWEEP_ARRAYS, RUN_METADATA),
-             ("`backbone.npz` adds", BACKBONE_ARRAYS, RUN_METADATA), ("`rollout.npz` (the closed loop)", ROLLOUT_ARRAYS, {})]
+             ("`backbone.npz` adds", BACKBONE_ARRAYS, RUN_METADATA), ("`rollout.npz` (the closed loop)", ROLLOUT_ARRAYS, {}),
+             ("`results/demos/nearest-<set>.npz` (the nearest-demo baseline)", NEAREST_ARRAYS, {})]
     lines = []
     for title, arrays, skip in parts:
         lines += [f"{title}:", "", *table(arrays, skip), ""]
@@ -210,22 +211,39 @@ WRITTEN_BY = {
     "backbone.csv": "backbone_metrics", "backbone.json": "backbone_metrics", "train/loss.csv": "train",
     "train/summary.json": "train", "early_stop.csv": "early_stop", "early_stop.json": "early_stop",
     "depth/features.safetensors": "depth_features", "depth.npz": "depth", "depth.csv": "depth_metrics",
-    "depth.json": "depth_metrics", "rollout.npz": "rollout", "rollout.csv": "rollout_metrics",
+    "depth.json": "depth_metrics", "rollout.npz": "gather_rollout", "rollout.csv": "rollout_metrics",
     "rollout.json": "rollout_metrics",
 }
 
 
+CONFIGFILES_ENV = "MIMIC_CONFIGFILES"  # the run's --configfile paths, set by rules/common.smk for its jobs
+
+
 def rebuild_command(path) -> str:
-    """The command that rebuilds one results file. The target comes first: `--forcerun` takes every word
-    after it as a rule, so `--forcerun probe results/tiny/probe.npz` would rerun the whole workflow. A shard's
-    file (results/<preset>/shards/<i-of-n>/<name>) is rebuilt by the rule of <name>, that shard's job alone."""
+    """The command that rebuilds one results file, with the run's own --configfile files (rules/common.smk puts them
+    in MIMIC_CONFIGFILES; without them the command would plan the embedded default). The target comes first:
+    `--forcerun` takes every word after it as a rule, so `--forcerun probe results/tiny/probe.npz` would rerun the
+    whole workflow; --configfile (several values) comes before it. A shard's file (results/<preset>/shards/<i-of-n>/
+    <name>) is rebuilt by the rule of <name>, that shard's job alone; a policy's rollout (results/<preset>/rollout/
+    policy-<s>/[shards/<i-of-n>/]rollout.npz) by the rollout rule."""
+    files = os.environ.get(CONFIGFILES_ENV, "").split()
+    config = f" --configfile {' '.join(files)}" if files else ""
     parts = Path(path).as_posix().split("/")
     if "results" in parts:
         rel = parts[len(parts) - 1 - parts[::-1].index("results"):]  # results/<preset>/<name>
-        rule = WRITTEN_BY.get("/".join(rel[4:] if rel[2:3] == ["shards"] else rel[2:]))
+        name = rel[2:]
+        if name[:1] == ["rollout"] and len(name) > 2 and name[1].startswith("policy-"):
+            name = name[2:]
+        if name[:1] == ["shards"]:
+            name = name[2:]
+        if name[:1] == ["train"] and len(name) > 2 and name[1].startswith("seed-"):  # one policy's training
+            name = ["train", *name[2:]]
+        rule = "rollout" if rel[2:3] == ["rollout"] and name == ["rollout.npz"] else WRITTEN_BY.get("/".join(name))
+        if rel[1:2] == ["demos"]:  # results/demos: the demonstrations and the nearest-demo baseline
+            rule = "nearest_demo" if rel[2].startswith("nearest-") else "demos"
         if rule:
-            return f"snakemake --profile profiles/local {'/'.join(rel)} --forcerun {rule}"
-    return f"snakemake --profile profiles/local --force {path}"
+            return f"snakemake --profile profiles/local {'/'.join(rel)}{config} --forcerun {rule}"
+    return f"snakemake --profile profiles/local{config} --force {path}"
 
 
 def input_error(path, problem: str) -> InputFileError:

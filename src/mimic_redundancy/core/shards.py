@@ -77,7 +77,8 @@ def gather_rollout(paths: list[list], out_path, policies: list[int]) -> None:
                                         f"it stands for policy {seed}: a file of another policy")
         for shard in shards:
             shard["arrays_digest"] = np.asarray("")  # each shard's own: recomputed over the joined arrays
-        arrays = join_shards(shards, shard_paths, contract)
+        unsharded = len(shards) == 1 and "shard" not in json.loads(str(shards[0]["config_json"]))
+        arrays = shards[0] if unsharded else join_shards(shards, shard_paths, contract)  # shards: 1 writes no record
         mine = json.loads(str(arrays["config_json"]))
         mine.pop("policy"), mine["model"].pop("checkpoint")
         settings.append(mine)

@@ -42,6 +42,23 @@ METADATA_PATTERNS = {"v1.6": ["meta_data/*"], "v2.0": ["meta/info.json", "meta/e
                      "v3.0": ["meta/info.json", "meta/tasks.parquet", "meta/episodes/*/*.parquet"]}
 METADATA_PATTERNS["v2.1"] = METADATA_PATTERNS["v2.0"]
 V16_PATTERNS = ["data/*.parquet", "data/**/*.parquet", "videos/**/*", "meta_data/*"]  # what LiberoDataset fetches
+DEMOS_SUMMARY = "results/demos/summary.json"  # the demos rule's output beside its dataset (pipeline/config.DEMOS_DATASET)
+
+
+def demos_command() -> str:
+    """The command that records the demos stage's dataset again, with the run's --configfile files
+    (core/io.rebuild_command)."""
+    from mimic_redundancy.core.io import rebuild_command
+
+    return rebuild_command(DEMOS_SUMMARY)
+
+
+def refetch(source: str = "lerobot") -> str:
+    """How to get a damaged or incomplete dataset again: a Hub snapshot is fetched again (prefetch); the demos
+    stage's dataset (inputs.source demos) is recorded again by the demos rule."""
+    if source == "demos":
+        return f"rerun the demos rule: {demos_command()}"
+    return "fetch it again (rerun prefetch)"
 
 
 @dataclass
@@ -68,24 +85,24 @@ def _context(version: str) -> str:
     return f"(dataset layout {version}; {SUPPORTED_TEXT})"
 
 
-def _read_parquet(path: Path, columns: list[str] | None = None):
+def _read_parquet(path: Path, columns: list[str] | None = None, source: str = "lerobot"):
     import pyarrow.parquet as pq
 
     try:
         return pq.read_table(path, columns=columns)
     except Exception as error:
-        raise DataError(f"{path}: cannot read the parquet file ({type(error).__name__}: {error}); fetch it again "
-                        "(rerun prefetch)") from None
+        raise DataError(f"{path}: cannot read the parquet file ({type(error).__name__}: {error}); "
+                        f"{refetch(source)}") from None
 
 
-def _column_names(path: Path) -> list[str]:
+def _column_names(path: Path, source: str = "lerobot") -> list[str]:
     import pyarrow.parquet as pq
 
     try:
         return pq.read_schema(path).names
     except Exception as error:
-        raise DataError(f"{path}: cannot read the parquet file ({type(error).__name__}: {error}); fetch it again "
-                        "(rerun prefetch)") from None
+        raise DataError(f"{path}: cannot read the parquet file ({type(error).__name__}: {error}); "
+                        f"{refetch(source)}") from None
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -98,10 +115,13 @@ def _jsonl(path: Path) -> list[dict]:
         raise DataError(f"{path}: not JSON lines ({error}); fetch it again (rerun prefetch)") from None
 
 
-def read_layout(root: Path) -> Layout:
-    """The layout and metadata of a dataset snapshot (the metadata files are enough)."""
+def read_layout(root: Path, source: str = "lerobot") -> Layout:
+    """The layout and metadata of a dataset snapshot (the metadata files are enough). `source`: 'demos' for the demos
+    stage's dataset (its fix is the demos rule, not prefetch)."""
     root = Path(root)
     info_path = root / INFO
+    if not info_path.is_file() and source == "demos":
+        raise DataError(f"{info_path}: not found; {refetch(source)}")
     if not info_path.is_file():
         if (root / "meta_data").is_dir():
             legacy = root / "meta_data/info.json"
@@ -119,7 +139,7 @@ def read_layout(root: Path) -> Layout:
     try:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as error:
-        raise DataError(f"{info_path}: not JSON ({error}); fetch it again (rerun prefetch)") from None
+        raise DataError(f"{info_path}: not JSON ({error}); {refetch(source)}") from None
     version = info.get("codebase_version")
     if version not in SUPPORTED[1:]:
         raise DataError(f"{info_path}: codebase_version {version!r} is not a layout this pipeline reads; "
@@ -127,7 +147,8 @@ def read_layout(root: Path) -> Layout:
                         "(inputs.lerobot.repo)")
     for key in ("features", "data_path", "fps"):
         if key not in info:
-            raise DataError(f"{info_path}: no '{key}' entry; a LeRobot {version} info.json has one {_context(version)}")
+            raise DataError(f"{info_path}: no '{key}' entry; a LeRobot {version} info.json has one {_context(version)}"
+                            + (f"; {refetch(source)}" if source == "demos" else ""))
     if version.startswith("v2"):
         episodes = {int(row["episode_index"]): row for row in _jsonl(root / "meta/episodes.jsonl")}
         tasks = {int(row["task_index"]): str(row["task"]) for row in _jsonl(root / "meta/tasks.jsonl")}
@@ -135,17 +156,18 @@ def read_layout(root: Path) -> Layout:
         files = sorted((root / "meta/episodes").glob("*/*.parquet"))
         if not files:
             raise DataError(f"{root / 'meta/episodes'}: no episode metadata (chunk-XXX/file-XXX.parquet) "
-                            f"{_context(version)}; fetch it again (rerun prefetch)")
+                            f"{_context(version)}; {refetch(source)}")
         episodes = {}
         for path in files:
-            table = _read_parquet(path)
+            table = _read_parquet(path, source=source)
             names = [c for c in table.column_names if not c.startswith("stats/")]
             for row in table.select(names).to_pylist():
                 episodes[int(row["episode_index"])] = row
         tasks_path = root / "meta/tasks.parquet"
         if not tasks_path.is_file():
-            raise DataError(f"{tasks_path}: not found; a LeRobot v3.0 dataset keeps its tasks there {_context(version)}")
-        table = _read_parquet(tasks_path)
+            raise DataError(f"{tasks_path}: not found; a LeRobot v3.0 dataset keeps its tasks there {_context(version)}"
+                            + (f"; {refetch(source)}" if source == "demos" else ""))
+        table = _read_parquet(tasks_path, source=source)
         text = next((c for c in ("task", "__index_level_0__") if c in table.column_names), None)
         if text is None or "task_index" not in table.column_names:
             raise DataError(f"{tasks_path}: needs a task_index column and the task text (column 'task' or the "
@@ -270,6 +292,47 @@ def episode_files(layout: Layout, keys: dict, index: int) -> dict:
     return files
 
 
+def video_size(path: Path, fix: str) -> tuple[int, int]:
+    """(height, width) of an mp4's first video stream, read from its header (PyAV)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            context = container.streams.video[0].codec_context
+            return int(context.height), int(context.width)
+    except (av.FFmpegError, IndexError, OSError) as error:
+        raise DataError(f"{path}: not a readable video ({type(error).__name__}: {error}); {fix}") from None
+
+
+def check_video_shape(layout: Layout, camera: str, source: str = "lerobot") -> None:
+    """info.json's frame size of a video camera (its shape: height, width, channels) against the videos themselves:
+    every video file of the camera that its episodes name and that is here (a Hub snapshot holds the selected
+    episodes' files alone; at least one must be). A disagreement is refused, naming both sizes: the closed loop
+    renders at info.json's size. (A camera of dtype image keeps its frames in the parquet rows: no video to check.)"""
+    feature, info = layout.features.get(camera, {}), layout.root / INFO
+    if feature.get("dtype") != "video":
+        return
+    fix = (refetch(source) if source == "demos" else "correct features['" + camera + "'].shape in meta/info.json "
+           "to the videos' size, or pick another dataset (inputs.lerobot.repo)")
+    keys = {"camera": camera, "camera_dtype": "video"}
+    named = list(dict.fromkeys(episode_files(layout, keys, index)["video"] for index in sorted(layout.episodes)))
+    present = [name for name in named if (layout.root / name).is_file()]
+    if not present:
+        raise DataError(f"{info}: camera {camera!r} is a video, but none of the {len(named)} video files its episodes "
+                        f"name is here (e.g. {layout.root / named[0] if named else 'none named'}); "
+                        + (refetch(source) if source == "demos" else "fetch the dataset again (rerun prefetch)"))
+    shape = list(feature.get("shape") or [])[:2]
+    if len(shape) < 2:
+        raise DataError(f"{info}: camera {camera!r} has shape {feature.get('shape')!r}, not [height, width, channels]; "
+                        f"{fix}")
+    for name in present:
+        size = list(video_size(layout.root / name, fix))
+        if size != shape:
+            raise DataError(f"{info}: camera {camera!r} has frames of {shape[0]} x {shape[1]} px (height x width, "
+                            f"its shape {feature.get('shape')}), but its video {layout.root / name} is "
+                            f"{size[0]} x {size[1]} px; {fix}")
+
+
 # -- prefetch: metadata first, then exactly the files the selected episodes need --------------------------------
 
 def plan_fetch(repo: dict, timeout_s: float) -> dict:
@@ -357,7 +420,8 @@ def read_lerobot(root: Path, inputs: dict, frames: bool = True, key: str = "inpu
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    layout = read_layout(root)
+    source = inputs.get("source", "lerobot")
+    layout = read_layout(root, source)
     keys = resolve_keys(layout, inputs)
     if layout.version == "v1.6":
         return _read_v16(layout, keys, inputs.get("episodes", "all"), key)
@@ -371,16 +435,17 @@ def read_lerobot(root: Path, inputs: dict, frames: bool = True, key: str = "inpu
     for data in dict.fromkeys(p["data"] for p in plans.values()):
         path = layout.root / data
         if not path.is_file():
-            raise DataError(f"{path}: not found; prefetch fetches the files of the selected episodes: rerun it "
-                            "after changing inputs.episodes or the keys")
-        names = _column_names(path)
+            raise DataError(f"{path}: not found; " + (refetch(source) if source == "demos" else
+                                                      "prefetch fetches the files of the selected episodes: rerun it "
+                                                      "after changing inputs.episodes or the keys"))
+        names = _column_names(path, source)
         missing = [c for c in columns if c not in names]
         if missing:
             raise DataError(f"{path}: missing columns {missing} that info.json lists (found {names}) "
                             f"{_context(layout.version)}")
         wanted = {i for i, p in plans.items() if p["data"] == data}
         # only the columns and rows used: a v3.0 file holds other episodes, and other cameras' images
-        table = _read_parquet(path, list(dict.fromkeys(columns)))
+        table = _read_parquet(path, list(dict.fromkeys(columns)), source)
         table = table.filter(pc.is_in(table.column("episode_index"), pa.array(sorted(wanted), table.schema.field(
             "episode_index").type)))
         for row in table.to_pylist():
@@ -392,7 +457,7 @@ def read_lerobot(root: Path, inputs: dict, frames: bool = True, key: str = "inpu
         length = layout.episodes[index].get("length")
         if not frames_ or (length is not None and len(frames_) != int(length)):
             raise DataError(f"{where}: {len(frames_)} rows, but {layout.episodes_file()} says {length}; the file is "
-                            "incomplete: fetch it again (rerun prefetch)")
+                            f"incomplete: {refetch(source)}")
         if keys["prompt"] == "task_index":
             task = frames_[0]["task_index"]
             if task not in layout.tasks:

@@ -17,8 +17,9 @@ def read_episodes(inputs: dict, snapshots: dict | None = None) -> list[Episode]:
     if inputs["source"] == "demos":  # the demos stage's dataset, written here (no Hub)
 
         if not (Path(inputs["dataset"]) / "meta/info.json").is_file():
-            raise DataError(f"{inputs['dataset']}: no demonstrations; run the demos rule first "
-                            f"(snakemake --profile profiles/local results/demos/summary.json)")
+            from mimic_redundancy.data.lerobot import demos_command
+
+            raise DataError(f"{inputs['dataset']}: no demonstrations; run the demos rule first ({demos_command()})")
         return read_lerobot(Path(inputs["dataset"]), inputs)
     episodes = read_video_dir(Path(inputs["video_dir"]))
     wanted = inputs["episodes"]

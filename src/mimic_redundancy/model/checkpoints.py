@@ -110,6 +110,28 @@ def read_checkpoint_config(folder) -> dict:
     return config
 
 
+FRAME_KEYS = ("height", "width", "frames", "frame_skip")  # the inputs.* keys that shape what the policy sees
+
+
+def trained_frames(config: dict) -> dict | None:
+    """What a policy saw in training (a checkpoint's config.json, read_checkpoint_config): {height, width, frames,
+    frame_skip: its inputs.* settings, fps: the data's rate (None: no rate, e.g. synthetic videos, or unknown),
+    where: the config.json keys it was read from}. The train rule records it (provenance.trained_frames); a
+    checkpoint trained here before it did gives it from the training features' settings it recorded
+    (provenance.train_features.data.inputs; fps for demonstrations made here). None: a checkpoint that records
+    neither (trained elsewhere, or format v1)."""
+    provenance = config.get("provenance") if isinstance(config.get("provenance"), dict) else {}
+    if isinstance(provenance.get("trained_frames"), dict):
+        return {**provenance["trained_frames"], "where": "provenance.trained_frames"}
+    features = provenance.get("train_features")
+    inputs = (features.get("data") or {}).get("inputs") if isinstance(features, dict) else None
+    if not isinstance(inputs, dict) or not {"height", "width"} <= set(inputs):
+        return None
+    demos = inputs.get("demos") if isinstance(inputs.get("demos"), dict) else {}
+    return {**{k: inputs[k] for k in FRAME_KEYS if k in inputs}, "fps": demos.get("fps"),
+            "where": "provenance.train_features.data.inputs"}
+
+
 def checkpoint_backbone(folder) -> dict:
     """The backbone a checkpoint was trained on, as a backbone spec (config.backbone_spec's form)."""
     config = read_checkpoint_config(folder)

@@ -183,6 +183,28 @@ def backbone_reference(backbone: dict, manifest: dict) -> dict:
     return reference
 
 
+def trained_frames(settings: dict, manifest: dict) -> dict | None:
+    """What the policy sees in training, recorded in its checkpoint (checkpoints.trained_frames reads it back, and
+    the closed loop refuses a rollout that shows it other frames): the frame size, count and spacing of its inputs
+    (settings['train_features']: the training features' settings) and the data's rate: the demonstrations' sim.fps,
+    or a LeRobot dataset's info.json fps (None: the data has no rate, e.g. synthetic videos or a video folder)."""
+    from mimic_redundancy.model.checkpoints import FRAME_KEYS
+
+    inputs = ((settings.get("train_features") or {}).get("data") or {}).get("inputs")
+    if not inputs:
+        return None
+    fps = None
+    if inputs.get("source") == "demos":
+        fps = inputs["demos"]["fps"]
+    elif inputs.get("source") == "lerobot":
+        from mimic_redundancy.core.hub import local_snapshot
+        from mimic_redundancy.data.lerobot import read_layout
+
+        entry = next(e for e in manifest["repos"] if e["role"] == "dataset")
+        fps = read_layout(local_snapshot(entry, manifest.get("preset", "<preset>"))).info.get("fps")
+    return {**{k: inputs[k] for k in FRAME_KEYS if k in inputs}, "fps": fps, "source": inputs.get("source")}
+
+
 @torch.no_grad()
 def verify_round_trip(net, checks, folder, settings: dict, reference: dict, manifest: dict, device) -> dict:
     """Save the head-only checkpoint, load it back, and require bit-identical weights and sampled actions."""
@@ -195,6 +217,7 @@ def verify_round_trip(net, checks, folder, settings: dict, reference: dict, mani
                   for e in manifest.get("repos", [])]
     save_checkpoint(net, folder, reference, {"trained_from": settings["model"], "hub_inputs": hub_inputs,
                                              "train_features": settings.get("train_features"),
+                                             "trained_frames": trained_frames(settings, manifest),
                                              "train": {k: settings[k] for k in ("steps", "batch_size", "lr", "seed",
                                                                                  "draws")},
                                              "config_digest": digest, "versions": library_versions()})

@@ -56,8 +56,32 @@ def _describe(error) -> str:
 
         meant = branches[max(branches, key=lambda index: (known_keys(index), -len(branches[index])))]
         return "\n  ".join(_describe(e) for e in sorted(meant, key=lambda e: (list(e.absolute_path), e.message)))
+    if error.validator == "oneOf" and error.context:
+        # e.g. inputs.episodes: 'all' or a list; the alternative of the value's own kind (no const, enum or type
+        # failure at the key itself) says what is wrong with it, instead of "not valid under any of the given schemas"
+        branches = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        own_kind = [subs for subs in branches.values()
+                    if not any(not e.relative_path and e.validator in ("const", "enum", "type") for e in subs)]
+        if len(own_kind) == 1:
+            hint = error.schema.get("description")
+            return "\n  ".join(_describe(e) + (f" (expected: {hint})" if hint and not e.schema.get("description")
+                                               else "")
+                               for e in sorted(own_kind[0], key=lambda e: (list(e.absolute_path), e.message)))
     key = _key(error.absolute_path)
     schema = error.schema
+    if error.validator == "uniqueItems":
+        repeated = list(dict.fromkeys(repr(v) for i, v in enumerate(error.instance) if v in error.instance[:i]))
+        return (f"config key '{key}': {error.message}: {', '.join(repeated)} listed more than once; allowed: each "
+                "value once" + (f" (expected: {schema['description']})" if schema.get("description") else ""))
+    written = _yaml_number(error.instance, "integer" in str(error.validator_value)) \
+        if error.validator == "type" and isinstance(error.instance, str) else None
+    if written is not None:  # PyYAML reads 1.0e9 and 1e-3 as strings: YAML 1.1 floats need '.' and a signed exponent
+        hint = schema.get("description")
+        return (f"config key '{key}': {error.message}: YAML 1.1 (PyYAML, which reads the config) takes "
+                f"{error.instance} for text (a number in exponent form needs a decimal point and a signed exponent); "
+                f"write {written}" + (f" (expected: {hint})" if hint else ""))
     if error.validator == "additionalProperties":
         allowed = ", ".join(sorted(schema.get("properties", {}))) or "(names of your choice)"
         moved = [f"'{key}.{name}' is now '{MOVED[f'{key}.{name}']}'" for name in error.instance
@@ -70,6 +94,19 @@ def _describe(error) -> str:
     if error.validator == "enum":
         hint = "one of " + ", ".join(map(str, schema["enum"]))
     return f"config key '{key}': {error.message}" + (f" (expected: {hint})" if hint else "")
+
+
+def _yaml_number(text: str, integer: bool = False) -> str | None:
+    """How to write a number that YAML 1.1 read as text ('1.0e9' -> '1.0e+9'; for an integer key, '1e3' -> '1000'),
+    or None if `text` is no number in exponent form."""
+    match = re.fullmatch(r"([-+]?)(\d+)(?:\.(\d*))?[eE]([-+]?)(\d+)", text.strip())
+    if not match:
+        return None
+    sign, whole, fraction, exponent_sign, exponent = match.groups()
+    value = float(text)
+    if integer and value.is_integer() and abs(value) < 2 ** 63:
+        return str(int(value))
+    return f"{sign}{whole}.{fraction or '0'}e{exponent_sign or '+'}{exponent}"
 
 
 def _schema() -> dict:
@@ -277,10 +314,15 @@ def _closed_loop_problems(config: dict) -> list[str]:
                             f"from 1 to {steps} (every rule is a schedule of at most probe.steps head evaluations)")
     from mimic_redundancy.model.rules import check_rule_params
 
+    keyed = lambda messages: [f"config key '{m.replace(': ', chr(39) + ': ', 1)}" for m in messages]  # 'key': why
     for tau in rollout["probeflow"]:
-        problems += check_rule_params("probeflow", {"cos_threshold": tau}, "config key 'rollout.probeflow'")
+        problems += keyed(check_rule_params("probeflow", {"cos_threshold": tau}, "rollout.probeflow"))
     for i, jump in enumerate(rollout["dense_jump"]):
-        problems += check_rule_params("dense_jump", jump, f"config key 'rollout.dense_jump[{i}]'")
+        problems += keyed(check_rule_params("dense_jump", jump, f"rollout.dense_jump[{i}]"))
+    others = [k for k in rollout["also_against"] if k not in rollout["steps"] or k == reference_k(config)]
+    if others:
+        problems.append(f"config key 'rollout.also_against': {others} are not other rolled-out K's; allowed: K's of "
+                        f"rollout.steps {sorted(rollout['steps'])} besides the reference K={reference_k(config)}")
     reference = reference_k(config)
     if reference not in rollout["steps"]:
         problems.append(f"config key 'rollout.reference': K={reference} is not rolled out; allowed: one of "
@@ -303,16 +345,22 @@ def _closed_loop_problems(config: dict) -> list[str]:
         sim = simulator(sim_config["backend"])
     except (ModuleNotFoundError, ValueError) as error:  # not installed, or MUJOCO_GL unusable
         return problems + [f"config key 'inputs.source': demos needs the simulator: {error}"]
-    checks = [(sim.check_task, task) for task in sim_config["tasks"]] + [(sim.check_camera, sim_config["camera"])]
-    checks += [(lambda pair: sim.prompt_of(*pair), item) for item in sim_config["tasks"].items()]
-    checks += [(lambda name: sim.check_set(name, config["sets"][name]), name) for name in SETS]
-    for check, value in checks:
+    # per task its checks in turn, the first failure alone: an unknown task fails check_task, prompt_of and
+    # check_expert alike, and was listed once per check
+    expert = getattr(sim, "check_expert", None) if demos else None  # LIBERO's expert solves some tasks only
+    task_checks = [sim.check_task, lambda task: sim.prompt_of(task, sim_config["tasks"][task])] + \
+        ([expert] if expert else [])
+    checks = [(task_checks, task) for task in sim_config["tasks"]] + [([sim.check_camera], sim_config["camera"])]
+    checks += [([lambda name: sim.check_set(name, config["sets"][name])], name) for name in SETS]
+    for in_turn, value in checks:
         try:
-            check(value)
+            for check in in_turn:
+                check(value)
         except SimError as error:
             problems.append(str(error))
     if problems:
         return problems
+    problems += camera_problems(config["inputs"]["camera"], sim_config["backend"], sim_config["camera"])
     problems += set_overlaps(config["sets"], sim.layout_key)
     for task in sim_config["tasks"]:
         limit = sim.step_limit(task)
@@ -324,7 +372,69 @@ def _closed_loop_problems(config: dict) -> list[str]:
     if rollout["execute_steps"] > rollout["max_steps"]:
         problems.append(f"config key 'rollout.execute_steps': {rollout['execute_steps']} exceeds rollout.max_steps "
                         f"({rollout['max_steps']}); allowed: 1 to {rollout['max_steps']}")
+    for preset in rollout_presets(config):
+        chunk, where = rollout_chunk(config, preset)
+        if chunk is not None and rollout["execute_steps"] > chunk:
+            problems.append(f"config key 'rollout.execute_steps': {rollout['execute_steps']} exceeds the action chunk "
+                            f"of preset '{preset}' ({chunk}, {where}); allowed: 1 to {chunk} (a decision executes "
+                            "actions of the one chunk it samples)")
+    if sharded(config):
+        problems += rollout_shard_problems(config)
     return problems
+
+
+def camera_problems(camera: str, backend: str, sim_camera: str) -> list[str]:
+    """inputs.camera against the simulator's: the env renders sim.camera, which the backend's datasets store under
+    one key (sim/backends.py); the policy must have been trained on that key ('auto' picks it)."""
+    from mimic_redundancy.sim.backends import CONVENTIONS
+
+    key = CONVENTIONS[backend].camera_key(sim_camera)
+    if camera in ("auto", key):
+        return []
+    return [f"config key 'inputs.camera': the policy is trained on {camera!r}, but sim.camera {sim_camera!r} is "
+            f"{key!r} in {backend}'s datasets; allowed: auto or {key} (or set sim.camera to the camera the policy "
+            "sees)"]
+
+
+LIBRARY_CHUNK_LEN = 32  # MimicVideo's action_chunk_len default (model/model.LIBRARY_DIMS; torch-free here)
+
+
+def rollout_chunk(config: dict, preset: str) -> tuple[int | None, str]:
+    """The action chunk a rollout preset's policies sample and where it is set: the source preset's chunk_len (a
+    checkpoint trained here), else the checkpoint's config.json (None while it does not exist: the job checks)."""
+    from mimic_redundancy.model.checkpoints import CheckpointError, read_checkpoint_config
+
+    source = trained_from(config, preset)
+    if source:
+        chunk = config["presets"][source].get("chunk_len")
+        return (chunk, f"presets.{source}.chunk_len") if chunk else (LIBRARY_CHUNK_LEN, f"presets.{source} sets no "
+                                                                     "chunk_len: mimic-video's default")
+    folder = config["presets"][preset]["checkpoint"]
+    try:
+        args = read_checkpoint_config(folder)["mimic_video"]
+    except CheckpointError:
+        return None, folder
+    return args.get("action_chunk_len", LIBRARY_CHUNK_LEN), f"{folder}/config.json"
+
+
+def rollout_shard_problems(config: dict) -> list[str]:
+    """`shards` against the rollout's batches: each rollout shard runs whole batches (rollout.batch_size episodes of
+    one task: a sample's last bits depend on its batch), so there are at most tasks x ceil(layouts / batch_size)."""
+    rollout, shards = config["rollout"], config["shards"]
+    from mimic_redundancy.sim.common import set_layouts
+
+    layouts, tasks = len(set_layouts(config["sets"][rollout["set"]])), len(config["sim"]["tasks"])
+    per_task = lambda size: -(-layouts // size)
+    batches = tasks * per_task(rollout["batch_size"])
+    if shards <= batches:
+        return []
+    fitting = [size for size in range(1, rollout["batch_size"]) if tasks * per_task(size) >= shards]
+    per = per_task(rollout["batch_size"])
+    return [f"config key 'shards': {shards} shards, but the rollout makes {batches} batch{'es' * (batches > 1)} "
+            f"({tasks} task{'s' * (tasks > 1)} x {per} batch{'es' * (per > 1)} of at most rollout.batch_size "
+            f"{rollout['batch_size']} of the {layouts} layouts of sets.{rollout['set']}); allowed: shards up to "
+            f"{batches}" + (f", or a rollout.batch_size of at most {max(fitting)}" if fitting else "")
+            + " (each rollout shard runs whole batches)"]
 
 
 def shard_problems(shards: int, total: int, batch_size: int) -> list[str]:
@@ -374,6 +484,24 @@ def shard_rows(shard: str | None, total: int, batch_size: int = 1, allow_empty: 
     batches = -(-total // batch_size)
     first, last = (i - 1) * batches // n, i * batches // n
     return range(first * batch_size, min(last * batch_size, total))
+
+
+def read_only_problem(folder: str = "results") -> str | None:
+    """Why no job can write under the results folder (None: it can, or it does not exist yet): the folder, or a folder
+    in it, that this user cannot write (permissions, or a read-only mount). Snakemake itself says it only when a job
+    is about to run (ProtectedOutputException: 'Write-protected output files'), after the jobs before it ran."""
+    import os
+
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    locked = [str(p) for p in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if not os.access(p, os.W_OK)]
+    if not locked:
+        return None
+    shown = ", ".join(f"{p}/" for p in locked[:5]) + (" ..." if len(locked) > 5 else "")
+    return (f"{folder}/ is read-only: this user cannot write {shown}, so no job could write its outputs; make it "
+            f"writable (chmod -R u+w {folder}, or mount it read-write), or run the workflow in a copy of this folder "
+            "that you can write")
 
 
 def default_config() -> dict:
@@ -497,7 +625,8 @@ def rollout_settings(config: dict, preset: str, seed: int | None = None) -> dict
     return {"model": model, "policy": seed, "backbone": backbone_spec(config, preset), "inputs": inputs,
             "demos": demos_settings(config), "probe_steps": config["probe"]["steps"], "episodes": episodes,
             "rollout": {k: v for k, v in rollout.items()
-                        if k not in ("margin", "alpha", "bootstrap", "reference", "videos", "set", "nearest_demo_subsets")},
+                        if k not in ("margin", "alpha", "bootstrap", "reference", "also_against", "videos", "set",
+                             "nearest_demo_subsets")},
             "numerics": numerics_settings(config), "device": config["device"]}
 
 
@@ -507,10 +636,11 @@ def nearest_demo_settings(config: dict, name: str) -> dict:
             "max_steps": config["rollout"]["max_steps"], "subsets": sorted(config["rollout"]["nearest_demo_subsets"])}
 
 
-def rollout_metrics_settings(config: dict) -> dict:
-    """The answers: the pre-specified decision (margin, alpha, the reference) and the bootstrap's resamples."""
+def rollout_metrics_settings(config: dict, reference: int | None = None) -> dict:
+    """The answers: the pre-specified decision (margin, alpha, the reference: rollout.reference, or one of
+    rollout.also_against) and the bootstrap's resamples."""
     rollout = config["rollout"]
-    return {"margin": rollout["margin"], "alpha": rollout["alpha"], "reference": reference_k(config),
+    return {"margin": rollout["margin"], "alpha": rollout["alpha"], "reference": reference or reference_k(config),
             "bootstrap": rollout["bootstrap"], "steps": sorted(rollout["steps"])}
 
 

@@ -41,25 +41,29 @@ def demos(settings: dict, dataset_dir, summary_path) -> None:
 
 def check_dataset(dataset_dir, settings: dict) -> tuple[int, int]:
     """The dataset the policy learned from must hold what the env will show it, in the backend's conventions
-    (sim/backends.py): the camera sim.camera stands for, the state and action sizes, the fps; else stop, naming
-    both. Returns the frame size the dataset stores (the env renders at it; the policy resizes as training did)."""
-    from mimic_redundancy.data.lerobot import read_layout
+    (sim/backends.py): the camera sim.camera stands for, its frame size in info.json the same as its videos', the
+    state and action sizes, the fps; else stop, naming both. Returns the frame size the dataset stores (the env
+    renders at it; the policy resizes as training did)."""
+    from mimic_redundancy.data.lerobot import check_video_shape, demos_command, read_layout
     from mimic_redundancy.data.readers import DataError
+    from mimic_redundancy.pipeline.config import DEMOS_DATASET, camera_problems
     from mimic_redundancy.sim.backends import CONVENTIONS
 
+    # the demos stage's dataset (the rule passes config.DEMOS_DATASET), else a Hub snapshot: its fixes differ
+    source = "demos" if Path(dataset_dir).as_posix().rstrip("/").endswith(DEMOS_DATASET) else "lerobot"
     info_path = Path(dataset_dir) / "meta/info.json"
-    layout = read_layout(Path(dataset_dir))
+    layout = read_layout(Path(dataset_dir), source)
     demos, inputs = settings["demos"], settings["inputs"]
     conventions = CONVENTIONS[demos["backend"]]
     key = conventions.camera_key(demos["camera"])
-    if inputs["camera"] not in ("auto", key):
-        raise DataError(f"config key 'inputs.camera': the policy was trained on {inputs['camera']!r}, but sim.camera "
-                        f"{demos['camera']!r} is {key!r} in {demos['backend']}'s datasets; train on {key!r} or "
-                        f"render the camera the policy saw")
+    for problem in camera_problems(inputs["camera"], demos["backend"], demos["camera"]):  # config validation's
+        raise DataError(problem)
+    remake = f"rerun the demos rule: {demos_command()}" if source == "demos" else "train the policy on a dataset " \
+        "that holds it"
     feature = layout.features.get(key)
     if feature is None:
         raise DataError(f"{info_path}: no camera {key!r} (config key 'sim.camera' is {demos['camera']!r}); its "
-                        f"cameras: {layout.cameras()}; rerun the demos rule with the camera the policy sees")
+                        f"cameras: {layout.cameras()}; set sim.camera to the camera the policy saw, or {remake}")
     sizes = {name: list(layout.features.get(inputs[k], {}).get("shape", [None]))[:1]
              for name, k in (("state", "state_key"), ("action", "action_key"))}
     wanted = {"state": [len(conventions.state_names)] if inputs["state_key"] == "observation.state" else None,
@@ -69,18 +73,50 @@ def check_dataset(dataset_dir, settings: dict) -> tuple[int, int]:
             raise DataError(f"{info_path}: {inputs[name + '_key']!r} ({name}) has size {size[0]}, but "
                             f"{demos['backend']}'s env gives {wanted[name][0]} (config key 'inputs.{name}_key'); "
                             f"train the policy on a dataset in {demos['backend']}'s conventions")
-    shape = list(feature.get("shape", []))[:2]
     if layout.info.get("fps") != demos["fps"]:
         raise DataError(f"{info_path}: the demonstrations are at {layout.info.get('fps')} fps, but the closed loop "
-                        f"steps at {demos['fps']} fps (sim.fps); rerun the demos rule and train with the same settings")
+                        f"steps at {demos['fps']} fps (sim.fps); " + (
+                            f"rerun the demos rule and train with the same settings: {demos_command()}"
+                            if source == "demos" else f"set sim.fps: {layout.info.get('fps')}, the dataset's"))
+    check_video_shape(layout, key, source)  # the env renders at info.json's size: it must be the videos'
+    shape = list(feature.get("shape", []))[:2]
     return int(shape[0]), int(shape[1])
 
 
+def _check_trained_frames(settings: dict) -> None:
+    """The frames the rollout shows the policy (inputs.height, width, frames, frame_skip; the rate sim.fps) against
+    those it was trained on, as its checkpoint records them (checkpoints.trained_frames): a policy fed frames of
+    another size or rate runs every episode without a word, so any difference stops the rollout, naming both."""
+    from mimic_redundancy.model.checkpoints import FRAME_KEYS, read_checkpoint_config, trained_frames
+    from mimic_redundancy.model.model import DimensionError
+
+    folder = settings["model"].get("checkpoint")
+    if folder is None:  # a head built from settings (random weights): it was trained on nothing
+        return
+    trained = trained_frames(read_checkpoint_config(folder))
+    if trained is None:
+        log.warning("%s/config.json records no training frames (a checkpoint trained elsewhere, or format v1): "
+                    "inputs.height, width, frames, frame_skip and sim.fps are not compared with its training", folder)
+        return
+    shown = {**{f"inputs.{k}": settings["inputs"][k] for k in FRAME_KEYS}, "sim.fps": settings["demos"]["fps"]}
+    was = {**{f"inputs.{k}": trained[k] for k in FRAME_KEYS if k in trained},
+           **({"sim.fps": trained["fps"]} if trained.get("fps") is not None else {})}
+    differ = [key for key in shown if key in was and was[key] != shown[key]]
+    if differ:
+        raise DimensionError(f"{folder}/config.json ({trained['where']}): the policy was trained with "
+                             + ", ".join(f"{key} {was[key]}" for key in differ) + ", but this rollout shows it "
+                             + ", ".join(f"{key} {shown[key]}" for key in differ) + "; set "
+                             + ", ".join(f"{key}: {was[key]}" for key in differ)
+                             + " (the policy's), or train a policy with these settings")
+
+
 def _policy(settings: dict, device, sim):
-    """The trained head and the backbone it was trained on, checked against the simulator's dimensions."""
+    """The trained head and the backbone it was trained on, checked against the simulator's dimensions and the
+    frames it was trained on (before anything is built)."""
     from mimic_redundancy.model.model import DimensionError, build_backbone, build_head, net_dims, resolve_dims
     from mimic_redundancy.sim.policy import STATE_KEYS, Policy
 
+    _check_trained_frames(settings)
     inputs, backend = settings["inputs"], settings["demos"]["backend"]
     states = {"observation.state": sim.STATE_DIM}
     if hasattr(sim, "ENV_STATE_DIM"):
@@ -88,22 +124,38 @@ def _policy(settings: dict, device, sim):
     if inputs["state_key"] not in states:
         raise DimensionError(f"config key 'inputs.state_key': {inputs['state_key']!r} is no state {backend} gives; "
                              f"allowed: {', '.join(k for k in STATE_KEYS if k in states)}")
-    wrapper = build_backbone(settings["backbone"], device)
-    net = build_head(settings["model"], device, resolve_dims(settings["model"], {}), wrapper.dim_latent,
-                     wrapper.head_rng_state)
-    dims = net_dims(net)
+    # the head's dimensions as its checkpoint (or preset) fixes them, checked before the backbone is built
+    dims = resolve_dims(settings["model"], {})
     state = states[inputs["state_key"]]
     where = settings["model"].get("checkpoint", f"preset {settings['model']['preset']}")
     if dims["action_dim"] != sim.ACTION_DIM or dims["joint_dim"] != state:
         raise DimensionError(f"{where}: the policy acts in {dims['action_dim']} dimensions from a {dims['joint_dim']}-dim "
                              f"state, but {backend}'s actions have {sim.ACTION_DIM} and its {inputs['state_key']} "
                              f"(inputs.state_key) {state}; train the checkpoint on these demonstrations")
+    wrapper = build_backbone(settings["backbone"], device)
+    net = build_head(settings["model"], device, dims, wrapper.dim_latent, wrapper.head_rng_state)
+    if net_dims(net) != dims:  # what was built is what was checked
+        raise DimensionError(f"{where}: the head built has dimensions {net_dims(net)}, but its settings say {dims}")
     return Policy(net, wrapper, device, inputs)
 
 
 def calibrated_eps(early_stop_path) -> float | None:
-    """The clean-change threshold early_stop.json calibrated on the demo windows (None: none reached the target)."""
-    return json.loads(Path(early_stop_path).read_text())["calibrated"]["clean_change"]["param"]
+    """The clean-change threshold early_stop.json calibrated on the demo windows (None: none reached the target). A
+    damaged file, or one without the threshold, is named with the command that rebuilds it."""
+    import math
+
+    from mimic_redundancy.core.io import input_error, read_json
+
+    summary = read_json(early_stop_path)
+    try:
+        eps = summary["calibrated"]["clean_change"]["param"]
+    except (KeyError, TypeError):
+        raise input_error(early_stop_path, "has no calibrated.clean_change.param (the clean-change threshold the "
+                                           "early_stop rule calibrates; null when none reached the target)") from None
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps)
+                            or eps <= 0):
+        raise input_error(early_stop_path, f"calibrated.clean_change.param is {eps!r}, not a positive number or null")
+    return eps
 
 
 def policy_dataset(dataset) -> Path:

@@ -157,6 +157,7 @@ def rollout_tables(run: dict, open_loop: dict, settings: dict, nearest: dict | N
                          f"{names}; allowed: one of rollout.steps")
     policies = [int(p) for p in run["policy"]]
     episode_set = str(run["episode_set"])
+    cost = {str(c): i for i, c in enumerate(run["costs"])}  # cost name -> its column of seconds
     rows, decisions, per_task_rates = [], {}, {}
     tasks = list(dict.fromkeys(run["task"].tolist()))
     for t, task in enumerate(tasks):
@@ -177,6 +178,10 @@ def rollout_tables(run: dict, open_loop: dict, settings: dict, nearest: dict | N
                    "decisions_mean": float((nfe >= 0).sum(-1).mean()),
                    "steps_mean": float(run["steps"][:, r][:, mine].mean()), "reference": names[ref],
                    **compare(success[:, r], reference, draws, margin)}
+            made = max(float((nfe >= 0).sum()), 1.0)  # decisions this rule made, over policies and episodes
+            seconds = run["seconds"][:, r][:, mine]
+            row.update(head_ms_per_decision=1000 * float(seconds[..., cost["head"]].sum()) / made,
+                       backbone_ms_per_decision=1000 * float(seconds[..., cost["backbone"]].sum()) / made)
             mse = open_loop.get((str(kinds[r]), float(params[r])), {})
             row.update(open_loop_mse_vs_final=_finite(mse.get("mse_vs_final")),
                        open_loop_mse_vs_gt=_finite(mse.get("mse_vs_gt")),
@@ -318,6 +323,7 @@ def _decide(rows: list[dict], ref_name: str, margin: float, alpha: float, polici
                                             "ni_p_holm", "diff_p_holm", "verdict")}
                          for r in candidates if r["kind"] in ("fixed_step_xt", "fixed_step_clean", "fixed_k")
                          and r["param"] == 40]
+    out["pareto"] = pareto(rows)
     baseline = next((r for r in rows if r["role"] == "baseline"), None)
     if baseline is not None:
         out["nearest_demo"] = {"success_rate": baseline["success_rate"], "ci_low": baseline["ci_low"],
@@ -336,6 +342,31 @@ def _decide(rows: list[dict], ref_name: str, margin: float, alpha: float, polici
                                            "reads": "not computed: fewer than 3 rules with an open-loop MSE, or one "
                                                     "success rate for all: nothing to rank"}
     return out
+
+
+def frontier(rows: list[dict], cost: str) -> list[str]:
+    """The rules no other rule beats on both success and `cost` (lower is better): the Pareto frontier, cheapest
+    first. A rule that ties another on both stays."""
+    out = []
+    for r in sorted(rows, key=lambda r: (r[cost], -r["success_rate"])):
+        if not out or r["success_rate"] > max(q["success_rate"] for q in rows if q["rule"] in out):
+            out.append(r["rule"])
+    return out
+
+
+def pareto(rows: list[dict]) -> dict:
+    """Success against compute on one task: the frontier by NFE per decision and by measured head milliseconds per
+    decision, and the backbone's share of a decision's model time at the reference (what cutting head evaluations
+    can save at most is the rest)."""
+    rules = [r for r in rows if r["role"] != "baseline"]
+    reference = next(r for r in rules if r["role"] == "reference")
+    model_ms = reference["head_ms_per_decision"] + reference["backbone_ms_per_decision"]
+    return {"frontier_nfe": frontier(rules, "nfe_per_decision"), "frontier_head_ms": frontier(rules, "head_ms_per_decision"),
+            "reference_head_ms_per_decision": reference["head_ms_per_decision"],
+            "reference_backbone_ms_per_decision": reference["backbone_ms_per_decision"],
+            "backbone_share_of_model_time": reference["backbone_ms_per_decision"] / model_ms if model_ms else None,
+            "note": "head and backbone milliseconds per decision as the rollout measured them (batched calls split "
+                    "evenly over their episodes), on this machine's CPU; a GPU changes both"}
 
 
 def across_tasks(rates: dict[str, dict[str, np.ndarray]], names: list[str], reference: str) -> dict:
@@ -434,20 +465,39 @@ RULE_STYLE = {  # kind -> marker, colour, label, x shift (rules at one NFE are s
     "probeflow": ("v", "C4", "ProbeFlow", 1.05), "dense_jump": ("P", "C5", "Dense-Jump", 0.95)}
 
 
+# the columns of rollout.csv and the keys of rollout.json that plot_rollout reads (besides successes_seed_<policy>)
+FIGURE_COLUMNS = ("task", "role", "rule", "kind", "episodes", "policies", "nfe_per_decision", "success_rate", "ci_low",
+                  "ci_high", "diff_vs_reference", "diff_ci_low", "diff_ci_high", "shown_non_inferior",
+                  "open_loop_mse_vs_gt")
+FIGURE_SUMMARY_KEYS = ("policies", "episode_set", "margin", "reference", "alpha", "preset", "tasks")
+
+
 def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
     """Per task, three panels: success against NFE per decision (pooled over policies with its 95% interval, each
     policy's rate as a small dot, the nearest-demo replay as a grey band), the paired difference to the reference
     (95% interval, the margin; filled: shown non-inferior after Holm), and open-loop MSE against success. Drawn at the
     report's width (plots.REPORT_WIDTH_PX) with the shared fonts; the set, policies and episodes in every title."""
-    import json
-
     import matplotlib.pyplot as plt
 
+    from mimic_redundancy.core.io import input_error, read_json
     from mimic_redundancy.report import plots
 
-    with open(table_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    summary = json.loads(open(summary_path).read())
+    # what the figure reads, checked first: a table or summary from another version (or edited) is named with the
+    # command that rebuilds it, instead of a KeyError halfway through the drawing
+    summary = read_json(summary_path)
+    missing = [k for k in FIGURE_SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise input_error(summary_path, f"lacks the keys {missing} the figure reads")
+    try:
+        with open(table_path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise input_error(table_path, "no such file") from None
+    missing = [c for c in (*FIGURE_COLUMNS, *(f"successes_seed_{p}" for p in summary["policies"])) if c not in columns]
+    if missing or not rows:
+        raise input_error(table_path, f"lacks the columns {missing} the figure draws (it has {columns})" if missing
+                          else "holds no rows")
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     seeds = [int(p) for p in summary["policies"]]
     f = lambda r, k: float(r[k])
@@ -511,6 +561,63 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
                      f"and rule\n(train seeds {seeds}; margin {summary['margin']:.0%}, one-sided alpha "
                      f"{summary['alpha']:g}, Holm over each task's rules)", fontsize=8)
         fig.tight_layout(rect=(0, 0.15 / (len(tasks) + 0.7), 1, 1))  # the legend's rows below
+        for path, fmt in [(png, "png"), (svg, "svg")]:
+            fig.savefig(path, format=fmt, dpi=style["dpi"])
+        plt.close(fig)
+
+
+def plot_pareto(table_path, summary_path, png, svg, style: dict) -> None:
+    """Success against compute, per task: against NFE per decision and against measured head milliseconds per
+    decision; every rule (95% interval across policies and episodes), the frontier as a line, the reference as a star,
+    the nearest-demo replay as a grey band; the backbone's share of a decision's model time in the title (what
+    cutting head evaluations cannot save)."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from mimic_redundancy.report import plots
+
+    with open(table_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = json.loads(open(summary_path).read())
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    f = lambda r, k: float(r[k])
+    with plt.rc_context(plots.FONTS):
+        fig, axes = plt.subplots(len(tasks), 2, squeeze=False,
+                                 figsize=(style["width"], style["height"] * plots.ROW_HEIGHT * max(len(tasks), 1.4)))
+        for row_axes, task in zip(axes, tasks):
+            mine = [r for r in rows if r["task"] == task and r["role"] != "baseline"]
+            baseline = next((r for r in rows if r["task"] == task and r["role"] == "baseline"), None)
+            answer = summary["tasks"][task]["pareto"]
+            for ax, cost, front, label in [(row_axes[0], "nfe_per_decision", answer["frontier_nfe"], "NFE per decision"),
+                                           (row_axes[1], "head_ms_per_decision", answer["frontier_head_ms"],
+                                            "head ms per decision (measured)")]:
+                if baseline is not None:
+                    ax.axhspan(f(baseline, "ci_low"), f(baseline, "ci_high"), color="0.88", zorder=0)
+                    ax.axhline(f(baseline, "success_rate"), color="0.5", lw=1, label=NEAREST)
+                for r in mine:
+                    marker, colour, _, _ = RULE_STYLE.get(r["kind"], ("o", "k", "", 1.0))
+                    y = f(r, "success_rate")
+                    ax.errorbar([f(r, cost)], [y], yerr=[[y - f(r, "ci_low")], [f(r, "ci_high") - y]],
+                                marker="*" if r["role"] == "reference" else marker, markersize=9 if r["role"] ==
+                                "reference" else 4, color=colour, capsize=2, linestyle="none")
+                on = sorted((r for r in mine if r["rule"] in front), key=lambda r: f(r, cost))
+                ax.plot([f(r, cost) for r in on], [f(r, "success_rate") for r in on], color="k", lw=0.8,
+                        label="frontier")
+                plots._log(ax, "x")
+                ax.set_ylim(-0.05, 1.05)
+                ax.set_xlabel(label)
+                ax.set_ylabel("success rate")
+            share = answer["backbone_share_of_model_time"]
+            row_axes[0].set_title(f"{task.removesuffix('-v3')}: success vs NFE")
+            row_axes[1].set_title("success vs head time" + (f"\n(backbone {share:.0%} of a decision's model time)"
+                                                            if share is not None else ""))
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+        counts = f"{summary['n_policies']} policies x {summary['n_episodes'] // max(len(tasks), 1)} {summary['episode_set']} episodes"
+        fig.suptitle(f"success against compute, preset {summary['preset']}: {counts} per rule, 95% CI, reference "
+                     f"{summary['reference']} (star)", fontsize=8)
+        fig.tight_layout(rect=(0, 0.08 / (len(tasks) + 0.7), 1, 1))
         for path, fmt in [(png, "png"), (svg, "svg")]:
             fig.savefig(path, format=fmt, dpi=style["dpi"])
         plt.close(fig)
