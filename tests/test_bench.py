@@ -90,7 +90,8 @@ def test_shard_benchmark_reads_every_jobs_peak_memory_from_its_log(tmp_path):
 
 @pytest.mark.slow
 def test_rollout_throughput_counts_every_step_of_both_sides():
-    pytest.importorskip("metaworld")  # the closed loop: pip install -e '.[sim]'
+    # the closed loop (pip install -e '.[sim]'); our module first: it sets MUJOCO_GL=egl before mujoco is imported
+    pytest.importorskip("mimic_redundancy.sim.metaworld_env", exc_type=ModuleNotFoundError)
     from mimic_redundancy.tools.bench import markdown, rollout_throughput
 
     results = rollout_throughput(repeats=1, episodes=2, max_steps=8, ks=(1, 2))
@@ -119,6 +120,31 @@ def test_without_the_simulator_the_rollout_entry_is_skipped_saying_what_to_insta
     entries, skipped = plan(settings(parse_args([])), tmp_path)
     assert "rollout_throughput" not in [name for name, _ in entries]
     assert "pip install -e '.[sim]'" in skipped["rollout_throughput"]
+
+
+def test_the_bench_times_snakemake_without_waiting_for_a_slurm_controller_that_does_not_answer(tmp_path, monkeypatch):
+    """Every snakemake command imports the Slurm executor plugin, which runs `scontrol show config` (10 s timeout):
+    where the Slurm client is installed but no controller answers, a no-op took ~10.5 s instead of ~1.5 s. The bench
+    sees that (slurm_probe) and runs its Snakemake commands with an scontrol that fails at once; where a controller
+    answers (or there is no scontrol), with the environment as it is."""
+    import os
+    import shutil
+
+    from mimic_redundancy.tools.bench import slurm_probe, workflow_env
+
+    hanging = tmp_path / "hanging"
+    hanging.mkdir()
+    (hanging / "scontrol").write_text("#!/bin/sh\nexec sleep 30\n")  # exec: the timeout kills the sleep
+    (hanging / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{hanging}{os.pathsep}{os.environ['PATH']}")
+    probe = slurm_probe(timeout=0.5)
+    assert probe["scontrol"] == str(hanging / "scontrol") and probe["answered"] is False
+    env, how = workflow_env(probe, tmp_path / "bin")
+    assert "scontrol stubbed" in how and shutil.which("scontrol", path=env["PATH"]) == str(tmp_path / "bin/scontrol")
+    assert subprocess.run(["scontrol", "show", "config"], env=env, timeout=10).returncode == 1
+    assert workflow_env({"scontrol": "/usr/bin/scontrol", "answered": True, "seconds": 0.01}, tmp_path / "x") == \
+        (None, "as is") and not (tmp_path / "x").exists()
+    assert workflow_env({"scontrol": None, "answered": None, "seconds": 0.0}, tmp_path / "x") == (None, "as is")
 
 
 def _summary(out):

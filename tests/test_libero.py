@@ -138,6 +138,46 @@ def test_idle_fails(env1):
     assert not any(env1.step(np.array(NOOP), render=False)[1] for _ in range(30))
 
 
+@pytest.mark.slow  # LIBERO episodes: seconds each (make test-fast leaves them out)
+def test_a_reset_reusing_the_scene_repeats_robosuites_own_hard_reset_bit_for_bit(monkeypatch):
+    """reset() compiles the scene once per process and shares its GL context (REUSE_SCENES); an episode after another
+    episode in the same env, and one in a second env of the task, equal the episode of an env that robosuite built and
+    hard-reset itself (REUSE_SCENES off): every frame rendered, state and flattened MuJoCo state, bit for bit."""
+    actions, other = (np.random.default_rng(seed).uniform(-1, 1, (12, 7)).astype(np.float32) for seed in (3, 4))
+
+    def episode(env, actions):
+        rows = [(env.reset(), False)] + [env.step(a, render=t % 3 != 1) for t, a in enumerate(actions)]
+        return [(o.image, o.state, o.environment_state, success) for o, success in rows]
+
+    monkeypatch.setattr(libero_env, "REUSE_SCENES", False)
+    own = LiberoEnv(TASK, 0, 2, height=32, width=32)
+    try:
+        assert type(own.sim) is not libero_env._ReusedSim  # robosuite's own MjSim and render context
+        expected = episode(own, actions)
+    finally:
+        own.close()
+    monkeypatch.setattr(libero_env, "REUSE_SCENES", True)
+    envs = [LiberoEnv(TASK, 0, 2, height=32, width=32) for _ in range(2)]
+    try:
+        episode(envs[0], other)
+        for env in envs:
+            got = episode(env, actions)
+            assert len(got) == len(expected)
+            for t, (a, b) in enumerate(zip(expected, got)):
+                assert (a[0] is None) == (b[0] is None), t
+                for x, y in zip(a, b):
+                    np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
+        # one compiled scene and one GL context for both envs, each sim on its own copy of the model
+        scene, users = envs[0].sim.scene, envs[0].sim.scene.users  # the module's envs of the task share it too
+        assert envs[1].sim.scene is scene and users >= 2
+        assert envs[0].sim.model._model is not envs[1].sim.model._model is not scene.model
+        assert envs[0].sim._render_context_offscreen.con is envs[1].sim._render_context_offscreen.con is scene.con
+    finally:
+        for env in envs:
+            env.close()
+    assert scene.users == users - 2 and scene.con is not None  # kept for the task's next envs (KEPT_SCENES)
+
+
 @pytest.mark.parametrize("call, key, says", [
     (lambda: libero_env.check_task("libero_100/0"), "sim.tasks", "libero_spatial/0..9, libero_object/0..9"),
     (lambda: libero_env.check_task("libero_object/10"), "sim.tasks", "libero_object/9 (pick up the orange juice"),

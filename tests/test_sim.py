@@ -136,6 +136,32 @@ def test_a_reset_env_and_the_shared_renderer_repeat_a_fresh_env_bit_for_bit():
     assert not np.array_equal(first[0], moved[0])  # the layouts' frames differ: the test can see a wrong model
 
 
+def test_envs_on_one_compile_with_a_reused_reset_frame_repeat_gymnasiums_own_env_bit_for_bit(monkeypatch):
+    """A process compiles a task's scene once and builds every env on a copy of it (COMPILE_ONCE), and a reset hands
+    out its first reset's frame while the scene is drawn from the same poses: an episode after another one, in either
+    of two such envs, equals the episode of an env gymnasium compiled itself, bit for bit, frames included."""
+    task = "pick-place-v3"
+    monkeypatch.setattr(metaworld_env, "COMPILE_ONCE", False)
+    own = metaworld_env.MetaWorldEnv(task, 1, 2)
+    expected = _episode(own, task)
+    own.close()
+    monkeypatch.setattr(metaworld_env, "COMPILE_ONCE", True)
+    envs = [metaworld_env.MetaWorldEnv(task, 1, 2) for _ in range(2)]
+    try:
+        _episode(envs[0], task, steps=30)
+        for env in envs:
+            got = _episode(env, task)
+            assert len(got) == len(expected)
+            for a, b in zip(expected, got):
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(envs[0].reset().image, envs[0].render())  # the reused frame is today's
+        assert envs[0].env.model is not envs[1].env.model  # each env steps its own copy
+        assert envs[0].env.fullpath in metaworld_env._MODELS
+    finally:
+        for env in envs:
+            env.close()
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(SimError, match=r"'sim\.tasks': unknown Meta-World task 'button-press'; known tasks: "
                                        r".*button-press-topdown-v3"):

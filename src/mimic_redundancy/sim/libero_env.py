@@ -8,8 +8,9 @@ init states and the scene assets come as wheels). A task is "suite/task_id", e.g
 the benchmark's identity task order. An episode is (task, layout_seed, layout_index):
 - layout_index i picks the shipped init state i (50 per task, the benchmark's fixed order: episode i of the
   standard evaluation starts from init state i). reset() follows the OpenVLA/openpi/LeRobot evaluation protocol:
-  env.reset() (a hard reset: robosuite reloads the scene and its GL context), set_init_state(state i), then
-  NOOP_STEPS no-op steps while the objects settle; the observation after them is observation 0.
+  env.reset() (a hard reset: robosuite rebuilds the scene and its sim; the compiled model and the GL context are
+  reused, see REUSE_SCENES), set_init_state(state i), then NOOP_STEPS no-op steps while the objects settle; the
+  observation after them is observation 0.
 - layout_seed seeds numpy's global RNG (saved and restored around the call) for env.reset(). The init states fix
   every free body, but LIBERO also re-places the fixtures at each hard reset from numpy's global RNG (measured:
   wooden_cabinet, flat_stove and wine_rack move by up to 1.5 cm in libero_spatial/goal; in libero_object the state
@@ -28,17 +29,20 @@ sensor in a gate, so step(render=False) runs the physics and the cheap observabl
 renders in the same substep robosuite would; frames with render toggling equal always-rendering ones bit for bit
 (tested). Measured on 2 shared CPU cores (load ~2 from other work; libero_object/0, Mesa llvmpipe EGL):
 0.0105 s/step without rendering vs 0.077-0.083 s/step rendering agentview at 128x128 (at 32x32 no cheaper, 0.09:
-llvmpipe's per-frame cost dominates; the wrist camera 0.059). An env builds in 2.0 s (3.7 s the first in a process)
-and resets in 2.1-2.4 s (robosuite's hard reset: the scene XML compiles in ~1.1 s, a new GL context ~0.9 s; two
-frames rendered: robosuite's check of the new camera sensor and the last no-op's). RSS: 1.9 GB with the first env,
-+0.75 GB per further env, flat over resets.
+llvmpipe's per-frame cost dominates; the wrist camera 0.059). robosuite's own hard reset took 2.1-2.4 s (the scene
+XML compiled in ~1.1 s, a new GL context ~0.9 s, a frame for robosuite's check of the new camera sensor) and an env
+2.0 s to build (3.7 s the first in a process); reusing the compiled scene and its GL context, and gating the camera
+before that check, a reset costs the no-op steps and one frame, and a task's second env builds without compiling
+(measured in docs/performance.md). RSS (robosuite's own resets): 1.9 GB with the first env, +0.75 GB per further env.
 
 Actions: 7-D in [-1, 1], OSC_POSE deltas: xyz (x 0.05 m), axis-angle rotation in the world frame (x 0.5 rad), and
 the gripper, of which only the sign matters: -1 opens, +1 closes. The no-op is NOOP.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import copy
 import functools
 import io
 import os
@@ -72,6 +76,150 @@ except ImportError as error:  # libero raises ImportError when the five asset pa
 except (RuntimeError, AttributeError) as error:
     raise SimError(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: cannot render headless ({type(error).__name__}: "
                    f"{error}); {RENDERING_FIX}") from None
+import mujoco  # noqa: E402  (robosuite loaded it, with the GL backend MUJOCO_GL names)
+from robosuite.environments import base as _robosuite_base  # noqa: E402
+from robosuite.utils import binding_utils as _binding  # noqa: E402
+
+# What a hard reset rebuilds, built once per scene in a process. robosuite's hard reset (every reset() here) destroys
+# the sim, compiles the scene's XML again (~1.1 s) and builds a new GL context and uploads the scene's meshes and
+# textures to it (~0.9 s); both depend on the XML alone, the same string at every reset of a task. So each distinct
+# XML is compiled once and every sim gets a copy of that model (mj_copyModel: the bytes a compile gives), and its sims
+# share one GL context and MjrContext (as metaworld_env's shared renderer), each with its own scene, camera and options.
+# The rest of the hard reset runs as robosuite runs it (the scene rebuilt in Python, the fixtures placed from the
+# seeded RNG, new observables), so an episode after a reset is a fresh env's bit for bit, frames included
+# (tests/test_libero.py). REUSE_SCENES = False gives robosuite's own hard reset (the tests compare the two).
+REUSE_SCENES = True
+KEPT_SCENES = 4  # scenes whose model and GL context stay after their last env closes (a job's tasks, in turn)
+
+
+class _Scene:
+    """One scene XML: its compiled model (only ever copied) and, once a sim of it renders, the GL context and
+    MjrContext its sims share; `users` counts their live render contexts."""
+
+    def __init__(self, xml: str):
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.gl_ctx = self.con = None
+        self.users = 0
+
+    def free_context(self) -> None:
+        if self.gl_ctx is not None:
+            self.gl_ctx.make_current()
+            self.con.free()
+            self.gl_ctx.free()
+        self.gl_ctx = self.con = None
+
+
+_SCENES: dict[str, _Scene] = {}  # scene XML -> _Scene, least recently used first
+
+
+def _scene(xml: str) -> _Scene:
+    """The scene of `xml` (compiled now if new), made the most recent; unused scenes beyond KEPT_SCENES are freed."""
+    scene = _SCENES.pop(xml, None) or _Scene(xml)
+    _SCENES[xml] = scene
+    _drop_unused()
+    return scene
+
+
+def _drop_unused() -> None:
+    for xml in list(_SCENES)[:-KEPT_SCENES]:
+        if _SCENES[xml].users == 0:
+            _SCENES.pop(xml).free_context()
+
+
+def close_scenes() -> None:
+    """Free the shared GL contexts (at exit, before EGL's own exit hook terminates the display)."""
+    while _SCENES:
+        _SCENES.popitem()[1].free_context()
+
+
+class _ReusedSim(_binding.MjSim):
+    """robosuite's MjSim on a copy of its scene's model compiled once; free() leaves out robosuite's gc.collect()
+    (0.2-0.9 s with torch loaded, at every hard reset): the sim's memory goes with its last reference."""
+
+    @classmethod
+    def from_xml_string(cls, xml):
+        scene = _scene(xml)
+        sim = cls(copy.copy(scene.model))
+        sim.scene = scene
+        return sim
+
+    def free(self):
+        del self._render_context_offscreen
+        del self.data
+        del self.model
+
+
+class _SharedRenderContext(_binding.MjRenderContextOffscreen):
+    """robosuite's offscreen render context on its scene's shared GL context and MjrContext (built by the scene's
+    first sim that renders); otherwise the steps of MjRenderContext.__init__, in its order."""
+
+    def __init__(self, sim, device_id, max_width=640, max_height=480):
+        self.scene = scene = sim.scene
+        if scene.gl_ctx is None:
+            first = not any(s.gl_ctx is not None for s in _SCENES.values())
+            scene.gl_ctx = _binding.GLContext(max_width=max_width, max_height=max_height, device_id=device_id)
+            scene.gl_ctx.make_current()
+            scene.con = mujoco.MjrContext(sim.model._model, mujoco.mjtFontScale.mjFONTSCALE_150)
+            if first:  # after the display exists: robosuite's exit hook (eglTerminate) must run after ours
+                atexit.register(close_scenes)
+        scene.users += 1
+        self.sim, self.offscreen, self.device_id = sim, True, device_id
+        self.gl_ctx.make_current()
+        sim.forward()
+        sim.add_render_context(self)
+        self.model, self.data = sim.model, sim.data
+        self.scn = mujoco.MjvScene(sim.model._model, maxgeom=1000)
+        self.cam = mujoco.MjvCamera()
+        self.cam.fixedcamid = 0
+        self.cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
+        self.vopt = mujoco.MjvOption()
+        self.pert = mujoco.MjvPerturb()
+        self.pert.active = 0
+        self.pert.select = 0
+        self.pert.skinselect = -1
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.con)
+
+    @property
+    def gl_ctx(self):
+        return self.scene.gl_ctx
+
+    @property
+    def con(self):
+        return self.scene.con
+
+    def render(self, *args, **kwargs):
+        self.gl_ctx.make_current()  # its scene's context: another scene's may be current
+        return super().render(*args, **kwargs)
+
+    def update_offscreen_size(self, width, height):
+        """robosuite's (a frame larger than the offscreen buffer), for every sim of the scene: a larger buffer."""
+        for model in (self.model, self.scene.model):
+            model.vis.global_.offwidth, model.vis.global_.offheight = width, height
+        self.gl_ctx.make_current()
+        self.scene.con.free()
+        self.scene.con = mujoco.MjrContext(self.scene.model, mujoco.mjtFontScale.mjFONTSCALE_150)
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.scene.con)
+
+    def __del__(self):  # the GL context is its scene's, freed with it (KEPT_SCENES, close_scenes)
+        self.scene.users -= 1
+        if self.scene.users == 0 and _SCENES:
+            _drop_unused()
+
+
+@contextlib.contextmanager
+def _reusing_scenes():
+    """Inside: robosuite builds and hard-resets envs with _ReusedSim and _SharedRenderContext (the names
+    robosuite.environments.base looks up); outside (and with REUSE_SCENES = False), with its own classes."""
+    if not REUSE_SCENES:
+        yield
+        return
+    saved = _robosuite_base.MjSim, _robosuite_base.MjRenderContextOffscreen
+    _robosuite_base.MjSim, _robosuite_base.MjRenderContextOffscreen = _ReusedSim, _SharedRenderContext
+    try:
+        yield
+    finally:
+        _robosuite_base.MjSim, _robosuite_base.MjRenderContextOffscreen = saved
+
 
 # Max env steps per episode (after the no-ops), per suite: OpenVLA's and openpi's LIBERO evaluation
 # (openpi examples/libero/main.py; LeRobot's TASK_SUITE_MAX_STEPS uses 280 for libero_spatial instead)
@@ -206,29 +354,30 @@ class LiberoEnv:
         self._render_now = False
         # one env per episode; reset() returns it to its init state bit for bit, so a rollout job reuses it for
         # every rule. ignore_done: robosuite would refuse steps after its horizon (1000); callers bound episodes.
-        self.env = OffScreenRenderEnv(bddl_file_name=bddl_file(task), controller="OSC_POSE", camera_names=[camera],
-                                      camera_heights=height, camera_widths=width, ignore_done=True)
+        with _reusing_scenes():
+            self.env = OffScreenRenderEnv(bddl_file_name=bddl_file(task), controller="OSC_POSE",
+                                          camera_names=[camera], camera_heights=height, camera_widths=width,
+                                          ignore_done=True)
         inner = self.env.env
-        self._gate(inner._observables[f"{camera}_image"])
-        setup = inner._setup_observables
+        observable = inner._observables[f"{camera}_image"]
+        observable._sensor = self._gated(observable._sensor)  # not set_sensor(): that calls the sensor once
+        create = inner._create_camera_sensors
 
-        def gated_setup():  # a hard reset builds new sensors (and calls each once): gate the camera's at birth
-            observables = setup()
-            self._gate(observables[f"{camera}_image"])
-            return observables
+        def gated_sensors(*args, **kwargs):  # a hard reset builds new sensors and calls each once to check it: gate
+            sensors, names = create(*args, **kwargs)  # the camera's at birth, so that the check renders nothing
+            return [self._gated(s) if n == f"{camera}_image" else s for s, n in zip(sensors, names)], names
 
-        inner._setup_observables = gated_setup
+        inner._create_camera_sensors = gated_sensors
 
     @property
     def sim(self):
         """robosuite's MjSim (privileged state: the scripted expert reads object poses from it)."""
         return self.env.env.sim
 
-    def _gate(self, observable) -> None:
-        """Route the camera observable's sensor through a gate: it renders only while _render_now is set (and
-        times the render), else returns a blank frame, so robosuite's step and reset skip the camera unless asked.
-        The observable's sampling clock runs as always, so a frame is rendered in the same physics substep."""
-        sensor = observable._sensor
+    def _gated(self, sensor):
+        """The camera's sensor behind a gate: it renders only while _render_now is set (and times the render), else
+        returns a blank frame (same shape and type), so robosuite's step and reset skip the camera unless asked. The
+        observable's sampling clock runs as always, so a frame is rendered in the same physics substep."""
         blank = np.zeros((self.height, self.width, 3), dtype=np.uint8)
 
         def gated(obs_cache):
@@ -241,8 +390,8 @@ class LiberoEnv:
             return image
 
         gated.__modality__ = sensor.__modality__
-        observable._sensor = gated  # not set_sensor(): that calls the sensor once to check it
         self._sensor = sensor
+        return gated
 
     def _step(self, action, render: bool) -> tuple[dict, bool]:
         self._render_now, self._rendering, self._rendered = render, 0.0, False
@@ -264,12 +413,14 @@ class LiberoEnv:
         return Observation(image, state, np.asarray(self.env.get_sim_state(), dtype=np.float64))
 
     def reset(self) -> Observation:
-        """Hard reset, the init state, NOOP_STEPS no-ops; the observation after them (rendered)."""
+        """Hard reset (on the process's compiled scene and GL context: REUSE_SCENES), the init state, NOOP_STEPS
+        no-ops; the observation after them (rendered)."""
         start = time.perf_counter()
         saved = np.random.get_state()
         np.random.seed(_reset_seed(self.layout_seed, self.layout_index))
         try:
-            self.env.reset()  # LIBERO's ControlEnv.reset retries on RandomizationError (fixture placement)
+            with _reusing_scenes():
+                self.env.reset()  # LIBERO's ControlEnv.reset retries on RandomizationError (fixture placement)
         finally:
             np.random.set_state(saved)
         self.env.set_init_state(self.init_state)

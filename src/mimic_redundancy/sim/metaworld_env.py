@@ -8,6 +8,8 @@ process (a raw env's reset(seed=) is ignored by Meta-World; the layout alone dec
 from __future__ import annotations
 
 import atexit
+import contextlib
+import copy
 import functools
 import os
 
@@ -114,6 +116,41 @@ def close_renderers() -> None:
         _RENDERERS.popitem()[1].renderer.close()
 
 
+# Each task's scene XML compiled once per process (~0.18 s a compile, the whole cost of building an env): every env
+# gets a copy of that model (mj_copyModel: the bytes a compile gives), so a rollout job's 20 envs of a task cost one
+# compile. COMPILE_ONCE = False: gymnasium's own compile for every env (the tests compare the two).
+COMPILE_ONCE = True
+_MODELS: dict[str, object] = {}  # XML path -> its compiled mujoco.MjModel (only ever copied)
+
+
+def _initialize_simulation(self):
+    """gymnasium's MujocoEnv._initialize_simulation (1.x), the compile replaced by a copy of the path's first one."""
+    import mujoco
+
+    if self.fullpath not in _MODELS:
+        _MODELS[self.fullpath] = mujoco.MjModel.from_xml_path(self.fullpath)
+    model = copy.copy(_MODELS[self.fullpath])
+    model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+    model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+    return model, mujoco.MjData(model)
+
+
+@contextlib.contextmanager
+def _compiling_once():
+    """Inside: gymnasium builds Meta-World's envs on copies of a compile per XML (COMPILE_ONCE)."""
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+    if not COMPILE_ONCE:
+        yield
+        return
+    original = MujocoEnv.__dict__["_initialize_simulation"]
+    MujocoEnv._initialize_simulation = _initialize_simulation
+    try:
+        yield
+    finally:
+        MujocoEnv._initialize_simulation = original
+
+
 @functools.lru_cache(maxsize=8)
 def benchmark(task: str, layout_seed: int) -> metaworld.MT1:
     """MT1(task, seed): ~0.7 s (it resets an env 50 times), so built once per task and seed."""
@@ -143,23 +180,38 @@ class MetaWorldEnv:
         mt1 = benchmark(task, layout_seed)
         # one env per episode; reset() returns it to its layout bit for bit (physics, warm start and frames: tested),
         # so a rollout job reuses it for every rule
-        self.env = mt1.train_classes[task](render_mode="rgb_array", camera_name=camera, width=width, height=height)
+        with _compiling_once():
+            self.env = mt1.train_classes[task](render_mode="rgb_array", camera_name=camera, width=width,
+                                               height=height)
         self.env.set_task(mt1.train_tasks[layout_index])
         for path, value in RENDERING.items():
             _set(self.env.model, path, value)
         self.env.max_path_length = MAX_PATH_LENGTH
         self.key = (task, camera, height, width)
         self.sim_seconds = self.render_seconds = 0.0
+        self._reset_frame = (None, None)  # (the state after reset, its frame): every reset gives the same state
 
     def _observation(self, obs: np.ndarray, render: bool = True) -> Observation:
         return Observation(self.render() if render else None, self.env.data.qpos[:STATE_DIM].astype(np.float32),
                            np.asarray(obs, dtype=np.float32))
 
     def reset(self) -> Observation:
+        """The layout's first observation, rendered. A reset returns the env to the same state bit for bit (tested),
+        so its frame is rendered once and handed out again while everything the frame is drawn from (the poses and
+        colours of the bodies, geoms, sites, lights and cameras) is what it was drawn from: a rollout job resets each
+        env once per rule."""
         start = time.perf_counter()
         obs, _ = self.env.reset()
         self.sim_seconds += time.perf_counter() - start
-        return self._observation(obs)
+        data, model = self.env.data, self.env.model
+        state = b"".join(a.tobytes() for a in (
+            data.xpos, data.xquat, data.geom_xpos, data.geom_xmat, data.site_xpos, data.site_xmat, data.light_xpos,
+            data.light_xdir, data.cam_xpos, data.cam_xmat, model.geom_rgba, model.site_rgba, model.geom_size,
+            model.site_size, data.qpos))
+        if self._reset_frame[0] != state:
+            self._reset_frame = (state, self.render())
+        return Observation(self._reset_frame[1].copy(), data.qpos[:STATE_DIM].astype(np.float32),
+                           np.asarray(obs, dtype=np.float32))
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, bool]:
         """Apply `action` (4,), clipped to [-1, 1]; the next observation (its image None unless `render`: a
@@ -179,7 +231,14 @@ class MetaWorldEnv:
         return image
 
     def close(self) -> None:
-        self.env.close()  # frees the env's own viewer, were one made; the shared GL contexts stay (close_renderers)
+        """Free the env's own viewer, were one made (env.render()); the shared GL contexts stay (close_renderers).
+        gymnasium's viewer frees its GL context on close but leaves its MjrContext to the garbage collector, which
+        then deletes textures, buffers and meshes by their GL names in whatever context is current: a shared
+        renderer's, whose names are the same (its later frames came out blank or noise). Freed in its own context."""
+        for viewer in list(getattr(getattr(self.env, "mujoco_renderer", None), "_viewers", {}).values()):
+            viewer.make_context_current()
+            viewer.con.free()
+        self.env.close()
 
 
 def expert(task: str):
