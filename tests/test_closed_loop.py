@@ -44,9 +44,10 @@ LOOP = {
     "early_stop": {"target_step": 2},
     "train": {"steps": 30, "seeds": [0, 1]},  # two policies: the decision's replicated units
     "rollout": {"steps": [1, 10], "stop_steps": [5], "batch_size": 2, "max_steps": 24, "execute_steps": 8,
-                "nearest_demo_subsets": [2]},
+                "nearest_demo_subsets": [2], "also_against": [1]},
 }
-TARGETS = ["results/trained/rollout.json", "results/trained/figures/rollout.png", "results/trained/rollout/videos.json"]
+TARGETS = ["results/trained/rollout.json", "results/trained/figures/rollout.png", "results/trained/rollout/videos.json",
+           "results/trained/rollout-vs-K1.json", "results/trained/figures/pareto.png"]
 RULES = ["K=1", "K=10", "stop@5 x_t", "stop@5 clean"]
 
 
@@ -113,6 +114,11 @@ def test_the_closed_loop_writes_every_output(loop):
     assert "2 policies x 4 episodes = 8 pairs" in summary["tasks"][TASK]["decision"]
     assert set(summary["across_tasks"]["iqm"]) == set(run["rule"].tolist())
     assert len(summary["eval_info"]) == 2 * r
+    pareto = summary["tasks"][TASK]["pareto"]
+    assert pareto["frontier_nfe"][0] == "K=1" and 0 < pareto["backbone_share_of_model_time"] < 1
+    versus = json.loads((workdir / "results/trained/rollout-vs-K1.json").read_text())  # rollout.also_against
+    assert versus["reference"] == "K=1" and versus["tasks"][TASK]["reference"]["rule"] == "K=1"
+    assert versus["rules"] == summary["rules"] and "to K=1" in versus["tasks"][TASK]["decision"]
     png = (workdir / "results/trained/figures/rollout.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 960  # the report's width
     videos = json.loads((workdir / "results/trained/rollout/videos.json").read_text())
@@ -367,18 +373,18 @@ def test_what_reruns(loop, tmp_path):
     plan = lambda extra: planned_rules(workdir, *TARGETS, "--configfile", "configs/metaworld.yaml",
                                        str(write_config(workdir, merged(LOOP, extra), "loop.yaml")))
     assert plan({}) == []
-    assert plan({"rollout": {"steps": [1, 2, 10]}}) == ["gather_rollout", "plot_rollout"] + ["rollout"] * 4 + \
-        ["rollout_metrics", "rollout_videos"]
-    assert plan({"plot": {"dpi": 72}}) == ["plot_rollout"]
-    assert plan({"rollout": {"margin": 0.1}}) == ["plot_rollout", "rollout_metrics"]
-    assert plan({"rollout": {"alpha": 0.01}}) == ["plot_rollout", "rollout_metrics"]
+    answers = ["plot_pareto", "plot_rollout", "rollout_metrics", "rollout_versus"]  # what reads rollout.npz's answers
+    assert plan({"rollout": {"steps": [1, 2, 10]}}) == sorted(["gather_rollout", "rollout_videos", *answers]
+                                                              + ["rollout"] * 4)
+    assert plan({"plot": {"dpi": 72}}) == ["plot_pareto", "plot_rollout"]
+    assert plan({"rollout": {"margin": 0.1}}) == answers
+    assert plan({"rollout": {"alpha": 0.01}}) == answers
     # a third policy: its training and rollouts, the gather and what reads it; the first two stay
-    assert plan({"train": {"steps": 30, "seeds": [0, 1, 2]}}) == ["gather_rollout", "plot_rollout", "plot_train",
-                                                                  "rollout", "rollout", "rollout_metrics",
-                                                                  "rollout_videos", "train"]
+    assert plan({"train": {"steps": 30, "seeds": [0, 1, 2]}}) == sorted(["gather_rollout", "rollout_videos", "train",
+                                                                        *answers] + ["rollout"] * 2)
     # the test set instead of dev: every policy's rollouts and the baseline on it; no training
     assert plan({"rollout": {"set": "test"}, "sets": {"test": {"layout_seeds": [2], "layouts": 4}}}) == \
-        ["gather_rollout", "nearest_demo", "plot_rollout"] + ["rollout"] * 4 + ["rollout_metrics", "rollout_videos"]
+        sorted(["gather_rollout", "nearest_demo", "rollout_videos", *answers] + ["rollout"] * 4)
 
 
 def test_bad_rollout_settings_stop_the_dag_naming_the_key(loop, tmp_path):

@@ -178,15 +178,35 @@ def test_a_reset_reusing_the_scene_repeats_robosuites_own_hard_reset_bit_for_bit
     assert scene.users == users - 2 and scene.con is not None  # kept for the task's next envs (KEPT_SCENES)
 
 
+@pytest.mark.slow  # LIBERO env builds and resets
+def test_a_sampled_layout_is_the_seeded_resets_placement_and_repeats():
+    """Layouts from 50 on are robosuite's placements at a reset seeded by (layout_seed, index): the same pair gives
+    the same objects' positions (in a second env too), another seed or index others; a shipped state is its own."""
+    first = libero_env.layout_vectors(TASK, [(0, 60), (0, 60), (1, 60), (0, 61), (0, 3)])
+    np.testing.assert_array_equal(first[0], first[1])
+    assert not np.array_equal(first[0], first[2]) and not np.array_equal(first[0], first[3])
+    np.testing.assert_array_equal(libero_env.layout_vectors(TASK, [(0, 60)])[0], first[0])
+    shipped = LiberoEnv(TASK, 0, 3, height=8, width=8)  # a shipped state: its flattened [time, qpos, qvel] itself
+    try:
+        model = shipped.sim.model
+        free = [int(model.jnt_qposadr[j]) for j in range(model.njnt) if int(model.jnt_type[j]) == 0]
+    finally:
+        shipped.close()
+    state = libero_env.init_states(TASK)[3]
+    np.testing.assert_array_equal(first[4], np.concatenate([state[1 + a:1 + a + 3] for a in free]))
+    assert libero_env.layout_key(0, 3) == libero_env.layout_key(1, 3) == 3  # a shipped state, whatever the seed
+    assert libero_env.layout_key(0, 60) != libero_env.layout_key(1, 60)
+
+
 @pytest.mark.parametrize("call, key, says", [
     (lambda: libero_env.check_task("libero_100/0"), "sim.tasks", "libero_spatial/0..9, libero_object/0..9"),
     (lambda: libero_env.check_task("libero_object/10"), "sim.tasks", "libero_object/9 (pick up the orange juice"),
     (lambda: libero_env.check_task("libero_goal/x"), "sim.tasks", "libero_goal/0 ("),
-    (lambda: libero_env.check_layout(50), "sets", "50 init states"),
+    (lambda: libero_env.check_layout(-1), "sets", "50 init states"),
     (lambda: libero_env.check_layout(-1, "sets.dev"), "sets.dev", "50 init states"),
-    (lambda: LiberoEnv(TASK, 0, 50), "sets", "50 init states"),
+    (lambda: LiberoEnv(TASK, 0, 50 + libero_env.SAMPLED_LAYOUTS), "sets", "sampled placements"),
     (lambda: libero_env.check_set("test", {"layout_seeds": [0], "first": 45, "layouts": 10}), "sets.test",
-     "init states 45 .. 54 asked, but LIBERO ships 50 per task"),
+     "layouts 45 .. 54 mix shipped init states (0-49) and sampled placements (50 and up)"),
     (lambda: libero_env.check_camera("frontview"), "sim.camera", "agentview, robot0_eye_in_hand"),
     (lambda: libero_env.run_expert("libero_goal/0", 0, 0), "sim.tasks", "libero_object/0"),
 ])

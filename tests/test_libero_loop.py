@@ -217,3 +217,24 @@ def test_a_policy_trained_on_a_hub_dataset_is_rolled_out_in_libero_without_demon
 
     with pytest.raises(InputFileError, match=r"prefetch.json: no such file. Rebuild it: snakemake .*--forcerun prefetch"):
         policy_dataset(workdir / "results/tiny-policy/prefetch.json")
+
+
+@pytest.mark.slow  # Snakemake dry runs
+def test_the_libero_study_configs_plan_what_they_say(tmp_path):
+    """configs/libero-study.yaml (3 policies x the 10 test init states, here) and its cluster version (the standard
+    protocol: 10 libero_object tasks x 50 shipped init states x 5 policies, demonstrations on sampled placements):
+    valid, and planned as one train job per policy and one rollout job per policy and shard."""
+    from conftest import planned_rules
+
+    workdir = copy_workflow(tmp_path / "run")
+    shutil.copytree(REPO / "configs", workdir / "configs")
+    files = ["configs/libero.yaml", "configs/libero-study.yaml"]
+    here = planned_rules(workdir, "--configfile", *files)
+    assert here.count("train") == 3 and here.count("rollout") == 3 * 2
+    cluster = planned_rules(workdir, "--configfile", *files, "configs/libero-study-cluster.yaml")
+    assert cluster.count("train") == 5 and cluster.count("rollout") == 5 * 10
+    config = cfg.validate_config(merged(*[yaml.safe_load((workdir / f).read_text()) for f in
+                                          ["config.yaml", *files, "configs/libero-study-cluster.yaml"]]))
+    settings = cfg.rollout_settings(config, "trained", 0)
+    assert settings["episodes"] == {"set": "test", "layout_seeds": [1], "first": 0, "layouts": 50}
+    assert len(config["sim"]["tasks"]) == 10 and config["sets"]["demos"]["first"] == 50  # sampled placements

