@@ -2,8 +2,9 @@
 
 "Step s" means s Euler steps (s model evaluations) have been taken: the state is
 trajectory[s] and the freshest clean-action prediction is clean_prediction[s - 1].
-Every mean over samples comes with a 95% interval (columns *_ci_low/high): core.stats' symmetric bootstrap-t over
-seeds, on the log scale for errors (never below 0); where two things are compared on the same samples, the table
+Every mean over samples comes with a 95% interval (columns *_ci_low/high): core.stats' interval over seeds (on each
+side the wider of a Student-t interval, on the log scale for errors, and Hesterberg's expanded percentile interval;
+never below 0 for an error); where two things are compared on the same samples, the table
 also holds their paired difference (columns diff_*) with its interval.
 """
 from __future__ import annotations

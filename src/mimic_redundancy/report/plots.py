@@ -1,8 +1,9 @@
 """Figures drawn from the metrics tables, summaries and NPZ files alone (never the model).
 
 Every figure states its preset, N (samples) and how many seeds and prompts they come from;
-curves are means over samples with 95% intervals over seeds (core.stats: a symmetric bootstrap-t, on the log scale for
-errors, so a band never reaches 0; no band where fewer than 4 seeds give no interval). Where two things are compared on
+curves are means over samples with 95% intervals over seeds (core.stats: on each side the wider of a Student-t interval,
+on the log scale for errors, and Hesterberg's expanded percentile interval, resampling seeds; an error's band never
+reaches below 0; no band with fewer than 4 seeds). Where two things are compared on
 the same samples, a panel shows their paired difference with its interval, around a line at 0.
 
 Every figure is drawn to be read at REPORT_WIDTH_PX. `snakemake --report` shows a PNG at its own pixel size

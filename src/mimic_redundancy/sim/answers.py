@@ -472,6 +472,41 @@ FIGURE_COLUMNS = ("task", "role", "rule", "kind", "episodes", "policies", "nfe_p
 FIGURE_SUMMARY_KEYS = ("policies", "episode_set", "margin", "reference", "alpha", "preset", "tasks")
 
 
+def figure_inputs(table_path, summary_path, columns: tuple, keys: tuple, per_policy: bool = False):
+    """(rows of rollout.csv, rollout.json) with what a figure reads checked first: a table or summary from another
+    version (or edited) is named with the command that rebuilds it, instead of a KeyError halfway through drawing."""
+    from mimic_redundancy.core.io import input_error, read_json
+
+    summary = read_json(summary_path)
+    missing = [k for k in keys if k not in summary]
+    if missing:
+        raise input_error(summary_path, f"lacks the keys {missing} the figure reads")
+    try:
+        with open(table_path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, present = list(reader), list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise input_error(table_path, "no such file") from None
+    wanted = (*columns, *(f"successes_seed_{p}" for p in summary["policies"])) if per_policy else columns
+    missing = [c for c in wanted if c not in present]
+    if missing or not rows:
+        raise input_error(table_path, f"lacks the columns {missing} the figure draws (it has {present})" if missing
+                          else "holds no rows")
+    return rows, summary
+
+
+def _task_rows(rows: list[dict], task: str) -> tuple[list[dict], dict | None]:
+    """A task's rule rows (the baseline left out) and its nearest-demo row (None without one)."""
+    return ([r for r in rows if r["task"] == task and r["role"] != "baseline"],
+            next((r for r in rows if r["task"] == task and r["role"] == "baseline"), None))
+
+
+def _task_grid(plt, plots, tasks: list[str], columns: int, style: dict):
+    """(figure, axes (tasks x columns)) at the report's width, a row per task."""
+    return plt.subplots(len(tasks), columns, squeeze=False,
+                        figsize=(style["width"], style["height"] * plots.ROW_HEIGHT * max(len(tasks), 1.4)))
+
+
 def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
     """Per task, three panels: success against NFE per decision (pooled over policies with its 95% interval, each
     policy's rate as a small dot, the nearest-demo replay as a grey band), the paired difference to the reference
@@ -479,34 +514,16 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
     report's width (plots.REPORT_WIDTH_PX) with the shared fonts; the set, policies and episodes in every title."""
     import matplotlib.pyplot as plt
 
-    from mimic_redundancy.core.io import input_error, read_json
     from mimic_redundancy.report import plots
 
-    # what the figure reads, checked first: a table or summary from another version (or edited) is named with the
-    # command that rebuilds it, instead of a KeyError halfway through the drawing
-    summary = read_json(summary_path)
-    missing = [k for k in FIGURE_SUMMARY_KEYS if k not in summary]
-    if missing:
-        raise input_error(summary_path, f"lacks the keys {missing} the figure reads")
-    try:
-        with open(table_path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows, columns = list(reader), list(reader.fieldnames or [])
-    except FileNotFoundError:
-        raise input_error(table_path, "no such file") from None
-    missing = [c for c in (*FIGURE_COLUMNS, *(f"successes_seed_{p}" for p in summary["policies"])) if c not in columns]
-    if missing or not rows:
-        raise input_error(table_path, f"lacks the columns {missing} the figure draws (it has {columns})" if missing
-                          else "holds no rows")
+    rows, summary = figure_inputs(table_path, summary_path, FIGURE_COLUMNS, FIGURE_SUMMARY_KEYS, per_policy=True)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     seeds = [int(p) for p in summary["policies"]]
     f = lambda r, k: float(r[k])
     with plt.rc_context(plots.FONTS):
-        fig, axes = plt.subplots(len(tasks), 3, squeeze=False,
-                                 figsize=(style["width"], style["height"] * plots.ROW_HEIGHT * max(len(tasks), 1.4)))
+        fig, axes = _task_grid(plt, plots, tasks, 3, style)
         for row_axes, task in zip(axes, tasks):
-            mine = [r for r in rows if r["task"] == task and r["role"] != "baseline"]
-            baseline = next((r for r in rows if r["task"] == task and r["role"] == "baseline"), None)
+            mine, baseline = _task_rows(rows, task)
             n, policies = int(mine[0]["episodes"]), int(mine[0]["policies"])
             counts = f"{policies} polic{'y' if policies == 1 else 'ies'} x {n} {summary['episode_set']} episodes"
             ax = row_axes[0]
@@ -571,23 +588,19 @@ def plot_pareto(table_path, summary_path, png, svg, style: dict) -> None:
     decision; every rule (95% interval across policies and episodes), the frontier as a line, the reference as a star,
     the nearest-demo replay as a grey band; the backbone's share of a decision's model time in the title (what
     cutting head evaluations cannot save)."""
-    import json
-
     import matplotlib.pyplot as plt
 
     from mimic_redundancy.report import plots
 
-    with open(table_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    summary = json.loads(open(summary_path).read())
+    rows, summary = figure_inputs(table_path, summary_path, ("task", "role", "rule", "kind", "success_rate", "ci_low",
+                                                             "ci_high", "nfe_per_decision", "head_ms_per_decision"),
+                                  ("tasks", "n_policies", "n_episodes", "episode_set", "preset", "reference"))
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     f = lambda r, k: float(r[k])
     with plt.rc_context(plots.FONTS):
-        fig, axes = plt.subplots(len(tasks), 2, squeeze=False,
-                                 figsize=(style["width"], style["height"] * plots.ROW_HEIGHT * max(len(tasks), 1.4)))
+        fig, axes = _task_grid(plt, plots, tasks, 2, style)
         for row_axes, task in zip(axes, tasks):
-            mine = [r for r in rows if r["task"] == task and r["role"] != "baseline"]
-            baseline = next((r for r in rows if r["task"] == task and r["role"] == "baseline"), None)
+            mine, baseline = _task_rows(rows, task)
             answer = summary["tasks"][task]["pareto"]
             for ax, cost, front, label in [(row_axes[0], "nfe_per_decision", answer["frontier_nfe"], "NFE per decision"),
                                            (row_axes[1], "head_ms_per_decision", answer["frontier_head_ms"],

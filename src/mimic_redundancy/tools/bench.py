@@ -110,6 +110,40 @@ def model_benchmarks(repeats: int, steps: int = 50) -> dict:
     return results
 
 
+def rule_overheads(repeats: int, batch: int = 8) -> dict:
+    """What a sampling rule costs beyond its head evaluations (issue 32: at most 5% of the head's time per decision):
+    per rule, its wall time per decision over (its mean NFE x one Euler evaluation's time), beside a 10-step Euler
+    decision of the same batch, side by side (the tiny default model, cached hiddens, batch 8)."""
+    import numpy as np
+    import torch
+
+    from mimic_redundancy.analysis.probe import synthetic_batch
+    from mimic_redundancy.model.model import build_model
+    from mimic_redundancy.model.sampling import video_hiddens
+    from mimic_redundancy.sim.policy import Rule, sample_chunk
+
+    torch.set_num_threads(2)
+    tiny, inputs = _tiny()
+    net = build_model(tiny, torch.device("cpu"))
+    samples = synthetic_batch(net, [(seed, PROMPTS[seed % 2]) for seed in range(batch)], inputs, "cpu")
+    hiddens = video_hiddens(net, samples)
+    euler = Rule("fixed_k", 10.0)
+    out = {}
+    for rule in [Rule("probeflow", 0.992), Rule("dense_jump", 0.5, 3), Rule("clean_change", 0.05),
+                 Rule("fixed_step_clean", 10.0)]:
+        nfe = float(np.mean(sample_chunk(net, samples, hiddens, rule, 50)[1]))
+        rule_t, euler_t = _side_by_side(lambda: sample_chunk(net, samples, hiddens, rule, 50),
+                                        lambda: sample_chunk(net, samples, hiddens, euler, 50), repeats)
+        ratios = [r / (nfe * e / 10) for r, e in zip(rule_t, euler_t)]
+        out[rule.name] = {"mean_nfe": nfe, "ratio": statistics.median(ratios), "pairwise_ratios": ratios,
+                          "rule_seconds": _stats(rule_t), "euler10_seconds": _stats(euler_t)}
+    worst = max(v["ratio"] for v in out.values())
+    return {"rule_overhead_ratio": _entry(
+        worst, "<= 1.05", worst <= 1.05,
+        "per rule: wall seconds of a decision / (its mean NFE x a 10-step Euler decision's seconds / 10), side by side, "
+        f"tiny default model, batch {batch}, cached hiddens; the largest over the rules (each in `rules`)", rules=out)}
+
+
 def training_from_features(steps: int, draws: int, seeds: list[int], out: Path | None = None,
                            score_steps: int | None = None) -> dict:
     """The head trained from cached features (`draws` per window) against mimic-video's own loop
@@ -731,6 +765,7 @@ def settings(args: argparse.Namespace) -> dict:
 def plan(run: dict, out: Path) -> tuple[list[tuple[str, Callable[[], dict]]], dict[str, str]]:
     """The benchmarks of `run` (settings()) in order, as (name, fn), and those skipped, with why."""
     entries = [("model_ratios", lambda: model_benchmarks(run["repeats"])),
+               ("rule_overheads", lambda: rule_overheads(run["repeats"])),
                ("training_from_features", lambda: {"training_from_features_vs_library": training_from_features(
                    run["train_steps"], draws=4, seeds=run["train_seeds"], out=Path(out))})]
     skipped = {}
