@@ -470,8 +470,8 @@ def test_no_rendering_backend_names_the_package():
 
 def test_the_study_configs_plan_what_they_say(tmp_path):
     """configs/metaworld-study.yaml (3 policies x 50 test layouts x 3 tasks, every rule) and its cluster version
-    (5 policies x 150 layouts per task, 6 shards): planned by dry run, one train job per policy and one rollout job per
-    policy and shard; the test set, and no demos overlap."""
+    (5 policies x 800 layouts per task, 32 shards): planned by dry run, one train job per policy and one rollout job
+    per policy and shard; the test set, and no demos overlap."""
     from mimic_redundancy.sim.policy import rules_of
 
     workdir = copy_workflow(tmp_path / "run")
@@ -480,11 +480,11 @@ def test_the_study_configs_plan_what_they_say(tmp_path):
     here = planned_rules(workdir, "--configfile", *files)
     assert here.count("train") == 3 and here.count("rollout") == 3 * 2 and here.count("nearest_demo") == 1
     cluster = planned_rules(workdir, "--configfile", *files, "configs/metaworld-study-cluster.yaml")
-    assert cluster.count("train") == 5 and cluster.count("rollout") == 5 * 6 and cluster.count("gather_rollout") == 1
+    assert cluster.count("train") == 5 and cluster.count("rollout") == 5 * 32 and cluster.count("gather_rollout") == 1
     config = cfg.validate_config(merged(*[yaml.safe_load((workdir / f).read_text()) for f in
                                           ["config.yaml", *files, "configs/metaworld-study-cluster.yaml"]]))
     settings = cfg.rollout_settings(config, "trained", 4)
-    assert settings["episodes"] == {"set": "test", "layout_seeds": [2, 3, 4], "first": 0, "layouts": 50}
+    assert settings["episodes"] == {"set": "test", "layout_seeds": list(range(2, 18)), "first": 0, "layouts": 50}
     assert settings["model"]["checkpoint"] == "results/tiny-policy/train/seed-4/checkpoint"
     names = {rule.name for rule in rules_of(settings["rollout"], 0.3)}
     assert names >= {"K=10", "K=16", "K=50", "ProbeFlow cos>0.992", "dense-jump@0.5 NFE 3", "stop@40 clean"}

@@ -501,6 +501,11 @@ def _task_rows(rows: list[dict], task: str) -> tuple[list[dict], dict | None]:
             next((r for r in rows if r["task"] == task and r["role"] == "baseline"), None))
 
 
+def _legend_room(entries: int, columns: int, rows: int) -> float:
+    """The figure's height fraction a legend of `entries` in `columns` below `rows` rows of panels needs."""
+    return min(0.3, 0.11 * -(-entries // columns) / (rows + 0.7))
+
+
 def _task_grid(plt, plots, tasks: list[str], columns: int, style: dict):
     """(figure, axes (tasks x columns)) at the report's width, a row per task."""
     return plt.subplots(len(tasks), columns, squeeze=False,
@@ -577,7 +582,7 @@ def plot_rollout(table_path, summary_path, png, svg, style: dict) -> None:
         fig.suptitle(f"closed loop, preset {summary['preset']}, reference {summary['reference']}: {counts} per task "
                      f"and rule\n(train seeds {seeds}; margin {summary['margin']:.0%}, one-sided alpha "
                      f"{summary['alpha']:g}, Holm over each task's rules)", fontsize=8)
-        fig.tight_layout(rect=(0, 0.15 / (len(tasks) + 0.7), 1, 1))  # the legend's rows below
+        fig.tight_layout(rect=(0, _legend_room(len(labels), 3, len(tasks)), 1, 1))  # the legend's rows below
         for path, fmt in [(png, "png"), (svg, "svg")]:
             fig.savefig(path, format=fmt, dpi=style["dpi"])
         plt.close(fig)
@@ -630,7 +635,7 @@ def plot_pareto(table_path, summary_path, png, svg, style: dict) -> None:
         counts = f"{summary['n_policies']} policies x {summary['n_episodes'] // max(len(tasks), 1)} {summary['episode_set']} episodes"
         fig.suptitle(f"success against compute, preset {summary['preset']}: {counts} per rule, 95% CI, reference "
                      f"{summary['reference']} (star)", fontsize=8)
-        fig.tight_layout(rect=(0, 0.08 / (len(tasks) + 0.7), 1, 1))
+        fig.tight_layout(rect=(0, _legend_room(len(labels), 2, len(tasks)), 1, 1))
         for path, fmt in [(png, "png"), (svg, "svg")]:
             fig.savefig(path, format=fmt, dpi=style["dpi"])
         plt.close(fig)
