@@ -1,5 +1,5 @@
 """The closed-loop numbers in README.md and docs/closed-loop.md are written from the study's own files (the snapshot
-in docs/results/metaworld-study: rollout.csv, rollout.json, provenance.json) by tools/closed_loop_docs.py, and stay
+in docs/snapshots/metaworld-study: rollout.csv, rollout.json, provenance.json) by tools/closed_loop_docs.py, and stay
 equal to them."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from mimic_redundancy.tools import closed_loop_docs as docs
 
-SNAPSHOT = REPO / "docs/results/metaworld-study"
+SNAPSHOT = REPO / "docs/snapshots/metaworld-study"
 
 
 def test_the_docs_tables_are_the_snapshots():

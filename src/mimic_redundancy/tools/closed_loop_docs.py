@@ -1,7 +1,7 @@
 """The closed-loop study's tables in README.md and docs/closed-loop.md, written from a study's own files, so that no
 number there can go stale (docs/closed-loop.md#numbers-that-cannot-go-stale).
 
-    python -m mimic_redundancy.tools.closed_loop_docs --snapshot docs/results/metaworld-study \
+    python -m mimic_redundancy.tools.closed_loop_docs --snapshot docs/snapshots/metaworld-study \
         --from /path/to/run/results/trained --configfile configs/metaworld.yaml ... --write README.md docs/closed-loop.md
 
 --from copies the run's rollout.csv and rollout.json into the snapshot folder (tracked: a few hundred KB) with a
