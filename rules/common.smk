@@ -1,6 +1,7 @@
 # Helpers of the DAG: config validation, per-stage settings (rule params), target paths.
 import json
 import os
+import shlex
 import re
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ os.environ.update(offline_env(cfg.hub_cache(config)))
 # this file with the same --configfile, so it sets the same value
 from mimic_redundancy.core.io import CONFIGFILES_ENV
 
-os.environ[CONFIGFILES_ENV] = " ".join(str(f) for f in workflow.overwrite_configfiles)
+os.environ[CONFIGFILES_ENV] = shlex.join(str(f) for f in workflow.overwrite_configfiles)
 
 # Slurm: see a job that `scancel` killed as failed instead of polling it forever (slurm_compat.py)
 from mimic_redundancy.pipeline.slurm_compat import patch_slurm_status_query
@@ -197,3 +198,22 @@ def _print_summary(preset):
         f"\n{summary['convergence_threshold']:.0%} convergence: {reached} "
         f"(preset {preset}, {summary['samples']})"
     )
+
+
+# -- the closed loop's replicated policies (rules/sim.smk) ------------------------------------------------------------
+def policy_checkpoint_files(wildcards):
+    """One policy's checkpoint files (train.seeds: results/<source>/train/seed-<policy>/checkpoint)."""
+    folder = cfg.policy_checkpoint(config, wildcards.preset, int(wildcards.policy))
+    return cfg.checkpoint_files(config, wildcards.preset, folder)
+
+
+def policy_rollout(name):
+    """Where one policy's rollout job writes (results/<preset>/rollout/policy-<seed>/, per shard with `shards` > 1)."""
+    return results("{preset}", f"rollout/policy-{{policy}}/{'shards/{shard}/' if SHARDED else ''}{name}")
+
+
+def policy_rollouts(wildcards):
+    """Every policy's rollout files, per shard with `shards` > 1: what gather_rollout joins, policy by policy."""
+    items = [f"shards/{item}/" for item in cfg.shard_items(config, "rollout")] if SHARDED else [""]
+    return [results(wildcards.preset, f"rollout/policy-{seed}/{item}rollout.npz")
+            for seed in cfg.policy_seeds(config, wildcards.preset) for item in items]

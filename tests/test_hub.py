@@ -53,12 +53,16 @@ def ok(result):
 
 
 def run_fix(workdir, endpoint: str, overrides: dict, log: str):
-    """Run the command an error message gives (`snakemake --profile profiles/local ...`), as given, with the
-    test's config file added."""
+    """Run the command an error message gives (`snakemake --profile profiles/local ...`), as given: it names the
+    run's own --configfile (the test's config file, written again with `overrides`)."""
     [command] = set(re.findall(r"`(snakemake [^`]+)`", log))  # the message and its traceback
     words = shlex.split(command)
     assert words[:3] == ["snakemake", "--profile", "profiles/local"], command
-    return run(workdir, endpoint, overrides, *words[3:])
+    config = write_config(workdir, {**SMALL, **overrides})
+    assert words[words.index("--configfile") + 1] == str(config), command
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1")
+    return snakemake(workdir, *words[3:], env=env)
 
 
 def hub_requests(server: HubServer) -> list[str]:
@@ -130,8 +134,11 @@ def test_a_job_whose_repo_is_not_in_the_cache_fails_at_once(workflow, hub):
     assert "prefetch" in log and "where the Hub is reachable" in log
     assert not (workflow / "results/tiny-t5/features/inference.safetensors").exists()
     assert not (workflow / "results/tiny-t5/validate.json").exists()
-    # the advice works: the manifest is up to date, so it must force prefetch (the target before --forcerun)
-    assert "`snakemake --profile profiles/local results/tiny-t5/prefetch.json --forcerun prefetch`" in log
+    # the advice works: the manifest is up to date, so it must force prefetch (the target, and the run's own
+    # --configfile, before --forcerun)
+    fix = (f"`snakemake --profile profiles/local results/tiny-t5/prefetch.json --configfile "
+           f"{workflow / 'test-config.yaml'} --forcerun prefetch`")
+    assert fix in log
     assert executed_rules(ok(run_fix(workflow, hub.url, {"preset": "tiny-t5"}, log))) == ["prefetch"]
     entry = json.loads((workflow / "results/tiny-t5/prefetch.json").read_text())["repos"][0]
     for name in ("tokenizer.json", "tokenizer_config.json"):  # back in the cache, whole (jobs read it: tests above)

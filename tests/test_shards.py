@@ -108,7 +108,8 @@ def test_npz_shards_join_along_the_sample_axis_of_the_contract(tmp_path):
     # the settings an unsharded run records: without the shard's rows
     assert (str(joined["config_json"]), str(joined["config_digest"])) == io.config_digest({"steps": 1})
     _sweep_shard(tmp_path / "3.npz", [5], "2-of-2", 2, steps=2)
-    with pytest.raises(InputFileError, match="'config_json' differs between"):
+    with pytest.raises(InputFileError, match=r"3\.npz: its settings differ from those of .*1\.npz, another shard of "
+                                             r"the same run, at steps: the shards were run with different settings"):
         gather_npz([tmp_path / "1.npz", tmp_path / "3.npz"], tmp_path / "bad.npz", io.SWEEP_ARRAYS)
     assert not (tmp_path / "bad.npz").exists()
 
@@ -237,11 +238,13 @@ def test_a_shard_file_that_is_not_its_own_is_named_and_the_fix_gathers_the_right
     config = ["--configfile", runs[2][2].name]
     result = snakemake(workdir, "results/tiny/probe.npz", *config)
     output = result.stdout + result.stderr
-    fix = "snakemake --profile profiles/local results/tiny/shards/2-of-2/probe.npz --forcerun probe"
+    # the fix names the run's own config file, so it reruns this run's shard, not the embedded default's
+    fix = (f"snakemake --profile profiles/local results/tiny/shards/2-of-2/probe.npz "
+           f"--configfile {workdir / runs[2][2].name} --forcerun probe")
     assert result.returncode != 0 and ("results/tiny/shards/2-of-2/probe.npz: holds the rows [0, 2) of shard 1-of-2, "
                                        "not those of shard 2-of-2") in output, output[-3000:]
     assert f"Rebuild it: {fix}" in output
-    assert executed_rules(run_ok(workdir, *shlex.split(fix)[3:], *config)) == ["probe"]
+    assert executed_rules(run_ok(workdir, *shlex.split(fix)[3:])) == ["probe"]
     assert executed_rules(run_ok(workdir, "results/tiny/probe.npz", *config)) == ["gather_probe"]
     after = io.load_probe(workdir / "results/tiny/probe.npz")
     assert after["seed"].tolist() == before["seed"].tolist() == [0, 0, 1, 1]

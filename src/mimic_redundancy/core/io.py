@@ -9,6 +9,7 @@ import glob
 import json
 import logging
 import os
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -226,8 +227,8 @@ def rebuild_command(path) -> str:
     whole workflow; --configfile (several values) comes before it. A shard's file (results/<preset>/shards/<i-of-n>/
     <name>) is rebuilt by the rule of <name>, that shard's job alone; a policy's rollout (results/<preset>/rollout/
     policy-<s>/[shards/<i-of-n>/]rollout.npz) by the rollout rule."""
-    files = os.environ.get(CONFIGFILES_ENV, "").split()
-    config = f" --configfile {' '.join(files)}" if files else ""
+    files = shlex.split(os.environ.get(CONFIGFILES_ENV, ""))
+    config = f" --configfile {shlex.join(files)}" if files else ""
     parts = Path(path).as_posix().split("/")
     if "results" in parts:
         rel = parts[len(parts) - 1 - parts[::-1].index("results"):]  # results/<preset>/<name>
