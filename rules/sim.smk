@@ -37,17 +37,6 @@ rule demos:
         "../scripts/demos.py"
 
 
-def policy_checkpoint_files(wildcards):
-    """One policy's checkpoint files (train.seeds: results/<source>/train/seed-<policy>/checkpoint)."""
-    folder = cfg.policy_checkpoint(config, wildcards.preset, int(wildcards.policy))
-    return cfg.checkpoint_files(config, wildcards.preset, folder)
-
-
-def policy_rollout(name):
-    """Where one policy's rollout job writes (results/<preset>/rollout/policy-<seed>/, per shard with `shards` > 1)."""
-    return results("{preset}", f"rollout/policy-{{policy}}/{'shards/{shard}/' if SHARDED else ''}{name}")
-
-
 rule rollout:
     input:
         checkpoint=policy_checkpoint_files,
@@ -81,10 +70,7 @@ localrules:
 
 rule gather_rollout:
     input:
-        shards=lambda w: [results(w.preset, f"rollout/policy-{seed}/{'shards/' + item + '/' if SHARDED else ''}"
-                                            "rollout.npz")
-                          for seed in cfg.policy_seeds(config, w.preset)
-                          for item in (cfg.shard_items(config, "rollout") if SHARDED else [None])],
+        shards=policy_rollouts,
         code=code("core/shards", "core/io"),
     output:
         npz=results("{preset}", "rollout.npz"),

@@ -222,13 +222,15 @@ def test_the_default_bench_leaves_the_1000_sample_sharding_study_to_full(tmp_pat
     assert ("rollout_throughput" in plan(run(), tmp_path)[1]) == (not sim)
     assert run() == {"mode": "default", "repeats": 3, "train_steps": 150, "train_seeds": [0], "pipeline": True,
                      "shard_samples": 0}
-    assert names() == ["model_ratios", "training_from_features", "default_run"]
+    assert names() == ["model_ratios", "rule_overheads", "training_from_features", "default_run"]
     assert "--full" in plan(run(), tmp_path)[1]["shards"]
     assert run("--full") == {"mode": "full", "repeats": 5, "train_steps": 150, "train_seeds": [0, 1, 2],
                              "pipeline": True, "shard_samples": 1000}
-    assert names("--full") == ["model_ratios", "training_from_features", "default_run", "shards_1000_samples"]
+    assert names("--full") == ["model_ratios", "rule_overheads", "training_from_features", "default_run",
+                               "shards_1000_samples"]
     assert names("--shard-samples", "16")[-1] == "shards_16_samples"
-    assert names("--full", "--shard-samples", "0", "--skip-pipeline") == ["model_ratios", "training_from_features"]
+    assert names("--full", "--shard-samples", "0", "--skip-pipeline") == ["model_ratios", "rule_overheads",
+                                                                           "training_from_features"]
     assert run("--full", "--repeats", "2", "--train-seeds", "1")["repeats"] == 2
 
 

@@ -345,7 +345,9 @@ def test_a_killed_rollout_shard_reruns_alone_and_gives_the_same_result(loop, tmp
     assert not list(parts[victim].parent.glob(".rollout.npz.tmp*"))  # no partial file beside it
     redo = run_loop(workdir, *TARGETS)
     assert redo.returncode == 0, redo.stderr[-3000:]
-    assert executed_rules(redo) == ["gather_rollout", "plot_rollout", "rollout", "rollout_metrics", "rollout_videos"]
+    # the killed shard alone, then what reads the gathered file (the decision against K=10 and the Pareto figure too)
+    assert executed_rules(redo) == ["gather_rollout", "plot_pareto", "plot_rollout", "rollout", "rollout_metrics",
+                                    "rollout_versus", "rollout_videos"]
     assert (f"Reason: Missing output files: results/trained/rollout/policy-0/shards/{victim}/rollout.npz"
             in redo.stdout + redo.stderr)
     _same_rollout(load_rollout(workdir / "results/trained/rollout.npz"), before)

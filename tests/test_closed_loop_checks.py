@@ -677,7 +677,8 @@ CLOSED_LOOP = {
         config_error("libero", {"inputs": {"camera": "observation.images.wrist_image"}}),
     "config key 'sets.test': layouts 40 .. 59 asked, but MT1 has 50 layouts per task and seed":
         config_error("metaworld", {"sets": {"test": {"layout_seeds": [2], "first": 40, "layouts": 20}}}),
-    "config key 'sets.test': init states 40 .. 59 asked, but LIBERO ships 50 per task":
+    "config key 'sets.test': layouts 40 .. 59 mix shipped init states (0-49) and sampled placements (50 and up); "
+    "allowed: first + layouts <= 50, or first >= 50":
         config_error("libero", {"sets": {"test": {"layout_seeds": [1], "first": 40, "layouts": 20}}}),
     "config keys 'sets.demos' and 'sets.dev': the episode sets overlap at 5 layouts (...)":
         config_error("metaworld", {"sets": {"dev": {"layout_seeds": [0], "first": 0, "layouts": 5}}}),

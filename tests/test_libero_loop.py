@@ -166,7 +166,8 @@ def test_a_policy_trained_on_a_lerobot_libero_dataset_meets_the_env_in_its_conve
     ({"sim": {"camera": "corner"}}, "sim.camera.*agentview"),
     ({"sets": {"demos": {"first": 1, "layouts": 40}}}, "sets.demos' and 'sets.dev': the episode sets overlap at 1 "
                                                        "layout"),
-    ({"sets": {"test": {"first": 45, "layouts": 10}}}, "sets.test': init states 45 .. 54 asked, but LIBERO ships 50"),
+    ({"sets": {"test": {"first": 45, "layouts": 10}}}, r"sets.test': layouts 45 .. 54 mix shipped init states \(0-49\) "
+                                                       r"and sampled placements \(50 and up\)"),
     ({"rollout": {"max_steps": 400}}, "rollout.max_steps.*400 exceeds libero_object/0's step limit 280"),
 ])
 def test_bad_libero_settings_are_refused_before_any_episode(tmp_path, change, message):
