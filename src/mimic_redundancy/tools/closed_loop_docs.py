@@ -236,12 +236,14 @@ def main(argv=None) -> int:
                                                    "at a later one (recorded)")
     parser.add_argument("--write", nargs="*", type=Path, default=[], help="files whose generated blocks to rewrite")
     parser.add_argument("--check", action="store_true", help="fail if a file's blocks differ from the snapshot's")
+    parser.add_argument("--prefix", default="", help="the blocks' marker prefix, for a second study in the same "
+                                                     "files: <!-- closed-loop:<prefix><name> -->")
     args = parser.parse_args(argv)
     if args.source:
         snapshot_run(args.source, args.snapshot, args.configfile, args.wall_seconds, args.rollouts_commit)
     rows, summary, provenance = _rows(args.snapshot)
-    blocks = {name: render(rows, summary, provenance) for name, render in RENDER.items()}
-    blocks["versus"] = render_versus(rows, summary, provenance, args.snapshot)
+    blocks = {args.prefix + name: render(rows, summary, provenance) for name, render in RENDER.items()}
+    blocks[args.prefix + "versus"] = render_versus(rows, summary, provenance, args.snapshot)
     stale = []
     for path in args.write:
         text = path.read_text()
@@ -252,7 +254,8 @@ def main(argv=None) -> int:
             path.write_text(new)
     if stale:
         print(f"stale closed-loop tables in {', '.join(stale)}: regenerate them with python -m "
-              f"mimic_redundancy.tools.closed_loop_docs --snapshot {args.snapshot} --write {' '.join(stale)}",
+              f"mimic_redundancy.tools.closed_loop_docs --snapshot {args.snapshot}"
+              f"{f' --prefix {args.prefix}' if args.prefix else ''} --write {' '.join(stale)}",
               file=sys.stderr)
         return 1
     return 0
