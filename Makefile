@@ -22,9 +22,12 @@ $(VENV)/.installed-sim: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local $(SMK)
 
-# the whole suite (what .ci/run runs): real Snakemake runs, the loopback Hub, real Slurm when one answers
+# the whole suite (what .ci/run runs): real Snakemake runs, the loopback Hub, real Slurm when one answers. Two
+# workers (pytest-xdist), a test file each at a time: most of a test's time is one single-threaded process (a job's
+# imports, one Snakemake job after another, a Slurm poll), so two files share 2 cores (docs/performance.md#the-suite)
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-sim
-	$(BIN)/pytest --durations=25
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # the inner loop, under 2 minutes: no Slurm, no DAG runs (the tests marked slow are left out)
 test-fast: $(VENV)/.installed-sim

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -116,11 +119,24 @@ def workflow(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The whole DAG of the SMALL config (one preset, local profile), run once per session: (workdir, result).
-    SMALL is written into the copy's config.yaml, so the docs' commands run there as written."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("small_run"))
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL}, sort_keys=False))
-    return workdir, run_ok(workdir)
+    SMALL is written into the copy's config.yaml, so the docs' commands run there as written. Under pytest-xdist
+    (make test: 2 workers) the workers share one run: the first to ask makes it, under a file lock, in the folder
+    the workers' temporary folders share; the others wait for it and read its recorded result."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    workdir, record = shared / "small_run", shared / "small_run.json"
+    with FileLock(shared / "small_run.lock"):
+        if not record.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a run that failed in another worker
+            copy_workflow(workdir)
+            config = yaml.safe_load((workdir / "config.yaml").read_text())
+            (workdir / "config.yaml").write_text(yaml.safe_dump({**config, **SMALL}, sort_keys=False))
+            result = run_ok(workdir)
+            record.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
+                                          "stdout": result.stdout, "stderr": result.stderr}))
+    recorded = json.loads(record.read_text())
+    return workdir, subprocess.CompletedProcess(**recorded)
 
 
 @pytest.fixture
